@@ -44,20 +44,19 @@ impl FlatView {
     /// lookup, then a binary search over the range starts.
     #[inline]
     pub fn lookup(&self, addr: u64) -> Option<&FlatRange> {
-        let last = self.mru.load(Ordering::Relaxed);
-        if let Some(range) = self.ranges.get(last) {
-            if range.contains(addr) {
-                return Some(range);
+        let recent = self.mru.load(Ordering::Relaxed);
+        if let (Some(&start), Some(&last)) = (self.starts.get(recent), self.lasts.get(recent)) {
+            if start <= addr && addr <= last {
+                return self.ranges.get(recent);
             }
         }
         let index = self
             .starts
             .partition_point(|&start| start <= addr)
             .checked_sub(1)?;
-        let range = &self.ranges[index];
-        if (addr as u128) < range.end() {
+        if addr <= self.lasts[index] {
             self.mru.store(index, Ordering::Relaxed);
-            Some(range)
+            self.ranges.get(index)
         } else {
             None
         }

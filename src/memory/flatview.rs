@@ -71,9 +71,10 @@ pub struct FlatView {
     /// The region the view was rendered from (see [`flatview_root`]).
     pub(crate) root: Option<RegionId>,
     pub(crate) ranges: Vec<FlatRange>,
-    /// `ranges[i].start`, kept apart so the binary search touches a dense
-    /// array of 8-byte keys.
+    /// `ranges[i].start` and the last address of `ranges[i]`, kept apart so
+    /// a lookup touches only dense arrays of 8-byte keys, never the ranges.
     pub(crate) starts: Vec<u64>,
+    pub(crate) lasts: Vec<u64>,
     /// Index of the range that answered the last lookup.
     pub(crate) mru: AtomicUsize,
 }
@@ -86,10 +87,13 @@ impl FlatView {
 
     pub(crate) fn from_ranges(root: Option<RegionId>, ranges: Vec<FlatRange>) -> Self {
         let starts = ranges.iter().map(|r| r.start).collect();
+        // A range is never empty and ends at or below 2^64.
+        let lasts = ranges.iter().map(|r| (r.end() - 1) as u64).collect();
         FlatView {
             root,
             ranges,
             starts,
+            lasts,
             mru: AtomicUsize::new(0),
         }
     }
@@ -175,7 +179,11 @@ enum Step {
 /// of what is already covered, so each region costs O(log n) plus the ranges
 /// it actually touches, not a scan of the whole view as in QEMU.
 pub(crate) fn render(tree: &MemoryTree, root: Option<RegionId>) -> FlatView {
-    let mut covered: BTreeMap<u64, FlatRange> = BTreeMap::new();
+    // What is covered so far: start -> (end, index into `pieces`). Kept
+    // small so the ordered map stays cache-friendly; the ranges themselves
+    // go to `pieces` in the order they are rendered.
+    let mut covered: BTreeMap<u64, (u128, u32)> = BTreeMap::new();
+    let mut pieces: Vec<FlatRange> = Vec::new();
     let mut stack = Vec::new();
     if let Some(root) = root {
         stack.push(Step::Enter {
@@ -252,7 +260,8 @@ pub(crate) fn render(tree: &MemoryTree, root: Option<RegionId>) -> FlatView {
                 let r = tree.region_ref(id);
                 for gap in gaps.drain(..) {
                     let offset = (gap.start as i128 - base) as u64;
-                    let range = FlatRange {
+                    covered.insert(gap.start as u64, (gap.end, pieces.len() as u32));
+                    pieces.push(FlatRange {
                         start: gap.start as u64,
                         size: gap.end - gap.start,
                         region: id,
@@ -262,35 +271,36 @@ pub(crate) fn render(tree: &MemoryTree, root: Option<RegionId>) -> FlatView {
                         romd_mode: r.kind != RegionKind::Romd || r.romd_mode,
                         dirty_log_mask: r.dirty_log_mask,
                         backing: r.backing.clone(),
-                    };
-                    covered.insert(range.start, range);
+                    });
                 }
             }
         }
     }
-    FlatView::from_ranges(root, merge(covered.into_values()))
+    // Put the pieces in address order (moving each once), then merge.
+    let mut slots: Vec<Option<FlatRange>> = pieces.into_iter().map(Some).collect();
+    let ordered = covered
+        .into_values()
+        .filter_map(|(_, index)| slots[index as usize].take());
+    FlatView::from_ranges(root, merge(ordered))
 }
 
 /// Appends to `gaps` the parts of `clip` that nothing in `covered` claims.
-fn find_gaps(covered: &BTreeMap<u64, FlatRange>, clip: Window, gaps: &mut Vec<Window>) {
+fn find_gaps(covered: &BTreeMap<u64, (u128, u32)>, clip: Window, gaps: &mut Vec<Window>) {
     // clip.start < clip.end <= 2^64, so clip.start fits a u64.
     let first = clip.start as u64;
     let mut pos = clip.start;
-    if let Some((_, before)) = covered.range(..first).next_back() {
-        pos = pos.max(before.end());
+    if let Some((_, &(end, _))) = covered.range(..first).next_back() {
+        pos = pos.max(end);
     }
-    for (&start, range) in covered.range(first..) {
+    for (&start, &(end, _)) in covered.range(first..) {
         let start = start as u128;
         if start >= clip.end || pos >= clip.end {
             break;
         }
         if start > pos {
-            gaps.push(Window {
-                start: pos,
-                end: start,
-            });
+            gaps.push(Window { start: pos, end: start });
         }
-        pos = pos.max(range.end());
+        pos = pos.max(end);
     }
     if pos < clip.end {
         gaps.push(Window {

@@ -262,6 +262,13 @@ impl MemoryTree {
             .map(|(i, _)| RegionId(i as u32))
     }
 
+    /// Renders the view of `root` from scratch, without publishing it or
+    /// telling listeners; for diagnostics and benchmarks.
+    pub fn render_view(&self, root: RegionId) -> Result<FlatView, MemoryError> {
+        self.try_region(root)?;
+        Ok(render(self, flatview_root(self, root)))
+    }
+
     /// Counters of the work commits have done.
     pub fn stats(&self) -> TreeStats {
         self.stats

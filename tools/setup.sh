@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing Ember needs beyond the Rust toolchain,
+# only when it is missing. Safe to run again.
+set -euo pipefail
+
+need_apt=()
+# gcc links the Rust binaries and builds C parts of dependencies.
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+
+if ((${#need_apt[@]})); then
+    echo "== installing ${need_apt[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain (https://rustup.rs) first" >&2
+    exit 1
+fi
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "== adding rustup component $component"
+        rustup component add "$component"
+    fi
+done
