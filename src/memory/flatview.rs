@@ -298,7 +298,10 @@ fn find_gaps(covered: &BTreeMap<u64, (u128, u32)>, clip: Window, gaps: &mut Vec<
             break;
         }
         if start > pos {
-            gaps.push(Window { start: pos, end: start });
+            gaps.push(Window {
+                start: pos,
+                end: start,
+            });
         }
         pos = pos.max(end);
     }

@@ -212,3 +212,86 @@ fn flat_text(tree: &MemoryTree) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{Unassigned, SIZE_2_64};
+
+    #[test]
+    fn types_follow_the_region_state() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("sys", SIZE_2_64).unwrap();
+        let flash = tree.new_romd("flash", 0x1000, None).unwrap();
+        let ram = tree.new_ram("ram", 0x1000).unwrap();
+        let win = tree.new_alias("win", ram, 0x800, 0x800).unwrap();
+        tree.add_subregion(sys, 0, flash).unwrap();
+        tree.add_subregion(sys, 0x1000, ram).unwrap();
+        tree.add_subregion(sys, 0x10000, win).unwrap();
+        tree.add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        let text = mtree_text(&tree, MtreeOptions::default());
+        assert!(text.contains("0000000000000000-0000000000000fff (prio 0, romd): flash\n"));
+        assert!(text.contains(
+            "0000000000010000-00000000000107ff (prio 0, ram): alias win @ram 0000000000000800-0000000000000fff\n"
+        ));
+        tree.set_romd_mode(flash, false).unwrap();
+        tree.set_readonly(ram, true).unwrap();
+        let text = mtree_text(&tree, MtreeOptions::default());
+        assert!(text.contains("(prio 0, i/o): flash\n"), "{text}");
+        assert!(text.contains("(prio 0, rom): ram\n"), "{text}");
+        assert!(text.contains("(prio 0, rom): alias win @ram"), "{text}");
+        let flat = mtree_text(
+            &tree,
+            MtreeOptions {
+                flatview: true,
+                disabled: false,
+            },
+        );
+        assert!(
+            flat.contains(
+                "  0000000000010000-00000000000107ff (prio 0, rom): ram @0000000000000800\n"
+            ),
+            "{flat}"
+        );
+    }
+
+    #[test]
+    fn empty_view_and_alias_root() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("sys", SIZE_2_64).unwrap();
+        let ram = tree.new_ram("ram", 0x1000).unwrap();
+        let view = tree.new_alias("view", ram, 0, 0x1000).unwrap();
+        tree.add_address_space("empty", sys, Unassigned::Zero)
+            .unwrap();
+        tree.add_address_space("aliased", view, Unassigned::Zero)
+            .unwrap();
+        let flat = mtree_text(
+            &tree,
+            MtreeOptions {
+                flatview: true,
+                disabled: false,
+            },
+        );
+        let want = "FlatView #0\n AS \"empty\", root: sys\n Root memory region: (none)\n  No rendered FlatView\n\n\
+                    FlatView #1\n AS \"aliased\", root: view, alias ram\n Root memory region: ram\n  0000000000000000-0000000000000fff (prio 0, ram): ram\n\n";
+        assert_eq!(flat, want);
+    }
+
+    #[test]
+    fn overflow_is_flagged_like_qemu() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("sys", SIZE_2_64).unwrap();
+        let io = tree.new_io("wrap", 0x2000, None).unwrap();
+        tree.add_subregion(sys, u64::MAX - 0xfff, io).unwrap();
+        tree.add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        let text = mtree_text(&tree, MtreeOptions::default());
+        assert!(
+            text.contains(
+                "[DETECTED OVERFLOW!]     fffffffffffff000-0000000000000fff (prio 0, i/o): wrap\n"
+            ),
+            "{text}"
+        );
+    }
+}

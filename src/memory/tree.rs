@@ -681,3 +681,148 @@ impl MemoryTree {
             .ok_or(MemoryError::NoSuchListener)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemTxResult;
+
+    #[test]
+    fn address_spaces_over_the_same_memory_share_a_view() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let ram = tree.new_ram("ram", 0x1000).unwrap();
+        tree.add_subregion(sys, 0, ram).unwrap();
+        let whole = tree.new_alias("cpu-view", sys, 0, SIZE_2_64).unwrap();
+        let a = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        let b = tree
+            .add_address_space("cpu", whole, Unassigned::Zero)
+            .unwrap();
+        assert!(Arc::ptr_eq(&a.view(), &b.view()));
+        let renders = tree.stats().renders;
+        tree.set_address(ram, 0x1000).unwrap();
+        assert!(Arc::ptr_eq(&a.view(), &b.view()));
+        assert_eq!(tree.stats().renders, renders + 1);
+    }
+
+    #[test]
+    fn structural_mistakes_are_errors() {
+        let mut tree = MemoryTree::new();
+        let a = tree.new_container("a", 0x100).unwrap();
+        let b = tree.new_container("b", 0x100).unwrap();
+        let r = tree.new_ram("r", 0x100).unwrap();
+        let w = tree.new_alias("w", a, 0, 0x100).unwrap();
+        tree.add_subregion(a, 0, r).unwrap();
+        assert!(matches!(
+            tree.add_subregion(b, 0, r),
+            Err(MemoryError::AlreadyAdded { .. })
+        ));
+        assert!(matches!(
+            tree.add_subregion(a, 0, a),
+            Err(MemoryError::Cycle { .. })
+        ));
+        assert!(matches!(
+            tree.add_subregion(a, 0, w),
+            Err(MemoryError::Cycle { .. })
+        ));
+        assert!(matches!(
+            tree.add_subregion(w, 0, b),
+            Err(MemoryError::AliasWithChildren { .. })
+        ));
+        assert!(matches!(
+            tree.set_size(r, 0x200),
+            Err(MemoryError::RamCannotGrow { .. })
+        ));
+        assert!(matches!(
+            tree.new_io("big", SIZE_2_64 + 1, None),
+            Err(MemoryError::SizeTooLarge { .. })
+        ));
+        assert!(matches!(tree.destroy(a), Err(MemoryError::InUse { .. })));
+        assert!(matches!(
+            tree.del_subregion(b, r),
+            Err(MemoryError::NotAChild { .. })
+        ));
+        tree.del_subregion(a, r).unwrap();
+        tree.destroy(r).unwrap();
+        assert!(matches!(tree.name(r), Err(MemoryError::NoSuchRegion(_))));
+        assert!(matches!(tree.commit(), Err(MemoryError::NoTransaction)));
+    }
+
+    #[test]
+    fn moving_makes_a_region_the_newest_sibling() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let first = tree.new_io("first", 0x1000, None).unwrap();
+        let second = tree.new_io("second", 0x1000, None).unwrap();
+        tree.add_subregion(sys, 0, first).unwrap();
+        tree.add_subregion(sys, 0, second).unwrap();
+        let mem = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        assert_eq!(mem.view().lookup(0).unwrap().region, second);
+        tree.set_address(first, 0x800).unwrap();
+        tree.set_address(first, 0).unwrap();
+        assert_eq!(mem.view().lookup(0).unwrap().region, first);
+    }
+
+    /// A reader thread dispatching through the published view never sees a
+    /// hole while the writer remaps an alias back and forth, because each
+    /// commit publishes a complete view at once.
+    #[test]
+    fn readers_never_see_a_transient_hole() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let ram = tree.new_ram("ram", 0x4000).unwrap();
+        tree.ram_block(ram)
+            .unwrap()
+            .write(0, &[0x11; 0x2000])
+            .unwrap();
+        tree.ram_block(ram)
+            .unwrap()
+            .write(0x2000, &[0x22; 0x2000])
+            .unwrap();
+        let win = tree.new_alias("win", ram, 0, 0x2000).unwrap();
+        tree.add_subregion(sys, 0x10000, win).unwrap();
+        let mem = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        // Reads of each value so far, so the writer keeps remapping until
+        // the reader has really raced with it.
+        let seen: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let reader = {
+            let (mem, stop, seen) = (mem.clone(), stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (v, r) = mem.read(0x10800, 1);
+                    assert_eq!(r, MemTxResult::Ok, "hole seen during a remap");
+                    assert!(v == 0x11 || v == 0x22, "unexpected byte {v:#x}");
+                    seen[(v == 0x22) as usize].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let mut i = 0u64;
+        while i < 2000
+            || seen[0].load(Ordering::Relaxed) < 100
+            || seen[1].load(Ordering::Relaxed) < 100
+        {
+            assert!(i < 50_000_000, "reader thread made no progress");
+            if reader.is_finished() {
+                break;
+            }
+            i += 1;
+            // Delete and re-add inside one transaction, as a remap does.
+            tree.transaction(|t| {
+                t.del_subregion(sys, win).unwrap();
+                t.set_alias_offset(win, (i % 2) * 0x2000).unwrap();
+                t.add_subregion(sys, 0x10000, win).unwrap();
+            });
+        }
+        stop.store(true, Ordering::Relaxed);
+        reader.join().expect("reader saw a hole");
+    }
+}
