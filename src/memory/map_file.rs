@@ -147,7 +147,7 @@ pub fn parse_number(text: &str) -> Result<u128, String> {
     if t.is_empty() {
         return Err("is empty".into());
     }
-    let bad = || format!("is not a number (use 4096, \"0x1000\", \"2^64\" or \"64K\")");
+    let bad = || "is not a number (use 4096, \"0x1000\", \"2^64\" or \"64K\")".to_string();
     if let Some(exp) = t.strip_prefix("2^") {
         let exp: u32 = exp.parse().map_err(|_| bad())?;
         if exp > 64 {

@@ -160,7 +160,9 @@ fn print_region(
 
 fn flat_text(tree: &MemoryTree) -> String {
     let mut out = String::new();
-    let mut views: Vec<(Arc<FlatView>, Vec<(String, RegionId)>)> = Vec::new();
+    // Each distinct view with the (name, root) of the address spaces on it.
+    type SpacesOfView = (Arc<FlatView>, Vec<(String, RegionId)>);
+    let mut views: Vec<SpacesOfView> = Vec::new();
     for space in tree.address_spaces() {
         let Ok(root) = tree.address_space_root(space) else {
             continue;
