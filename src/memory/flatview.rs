@@ -121,6 +121,11 @@ pub(crate) fn flatview_root(tree: &MemoryTree, mut id: RegionId) -> Option<Regio
         if !r.enabled {
             return None;
         }
+        // Unlike QEMU, never skip a read-only region: its flag must reach
+        // the ranges below it (contract rule 6).
+        if r.readonly {
+            return Some(id);
+        }
         if let Some((target, offset)) = r.alias {
             if offset == 0 && r.size >= tree.region_ref(target).size {
                 id = target;
@@ -186,9 +191,13 @@ pub(crate) fn render(tree: &MemoryTree, root: Option<RegionId>) -> FlatView {
     let mut pieces: Vec<FlatRange> = Vec::new();
     let mut stack = Vec::new();
     if let Some(root) = root {
+        // A region's address only means something inside its parent; the
+        // root of a view starts at 0 whatever its address elsewhere (QEMU
+        // adds it, so moving a parentless root shifts its view only at the
+        // next unrelated commit).
         stack.push(Step::Enter {
             id: root,
-            base: 0,
+            base: -(tree.region_ref(root).addr as i128),
             clip: Window {
                 start: 0,
                 end: SIZE_2_64,

@@ -5,8 +5,8 @@
 //! `region_del` for every old range that is gone or changed, then, walking
 //! the new view, `region_nop` for unchanged ranges (with `log_start` /
 //! `log_stop` when only dirty logging changed) and `region_add` for new ones,
-//! then `commit`. Deletions run in descending listener priority, everything
-//! else in ascending priority, as in QEMU.
+//! then `commit`. `region_del` and `log_stop` go to listeners in descending
+//! priority, everything else in ascending priority, as in QEMU.
 
 use super::flatview::{FlatRange, FlatView};
 

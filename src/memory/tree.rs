@@ -552,9 +552,11 @@ impl MemoryTree {
 
     /// Runs `f` inside a transaction.
     pub fn transaction<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let outer = self.depth;
         self.begin();
         let result = f(self);
-        self.depth -= 1;
+        // Restore the depth even if `f` committed more than it began.
+        self.depth = outer;
         if self.depth == 0 && self.pending {
             self.pending = false;
             self.update_views();
