@@ -1,4 +1,6 @@
 //! Ember: a KVM-backed userspace VMM for microVMs, built around QEMU's guest
 //! memory model.
 
+pub mod devices;
 pub mod memory;
+pub mod vmm;

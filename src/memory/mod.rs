@@ -8,6 +8,7 @@
 mod address_space;
 mod dispatch;
 mod flatview;
+mod guest_ram;
 mod listener;
 pub mod map_file;
 mod mtree;
@@ -18,6 +19,7 @@ mod tree;
 pub use address_space::{AddressSpace, Unassigned};
 pub use dispatch::MemTxResult;
 pub use flatview::{FlatRange, FlatView};
+pub use guest_ram::{GuestRam, PAGE_SIZE};
 pub use listener::{ListenerId, MemoryListener};
 pub use mtree::{mtree_text, MtreeOptions};
 pub use ram::{RamBacking, RamBlock};

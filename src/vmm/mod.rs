@@ -1,0 +1,4 @@
+//! The virtual machine: assembling a machine, running its vCPUs and its
+//! event loop, and ending it.
+
+pub mod exit;
