@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ember::memory::{AddressSpace, FlatRange, MemoryListener, MemoryTree, RegionId, RegionOps, Unassigned, SIZE_2_64};
+use ember::memory::{
+    AddressSpace, FlatRange, MemoryListener, MemoryTree, RegionId, RegionOps, Unassigned, SIZE_2_64,
+};
 
 struct Nop;
 impl RegionOps for Nop {
@@ -45,7 +47,8 @@ fn build(leaves: usize) -> (MemoryTree, AddressSpace, Vec<RegionId>) {
     tree.transaction(|tree| {
         let span = (leaves as u64) * 0x2000;
         let background = tree.new_ram("background", span).unwrap();
-        tree.add_subregion_overlap(system, 0, background, -1).unwrap();
+        tree.add_subregion_overlap(system, 0, background, -1)
+            .unwrap();
         let per = 100usize;
         for c in 0..leaves.div_ceil(per) {
             let base = (c * per) as u64 * 0x2000;
@@ -53,15 +56,19 @@ fn build(leaves: usize) -> (MemoryTree, AddressSpace, Vec<RegionId>) {
             tree.add_subregion(system, base, container).unwrap();
             for i in 0..per.min(leaves - c * per) {
                 let io = tree.new_io("dev", 0x1000, Some(ops.clone())).unwrap();
-                tree.add_subregion(container, i as u64 * 0x2000, io).unwrap();
+                tree.add_subregion(container, i as u64 * 0x2000, io)
+                    .unwrap();
                 all.push(io);
             }
             // An alias showing the bus a second time far above.
             let alias = tree.new_alias("bus-mirror", container, 0, 0x2000).unwrap();
-            tree.add_subregion(system, 0x10_0000_0000 + base, alias).unwrap();
+            tree.add_subregion(system, 0x10_0000_0000 + base, alias)
+                .unwrap();
         }
     });
-    let space = tree.add_address_space("memory", system, Unassigned::Zero).unwrap();
+    let space = tree
+        .add_address_space("memory", system, Unassigned::Zero)
+        .unwrap();
     (tree, space, all)
 }
 
@@ -110,16 +117,23 @@ fn main() {
     let render = time_batches(batches, || {
         black_box(tree.render_view(system).unwrap());
     });
-    println!("render: {regions} regions -> {ranges} flat ranges: {:.3} ms", render.as_secs_f64() * 1e3);
+    println!(
+        "render: {regions} regions -> {ranges} flat ranges: {:.3} ms",
+        render.as_secs_f64() * 1e3
+    );
 
-    tree.add_listener(&space, 0, Box::new(CountingListener(0))).unwrap();
+    tree.add_listener(&space, 0, Box::new(CountingListener(0)))
+        .unwrap();
     let victim = leaves[leaves.len() / 2];
     let mut on = false;
     let commit = time_batches(batches, || {
         tree.set_enabled(victim, on).unwrap();
         on = !on;
     });
-    println!("commit after one change ({regions} regions, 1 listener): {:.3} ms", commit.as_secs_f64() * 1e3);
+    println!(
+        "commit after one change ({regions} regions, 1 listener): {:.3} ms",
+        commit.as_secs_f64() * 1e3
+    );
 
     for n in [1_000usize, 10_000] {
         let (_tree, space, _) = build(n / 2);
@@ -135,7 +149,10 @@ fn main() {
             }
         });
         let per = lookup.as_secs_f64() * 1e9 / (addrs.len() * rounds) as f64;
-        println!("lookup, {} ranges, random addresses: {per:.1} ns", view.ranges().len());
+        println!(
+            "lookup, {} ranges, random addresses: {per:.1} ns",
+            view.ranges().len()
+        );
 
         let hot = time_batches(batches, || {
             for _ in 0..rounds {
@@ -145,7 +162,10 @@ fn main() {
             }
         });
         let per_hot = hot.as_secs_f64() * 1e9 / (addrs.len() * rounds) as f64;
-        println!("lookup, {} ranges, same address (MRU hit): {per_hot:.1} ns", view.ranges().len());
+        println!(
+            "lookup, {} ranges, same address (MRU hit): {per_hot:.1} ns",
+            view.ranges().len()
+        );
 
         let device = time_batches(batches, || {
             for _ in 0..rounds {
@@ -156,6 +176,9 @@ fn main() {
             }
         });
         let per_dev = device.as_secs_f64() * 1e9 / (addrs.len() * rounds) as f64;
-        println!("AddressSpace::read, {} ranges, random addresses: {per_dev:.1} ns", view.ranges().len());
+        println!(
+            "AddressSpace::read, {} ranges, random addresses: {per_dev:.1} ns",
+            view.ranges().len()
+        );
     }
 }
