@@ -1,6 +1,8 @@
 //! Ember: a KVM-backed userspace VMM for microVMs, built around QEMU's guest
 //! memory model.
 
+pub mod accel;
+pub mod arch;
 pub mod devices;
 pub mod memory;
 pub mod vmm;

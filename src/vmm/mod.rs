@@ -1,4 +1,5 @@
 //! The virtual machine: assembling a machine, running its vCPUs and its
 //! event loop, and ending it.
 
+pub mod console;
 pub mod exit;

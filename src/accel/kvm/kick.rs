@@ -1,0 +1,196 @@
+//! Getting vCPU threads out of `KVM_RUN` and holding them there, for memory
+//! updates that must not show a transient hole and for stopping the VM.
+//!
+//! This is QEMU's `accel_ioctl_inhibit` model: a vCPU counts itself as
+//! running only between "about to enter KVM_RUN" and "KVM_RUN returned".
+//! [`VcpuControl::pause`] raises a flag, kicks every vCPU thread with a
+//! signal whose handler sets `kvm_run.immediate_exit`, and waits until no
+//! vCPU is inside. A vCPU that is handling an exit (for example the MMIO
+//! write that toggles a ROM device and so triggers the memory update) is not
+//! inside, so the update never waits for itself.
+//!
+//! The race between checking the flag and entering KVM_RUN is closed by
+//! `immediate_exit`: a signal that lands before the ioctl makes it return
+//! `EINTR` at once. No sleep or polling is involved anywhere.
+
+use std::cell::Cell;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use kvm_bindings::kvm_run;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// The signal used to kick vCPU threads (the first real-time signal, which
+/// the C runtime never uses).
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// The `kvm_run` page of the vCPU this thread runs, for the signal
+    /// handler. Const-initialised, so reading it from a signal handler never
+    /// allocates or takes a lock.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: the pointer was set by this same thread from its own
+        // VcpuFd's kvm_run mapping and is cleared before that VcpuFd is
+        // dropped (see `KvmRunRegistration`); the handler runs on this
+        // thread, so the mapping is live and nothing else on this thread
+        // touches it concurrently. Writing one byte is async-signal-safe.
+        unsafe { (*run).immediate_exit = 1 };
+    }
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    static INSTALLED: std::sync::OnceLock<Result<(), vmm_sys_util::errno::Error>> =
+        std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| register_signal_handler(kick_signal(), on_kick))
+        .to_owned()
+}
+
+/// While alive, the kick handler of this thread sets `immediate_exit` in
+/// the given `kvm_run`. Drop it before the VcpuFd.
+pub struct KvmRunRegistration(());
+
+impl KvmRunRegistration {
+    /// Registers the calling thread's vCPU run page.
+    pub fn new(run: &mut kvm_run) -> Self {
+        KVM_RUN.with(|r| r.set(run as *mut kvm_run));
+        KvmRunRegistration(())
+    }
+}
+
+impl Drop for KvmRunRegistration {
+    fn drop(&mut self) {
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+}
+
+/// A registered vCPU thread that can be kicked.
+struct Thread(libc::pthread_t);
+
+// SAFETY: the handle comes from `pthread_self()` of a live vCPU thread,
+// which removes it (under the control lock) before it exits; kicks are sent
+// only under that lock, so the handle is valid whenever it is used.
+unsafe impl Killable for Thread {
+    fn pthread_handle(&self) -> libc::pthread_t {
+        self.0
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// vCPUs between `enter` and `leave`.
+    inside: usize,
+    /// Nested pause requests.
+    pauses: usize,
+    /// The VM is stopping: vCPUs must leave and not come back.
+    stopping: bool,
+    threads: Vec<(usize, Thread)>,
+}
+
+/// Shared by the vCPU threads and whoever pauses or stops them.
+#[derive(Default)]
+pub struct VcpuControl {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl VcpuControl {
+    /// A control with no vCPU threads yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU thread when it starts.
+    pub fn register_thread(&self, index: usize) {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        self.lock().threads.push((index, Thread(me)));
+    }
+
+    /// Called by a vCPU thread before it exits.
+    pub fn unregister_thread(&self, index: usize) {
+        let mut state = self.lock();
+        state.threads.retain(|(i, _)| *i != index);
+        self.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread before `KVM_RUN`: waits while a pause is in
+    /// force, then counts the vCPU as inside. Returns false once the VM is
+    /// stopping.
+    pub fn enter(&self) -> bool {
+        let mut state = self.lock();
+        while state.pauses > 0 && !state.stopping {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if state.stopping {
+            return false;
+        }
+        state.inside += 1;
+        true
+    }
+
+    /// Called by a vCPU thread after `KVM_RUN` returns.
+    pub fn leave(&self) {
+        let mut state = self.lock();
+        state.inside -= 1;
+        self.changed.notify_all();
+    }
+
+    fn kick_all(state: &State) {
+        for (_, thread) in &state.threads {
+            // A thread that already exited was unregistered under this lock,
+            // so the only failure left is an invalid signal number, which
+            // kick_signal() is not.
+            let _ = thread.kill(kick_signal());
+        }
+    }
+
+    /// Gets every vCPU out of `KVM_RUN` and keeps it out until [`resume`].
+    /// Safe to call from a vCPU thread that is handling an exit.
+    ///
+    /// [`resume`]: VcpuControl::resume
+    pub fn pause(&self) {
+        let mut state = self.lock();
+        state.pauses += 1;
+        while state.inside > 0 {
+            Self::kick_all(&state);
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Ends one [`pause`](VcpuControl::pause).
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        state.pauses = state.pauses.saturating_sub(1);
+        self.changed.notify_all();
+    }
+
+    /// Tells every vCPU to stop and kicks it out of `KVM_RUN`.
+    pub fn stop(&self) {
+        let mut state = self.lock();
+        state.stopping = true;
+        Self::kick_all(&state);
+        self.changed.notify_all();
+    }
+
+    /// Whether [`stop`](VcpuControl::stop) was called.
+    pub fn is_stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
+    /// How many vCPUs are inside `KVM_RUN` now (for tests).
+    pub fn inside(&self) -> usize {
+        self.lock().inside
+    }
+}

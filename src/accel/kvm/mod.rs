@@ -1,0 +1,155 @@
+//! The KVM accelerator: opening /dev/kvm with errors that name the cause,
+//! memory slots from FlatView changes, vCPU threads, and the eventfd
+//! helpers virtio devices use.
+
+pub mod kick;
+pub mod memory;
+pub mod vcpu;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why KVM cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KvmError {
+    #[error(
+        "{path} is not present: this host has no KVM (load the kvm module, or use --accel tcg)"
+    )]
+    NotPresent { path: String },
+    #[error("no permission to open {path}: add your user to the 'kvm' group or run as root")]
+    NoPermission { path: String },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("KVM API version {0} is not the supported version 12")]
+    ApiVersion(i32),
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    #[error("{what} failed: {source}")]
+    Ioctl {
+        what: &'static str,
+        source: vmm_sys_util::errno::Error,
+    },
+}
+
+/// An open /dev/kvm and one VM.
+pub struct KvmAccel {
+    pub kvm: Kvm,
+    pub vm: Arc<VmFd>,
+    /// `KVM_CAP_NR_MEMSLOTS`.
+    pub max_slots: u32,
+}
+
+/// The default KVM device.
+pub const KVM_PATH: &str = "/dev/kvm";
+
+impl KvmAccel {
+    /// Opens `path` (normally /dev/kvm), checks what Ember needs and creates
+    /// a VM.
+    pub fn open(path: &Path) -> Result<Self, KvmError> {
+        let shown = path.display().to_string();
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            KvmError::Open {
+                path: shown.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            }
+        })?;
+        let kvm = Kvm::new_with_path(&c_path).map_err(|e| {
+            let io = std::io::Error::from_raw_os_error(e.errno());
+            match io.kind() {
+                std::io::ErrorKind::NotFound => KvmError::NotPresent {
+                    path: shown.clone(),
+                },
+                std::io::ErrorKind::PermissionDenied => KvmError::NoPermission {
+                    path: shown.clone(),
+                },
+                _ => KvmError::Open {
+                    path: shown.clone(),
+                    source: io,
+                },
+            }
+        })?;
+        let version = kvm.get_api_version();
+        if version != 12 {
+            return Err(KvmError::ApiVersion(version));
+        }
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::ReadonlyMem, "KVM_CAP_READONLY_MEM"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(KvmError::MissingCap(name));
+            }
+        }
+        let max_slots = kvm.get_nr_memslots() as u32;
+        let vm = kvm.create_vm().map_err(|source| KvmError::Ioctl {
+            what: "KVM_CREATE_VM",
+            source,
+        })?;
+        Ok(KvmAccel {
+            kvm,
+            vm: Arc::new(vm),
+            max_slots,
+        })
+    }
+
+    /// Delivers interrupt `gsi` whenever `event` is written (KVM_IRQFD).
+    pub fn register_irqfd(&self, event: &EventFd, gsi: u32) -> Result<(), KvmError> {
+        self.vm
+            .register_irqfd(event, gsi)
+            .map_err(|source| KvmError::Ioctl {
+                what: "KVM_IRQFD",
+                source,
+            })
+    }
+
+    /// Makes guest writes to `addr` signal `event` inside KVM, without an
+    /// exit to the VMM (KVM_IOEVENTFD), optionally only for one value.
+    pub fn register_ioeventfd(
+        &self,
+        event: &EventFd,
+        addr: IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> Result<(), KvmError> {
+        let result = match datamatch {
+            Some(v) => self.vm.register_ioevent(event, &addr, v),
+            None => self.vm.register_ioevent(event, &addr, NoDatamatch),
+        };
+        result.map_err(|source| KvmError::Ioctl {
+            what: "KVM_IOEVENTFD",
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_device_is_named() {
+        let err = KvmAccel::open(Path::new("/nonexistent/kvm")).err().unwrap();
+        assert!(matches!(err, KvmError::NotPresent { .. }));
+        assert!(err.to_string().contains("/nonexistent/kvm is not present"));
+    }
+
+    #[test]
+    fn a_non_kvm_device_is_an_ioctl_error() {
+        // /dev/null opens but answers no KVM ioctl.
+        match KvmAccel::open(Path::new("/dev/null")) {
+            Err(KvmError::ApiVersion(_))
+            | Err(KvmError::Ioctl { .. })
+            | Err(KvmError::Open { .. }) => {}
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("/dev/null accepted as KVM"),
+        }
+    }
+}

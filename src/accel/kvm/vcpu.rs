@@ -1,0 +1,201 @@
+//! The vCPU thread: `KVM_RUN` in a loop, port I/O exits dispatched through
+//! the `I/O` address space and MMIO exits through `memory` (the same tree
+//! and dispatch code as everything else), and every way a vCPU can end.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use kvm_bindings::{
+    kvm_run, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::kick::{KvmRunRegistration, VcpuControl};
+use crate::memory::AddressSpace;
+use crate::vmm::exit::{ExitReason, ExitSignal};
+
+/// What a vCPU thread needs.
+pub struct VcpuContext {
+    /// The vCPU's index (0 is the boot CPU).
+    pub index: usize,
+    /// Where MMIO exits go.
+    pub memory: AddressSpace,
+    /// Where port I/O exits go.
+    pub io: AddressSpace,
+    /// Pausing and stopping.
+    pub control: Arc<VcpuControl>,
+    /// Where the vCPU reports why the VM must end.
+    pub exit: Arc<ExitSignal>,
+    /// Set once, by whichever vCPU enters `KVM_RUN` first (startup timing).
+    pub first_run: Arc<OnceLock<Instant>>,
+}
+
+/// Counters a vCPU keeps (returned when its thread ends).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuStats {
+    pub runs: u64,
+    pub pio_exits: u64,
+    pub mmio_exits: u64,
+    pub interrupted: u64,
+}
+
+/// The registers of a vCPU as text, for error reports.
+pub fn describe_registers(vcpu: &VcpuFd) -> String {
+    let mut text = String::new();
+    match vcpu.get_regs() {
+        Ok(r) => text.push_str(&format!(
+            "rip={:#018x} rsp={:#018x} rflags={:#x}\n\
+             rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n\
+             rsi={:#018x} rdi={:#018x} rbp={:#018x}\n\
+             r8={:#018x} r9={:#018x} r10={:#018x} r11={:#018x}\n\
+             r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.rbp,
+            r.r8,
+            r.r9,
+            r.r10,
+            r.r11,
+            r.r12,
+            r.r13,
+            r.r14,
+            r.r15
+        )),
+        Err(e) => text.push_str(&format!("(registers unavailable: {e})\n")),
+    }
+    match vcpu.get_sregs() {
+        Ok(s) => text.push_str(&format!(
+            "cs={:#06x} base={:#x} l={} db={} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            s.cs.selector, s.cs.base, s.cs.l, s.cs.db, s.cr0, s.cr3, s.cr4, s.efer
+        )),
+        Err(e) => text.push_str(&format!("(segment registers unavailable: {e})")),
+    }
+    text
+}
+
+/// What to do after an exit.
+enum Next {
+    Continue,
+    Stop(ExitReason),
+    InternalError,
+    Unexpected(String),
+}
+
+/// Runs a vCPU until the VM stops. Call on the vCPU's own thread.
+pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
+    let mut stats = VcpuStats::default();
+    ctx.control.register_thread(ctx.index);
+    let run_page: *mut kvm_run = vcpu.get_kvm_run();
+    let registration = KvmRunRegistration::new(vcpu.get_kvm_run());
+    loop {
+        if !ctx.control.enter() {
+            break;
+        }
+        ctx.first_run.get_or_init(Instant::now);
+        stats.runs += 1;
+        let result = vcpu.run();
+        ctx.control.leave();
+        let next = match result {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                stats.pio_exits += 1;
+                // SAFETY: the exit is KVM_EXIT_IO, so the `io` member of the
+                // run page's union is the valid one; `run_page` points at
+                // this vCPU's live run mapping and `data` borrows a
+                // different part of it.
+                let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
+                for element in data.chunks(size.max(1)) {
+                    ctx.io.write_buf(port as u64, element);
+                }
+                Next::Continue
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                stats.pio_exits += 1;
+                // SAFETY: as above, for an input exit.
+                let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
+                for element in data.chunks_mut(size.max(1)) {
+                    ctx.io.read_buf(port as u64, element);
+                }
+                Next::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                stats.mmio_exits += 1;
+                ctx.memory.read_buf(addr, data);
+                Next::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                stats.mmio_exits += 1;
+                ctx.memory.write_buf(addr, data);
+                Next::Continue
+            }
+            Ok(VcpuExit::Hlt) => Next::Stop(ExitReason::Halted),
+            Ok(VcpuExit::Shutdown) => Next::Stop(ExitReason::TripleFault),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Next::Stop(match kind {
+                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                KVM_SYSTEM_EVENT_CRASH => ExitReason::Error(format!("vCPU {} reported a guest crash", ctx.index)),
+                other => ExitReason::Error(format!("vCPU {}: unknown KVM system event {other}", ctx.index)),
+            }),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Next::Stop(ExitReason::Error(format!(
+                "vCPU {}: KVM_EXIT_FAIL_ENTRY, hardware entry failure reason {reason:#x} on host cpu {cpu}\n{}",
+                ctx.index,
+                describe_registers(&vcpu)
+            ))),
+            Ok(VcpuExit::InternalError) => Next::InternalError,
+            Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => Next::Continue,
+            Ok(other) => Next::Unexpected(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                stats.interrupted += 1;
+                vcpu.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Err(e) => Next::Stop(ExitReason::Error(format!(
+                "vCPU {}: KVM_RUN failed: {e}",
+                ctx.index
+            ))),
+        };
+        match next {
+            Next::Continue => {}
+            Next::Stop(reason) => {
+                ctx.exit.request(reason);
+                break;
+            }
+            Next::Unexpected(what) => {
+                ctx.exit.request(ExitReason::Error(format!(
+                    "vCPU {}: unexpected KVM exit {what}\n{}",
+                    ctx.index,
+                    describe_registers(&vcpu)
+                )));
+                break;
+            }
+            Next::InternalError => {
+                let run = vcpu.get_kvm_run();
+                // SAFETY: the exit is KVM_EXIT_INTERNAL_ERROR, so `internal`
+                // is the valid member of the union.
+                let internal = unsafe { run.__bindgen_anon_1.internal };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                let data: Vec<String> = internal.data[..n]
+                    .iter()
+                    .map(|d| format!("{d:#x}"))
+                    .collect();
+                ctx.exit.request(ExitReason::Error(format!(
+                    "vCPU {}: KVM internal error, suberror {} data [{}]\n{}",
+                    ctx.index,
+                    internal.suberror,
+                    data.join(", "),
+                    describe_registers(&vcpu)
+                )));
+                break;
+            }
+        }
+    }
+    drop(registration);
+    ctx.control.unregister_thread(ctx.index);
+    stats
+}

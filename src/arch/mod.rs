@@ -1,0 +1,2 @@
+//! Machine descriptions per guest architecture.
+pub mod x86_64;
