@@ -84,6 +84,29 @@ impl RamBlock {
         self.map.as_ref().and_then(|m| m.file_offset())
     }
 
+    /// How many bytes of the block are resident in host memory (pages the
+    /// guest or the VMM touched), for memory-footprint reports.
+    pub fn resident_bytes(&self) -> u64 {
+        let Some(map) = &self.map else { return 0 };
+        let page = 4096usize;
+        let pages = map.size().div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the mapping is live for `map.size()` bytes from a
+        // page-aligned address, and `vec` has one byte per page, as
+        // mincore(2) requires.
+        let ret = unsafe {
+            libc::mincore(
+                map.as_ptr() as *mut libc::c_void,
+                map.size(),
+                vec.as_mut_ptr(),
+            )
+        };
+        if ret != 0 {
+            return 0;
+        }
+        vec.iter().filter(|b| **b & 1 != 0).count() as u64 * page as u64
+    }
+
     /// Copies `buf.len()` bytes starting at `offset` into `buf`.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         if buf.is_empty() {
@@ -164,6 +187,8 @@ mod tests {
         assert!(block.write(8190, &[0; 3]).is_err());
         assert!(block.read(u64::MAX, &mut buf).is_err());
         assert_eq!(block.host_address() as usize % 4096, 0);
+        // Only the touched pages (one, written above) are resident.
+        assert_eq!(block.resident_bytes(), 4096);
     }
 
     #[test]

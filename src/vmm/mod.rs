@@ -1,5 +1,6 @@
 //! The virtual machine: assembling a machine, running its vCPUs and its
 //! event loop, and ending it.
 
+pub mod config;
 pub mod console;
 pub mod exit;

@@ -1,0 +1,375 @@
+//! Small purpose-built guests under KVM: port I/O and MMIO through the
+//! dispatch tree, ROM, romd and alias changes while the guest runs, dirty
+//! logging, two vCPUs, the built-in guest and triple faults.
+//!
+//! Each guest is readable 16-bit assembly in this file, assembled with GNU
+//! as at test time and booted as firmware through the reset vector.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{firmware_file, kvm_available, scratch_dir, Recorder};
+use ember::memory::MemoryTree;
+use ember::vmm::config::VmConfig;
+use ember::vmm::console::{ConsoleInput, ConsoleOutput};
+use ember::vmm::exit::ExitReason;
+use ember::vmm::vm::Vm;
+
+/// How long a test waits for a guest event before failing (a bound, not a
+/// synchronisation: every wait is for a specific event).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn config(name: &str, body: Option<&str>) -> VmConfig {
+    VmConfig {
+        firmware: body.map(|b| firmware_file(name, b)),
+        memory: 64 << 20,
+        console_input: ConsoleInput::None,
+        console_output: ConsoleOutput::File(scratch_dir("console").join(format!("{name}.log"))),
+        ..VmConfig::default()
+    }
+}
+
+fn console_text(cfg: &VmConfig) -> String {
+    match &cfg.console_output {
+        ConsoleOutput::File(p) => std::fs::read_to_string(p).unwrap_or_default(),
+        ConsoleOutput::Stdout => String::new(),
+    }
+}
+
+fn add_io(tree: &mut MemoryTree, parent: ember::memory::RegionId, name: &str, addr: u64, size: u128, prio: i32, dev: Arc<Recorder>) {
+    let id = tree.new_io(name, size, Some(dev)).unwrap();
+    tree.add_subregion_overlap(parent, addr, id, prio).unwrap();
+}
+
+#[test]
+fn builtin_guest_prints_its_checks_and_powers_off() {
+    if !kvm_available() {
+        return;
+    }
+    let cfg = config("builtin", None);
+    let vm = Vm::new(cfg.clone()).unwrap();
+    let outcome = vm.run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::PowerOff);
+    let text = console_text(&cfg);
+    assert!(text.contains("hello from the reset vector"), "{text}");
+    for check in ["port I/O: ok", "MMIO: ok", "ROM: ok"] {
+        assert!(text.contains(check), "missing {check:?} in {text}");
+    }
+    assert!(!text.contains("FAILED"), "{text}");
+    assert!(outcome.vcpus[0].pio_exits > 10);
+    assert!(outcome.vcpus[0].mmio_exits >= 3, "ROM write and ember-info accesses exit");
+}
+
+/// Port I/O and MMIO go through overlapping, prioritised regions and
+/// aliases exactly as the FlatView says.
+#[test]
+fn pio_and_mmio_follow_priorities_and_aliases() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        # MMIO: segment 0xd100 = 0xd1000.
+        movw $0xd100, %ax
+        movw %ax, %es
+        movl %es:0x10, %eax        # low device (prio 0) at 0xd1000: 0x1000_0010
+        outl %eax, $0x500
+        movl %es:0x84, %eax        # high device (prio 1) covers 0xd1080..: 0x2000_0004
+        outl %eax, $0x500
+        movl %es:0x204, %eax       # alias at 0xd1200 -> far device offset 0x40: 0x3000_0044
+        outl %eax, $0x500
+        movl $0xdeadbeef, %es:0x88 # write reaches the high device at offset 8
+        # Port I/O: 0x510..0x51f low (prio 0), 0x514..0x517 high (prio 1).
+        movw $0x518, %dx
+        inl %dx, %eax              # low: 0x4000_0008
+        outl %eax, $0x500
+        movw $0x514, %dx
+        inl %dx, %eax              # high: 0x5000_0000
+        outl %eax, $0x500
+        movw $0x7f0, %dx
+        inl %dx, %eax              # nothing there: all ones
+        outl %eax, $0x500
+        movw $0x501, %dx
+        movb $0, %al
+        outb %al, %dx              # debug-exit
+    1:  hlt
+        jmp 1b
+    "#;
+    let mut cfg = config("priorities", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let vm = Vm::new(cfg).unwrap();
+    let results = Recorder::new(0);
+    let low = Recorder::new(0x1000_0000);
+    let high = Recorder::new(0x2000_0000);
+    let far = Recorder::new(0x3000_0000);
+    let plow = Recorder::new(0x4000_0000);
+    let phigh = Recorder::new(0x5000_0000);
+    {
+        let tree = vm.tree();
+        let mut tree = tree.lock().unwrap();
+        let (system, io) = (vm.layout().system, vm.layout().io);
+        add_io(&mut tree, io, "results", 0x500, 1, 0, results.clone());
+        add_io(&mut tree, system, "low", 0xd1000, 0x1000, 0, low.clone());
+        add_io(&mut tree, system, "high", 0xd1080, 0x80, 1, high.clone());
+        let far_id = tree.new_io("far", 0x1000, Some(far.clone())).unwrap();
+        let alias = tree.new_alias("far-window", far_id, 0x40, 0x100).unwrap();
+        tree.add_subregion_overlap(system, 0xd1200, alias, 2).unwrap();
+        add_io(&mut tree, io, "plow", 0x510, 0x10, 0, plow.clone());
+        add_io(&mut tree, io, "phigh", 0x514, 4, 1, phigh.clone());
+    }
+    let outcome = vm.run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::DebugExit(0));
+    assert_eq!(
+        results.values(),
+        vec![0x1000_0010, 0x2000_0004, 0x3000_0044, 0x4000_0008, 0x5000_0000, 0xffff_ffff]
+    );
+    assert_eq!(high.writes(), vec![(8, 4, 0xdead_beef)]);
+    assert!(low.writes().is_empty());
+}
+
+/// A ROM keeps its contents whatever the guest writes, under KVM (a
+/// read-only slot whose writes exit and are dropped by dispatch).
+#[test]
+fn rom_cannot_be_changed_by_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        movw $0xd200, %ax
+        movw %ax, %es
+        movl $0x11223344, %es:0x10
+        movb $0x55, %es:0x800
+        movl %es:0x10, %eax
+        outl %eax, $0x500
+        movb %es:0x800, %al
+        outb %al, $0x500
+        movw $0x501, %dx
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#;
+    let mut cfg = config("rom", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let vm = Vm::new(cfg).unwrap();
+    let results = Recorder::new(0);
+    let rom_block;
+    {
+        let tree = vm.tree();
+        let mut tree = tree.lock().unwrap();
+        let io = vm.layout().io;
+        add_io(&mut tree, io, "results", 0x500, 1, 0, results.clone());
+        let rom = tree.new_rom("test-rom", 0x1000).unwrap();
+        rom_block = tree.ram_block(rom).unwrap();
+        rom_block.write(0x10, &0xa5a5_a5a5u32.to_le_bytes()).unwrap();
+        rom_block.write(0x800, &[0x77]).unwrap();
+        tree.add_subregion(vm.layout().system, 0xd2000, rom).unwrap();
+    }
+    let outcome = vm.run().unwrap();
+    assert!(matches!(outcome.reason, ExitReason::DebugExit(_)));
+    assert_eq!(results.values(), vec![0xa5a5_a5a5, 0x77]);
+    let mut b = [0u8; 4];
+    rom_block.read(0x10, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0xa5a5_a5a5);
+}
+
+/// The guest reads through an alias and a ROM device in a tight loop while
+/// the host remaps the alias and toggles romd mode thousands of times. Every
+/// read must hit one of the expected backings: never a hole.
+#[test]
+fn remaps_and_romd_toggles_never_show_a_hole() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        movw $0xd300, %ax
+        movw %ax, %es              # alias window over RAM A / RAM B
+        movw $0xd400, %ax
+        movw %ax, %fs              # romd device
+        movw $0xd000, %ax
+        movw %ax, %gs              # ember-info: scratch at 8 is the stop flag
+        xorl %ecx, %ecx            # holes seen
+    loop:
+        movb %es:0x123, %al
+        cmpb $0x11, %al
+        je 1f
+        cmpb $0x22, %al
+        je 1f
+        incl %ecx
+    1:  movb %fs:0x10, %al
+        cmpb $0x33, %al            # romd mode: memory
+        je 2f
+        cmpb $0x44, %al            # device mode: callbacks
+        je 2f
+        incl %ecx
+    2:  movl %gs:8, %eax
+        cmpl $1, %eax
+        jne loop
+        movl %ecx, %eax
+        movw $0x501, %dx
+        outb %al, %dx              # exit code carries the hole count
+    3:  hlt
+        jmp 3b
+    "#;
+    let mut cfg = config("remap", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let mut vm = Vm::new(cfg).unwrap();
+    let tree = vm.tree();
+    let (alias, romd);
+    {
+        let mut t = tree.lock().unwrap();
+        let ram = t.new_ram("ab", 0x2000).unwrap();
+        let block = t.ram_block(ram).unwrap();
+        block.write(0, &[0x11; 0x1000]).unwrap();
+        block.write(0x1000, &[0x22; 0x1000]).unwrap();
+        alias = t.new_alias("window", ram, 0, 0x1000).unwrap();
+        t.add_subregion(vm.layout().system, 0xd3000, alias).unwrap();
+        romd = t.new_romd("flash", 0x1000, Some(Recorder::new(0x44 - 0x10))).unwrap();
+        t.ram_block(romd).unwrap().write(0, &[0x33; 0x1000]).unwrap();
+        t.add_subregion(vm.layout().system, 0xd4000, romd).unwrap();
+    }
+    vm.prepare().unwrap();
+    let slots = vm.kvm_memory().unwrap();
+    let memory = vm.memory().clone();
+    let runner = std::thread::spawn(move || vm.run());
+    let ioctls_before = slots.ioctl_count();
+    let pauses_before = slots.pause_count();
+    for i in 0..2000u64 {
+        let mut t = tree.lock().unwrap();
+        t.set_alias_offset(alias, (i % 2 + 1) % 2 * 0x1000).unwrap();
+        t.set_romd_mode(romd, i % 2 == 1).unwrap();
+    }
+    // Tell the guest to stop (through the same dispatch the guest uses).
+    memory.write(0xd0008, 4, 1);
+    let outcome = runner.join().unwrap().unwrap();
+    assert_eq!(outcome.reason, ExitReason::DebugExit(0), "the guest saw holes");
+    assert_eq!(slots.take_error(), None);
+    // Every remap deleted and re-added an overlapping slot (2 ioctls and a
+    // pause); every romd toggle added or removed one slot (1 ioctl).
+    assert_eq!(slots.ioctl_count() - ioctls_before, 2000 * 2 + 2000);
+    assert_eq!(slots.pause_count() - pauses_before, 2000);
+}
+
+/// Dirty logging reports exactly the pages the guest wrote, and reading
+/// the log clears it.
+#[test]
+fn dirty_log_reports_exactly_the_written_pages() {
+    if !kvm_available() {
+        return;
+    }
+    // No stack use: call/push would dirty pages too.
+    let guest = r#"
+        xorw %ax, %ax
+        movw %ax, %es
+        movb $1, %es:0x1000
+        movw $0x2000, %ax
+        movw %ax, %es
+        movw $0xbeef, %es:0x3004   # 0x23004
+        movl $1, %es:0xf000        # 0x2f000
+        movb $1, %al
+        outb %al, $0x500           # doorbell 1
+        movw $0xd000, %ax
+        movw %ax, %gs
+    1:  movl %gs:8, %eax
+        cmpl $2, %eax
+        jne 1b
+        movw $0x4000, %ax
+        movw %ax, %es
+        movb $7, %es:0x0ff0        # 0x40ff0
+        movb $2, %al
+        outb %al, $0x500           # doorbell 2
+    2:  movl %gs:8, %eax
+        cmpl $3, %eax
+        jne 2b
+        movw $0x501, %dx
+        outb %al, %dx
+    3:  hlt
+        jmp 3b
+    "#;
+    let mut cfg = config("dirty", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let mut vm = Vm::new(cfg).unwrap();
+    let doorbell = Recorder::new(0);
+    let rings = doorbell.subscribe();
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(&mut t, vm.layout().io, "doorbell", 0x500, 1, 0, doorbell.clone());
+        t.set_dirty_log(vm.layout().ram, 0, true).unwrap();
+    }
+    vm.prepare().unwrap();
+    let slots = vm.kvm_memory().unwrap();
+    let memory = vm.memory().clone();
+    // Pages the VMM wrote while loading (the MP table) are not the guest's.
+    let _ = slots.dirty_pages(0, 1 << 20).unwrap();
+    let runner = std::thread::spawn(move || vm.run());
+    assert_eq!(rings.recv_timeout(PATIENCE).unwrap(), (0, 1));
+    assert_eq!(slots.dirty_pages(0, 1 << 20).unwrap(), vec![0x1000, 0x23000, 0x2f000]);
+    memory.write(0xd0008, 4, 2);
+    assert_eq!(rings.recv_timeout(PATIENCE).unwrap(), (0, 2));
+    assert_eq!(slots.dirty_pages(0, 1 << 20).unwrap(), vec![0x40000]);
+    memory.write(0xd0008, 4, 3);
+    let outcome = runner.join().unwrap().unwrap();
+    assert!(matches!(outcome.reason, ExitReason::DebugExit(_)));
+}
+
+/// Two vCPUs run at once. Without the in-kernel irqchip both start at the
+/// reset vector; each reports its APIC ID from CPUID.
+#[test]
+fn two_vcpus_both_run() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        movl $1, %eax
+        cpuid
+        shrl $24, %ebx
+        movb %bl, %al
+        outb %al, $0x500
+    1:  jmp 1b
+    "#;
+    let mut cfg = config("smp", Some(guest));
+    cfg.cpus = 2;
+    cfg.irqchip = false;
+    let vm = Vm::new(cfg).unwrap();
+    let ids = Recorder::new(0);
+    let rings = ids.subscribe();
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(&mut t, vm.layout().io, "ids", 0x500, 1, 0, ids.clone());
+    }
+    let exit = vm.exit_signal();
+    let runner = std::thread::spawn(move || vm.run());
+    let mut seen = vec![
+        rings.recv_timeout(PATIENCE).unwrap().1,
+        rings.recv_timeout(PATIENCE).unwrap().1,
+    ];
+    seen.sort_unstable();
+    assert_eq!(seen, vec![0, 1]);
+    exit.request(ExitReason::UserQuit);
+    let outcome = runner.join().unwrap().unwrap();
+    assert_eq!(outcome.reason, ExitReason::UserQuit);
+    assert_eq!(outcome.vcpus.len(), 2);
+}
+
+/// A guest with an empty IDT that raises an exception triple-faults, and
+/// the VM ends with that reason.
+#[test]
+fn triple_fault_ends_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        lidt idt
+        int3
+    1:  jmp 1b
+    idt: .word 0
+         .long 0
+    "#;
+    let vm = Vm::new(config("triple", Some(guest))).unwrap();
+    let outcome = vm.run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::TripleFault);
+    assert_ne!(outcome.reason.exit_code(), 0);
+}

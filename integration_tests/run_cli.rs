@@ -1,0 +1,131 @@
+//! `ember run` from the command line: the built-in guest, firmware with
+//! debug-exit codes, triple faults, and every error path.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::{firmware_file, kvm_available, scratch_dir};
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ember")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_error(args: &[&str], needles: &[&str]) {
+    let out = ember(args);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} not in {err}");
+    }
+}
+
+#[test]
+fn builtin_guest_runs_from_the_command_line() {
+    if !kvm_available() {
+        return;
+    }
+    let out = ember(&["run", "--memory", "64M"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("Ember built-in guest"), "{text}");
+    assert!(text.contains("Powering off."), "{text}");
+}
+
+#[test]
+fn debug_exit_sets_the_exit_status() {
+    if !kvm_available() {
+        return;
+    }
+    let fw = firmware_file(
+        "debug-exit",
+        r#"
+        movw $0x501, %dx
+        movb $0x31, %al
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#,
+    );
+    let out = ember(&["run", "--firmware", fw.to_str().unwrap(), "--debug-exit", "0x501"]);
+    assert_eq!(out.status.code(), Some(0x63), "{}", stderr(&out));
+    let fw = firmware_file(
+        "debug-exit-0",
+        r#"
+        movw $0x501, %dx
+        movb $0, %al
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#,
+    );
+    let out = ember(&["run", "--firmware", fw.to_str().unwrap(), "--debug-exit", "1281"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn triple_fault_is_reported() {
+    if !kvm_available() {
+        return;
+    }
+    let fw = firmware_file(
+        "triple-cli",
+        r#"
+        lidt idt
+        int3
+    1:  jmp 1b
+    idt: .word 0
+         .long 0
+    "#,
+    );
+    let out = ember(&["run", "--firmware", fw.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("triple fault"), "{}", stderr(&out));
+}
+
+#[test]
+fn print_mtree_shows_the_pc_layout_without_kvm() {
+    let out = ember(&["run", "--memory", "5G", "--print-mtree", "--kvm-device", "/nonexistent"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains("alias ram-below-4g @pc.ram"), "{text}");
+    assert!(text.contains("alias ram-above-4g @pc.ram"), "{text}");
+    assert!(text.contains("(prio 0, i/o): serial"), "{text}");
+    assert!(text.contains("FlatView #0"), "{text}");
+}
+
+#[test]
+fn run_errors_are_clear() {
+    let dir = scratch_dir("errors");
+    let fw = dir.join("empty.rom");
+    std::fs::write(&fw, b"").unwrap();
+    assert_error(&["run", "--kernel", "/nonexistent/vmlinux"], &["kernel", "/nonexistent/vmlinux"]);
+    assert_error(&["run", "--kernel", dir.to_str().unwrap()], &["kernel"]);
+    assert_error(&["run", "--memory", "12Q"], &["not a memory size"]);
+    assert_error(&["run", "--memory", "512K"], &["memory"]);
+    assert_error(&["run", "--cpus", "0"], &["--cpus"]);
+    assert_error(&["run", "--firmware", "/nonexistent/bios.bin"], &["firmware", "/nonexistent/bios.bin"]);
+    assert_error(&["run", "--firmware", fw.to_str().unwrap()], &["firmware"]);
+    assert_error(&["run", "--accel", "hvf"], &["unknown accelerator 'hvf'"]);
+    assert_error(&["run", "--kvm-device", "/nonexistent/kvm"], &["/nonexistent/kvm is not present"]);
+    assert_error(&["run", "--debug-exit", "0x10000"], &["not a port number"]);
+    if kvm_available() {
+        let kernel = dir.join("garbage");
+        std::fs::write(&kernel, vec![0x42u8; 4096]).unwrap();
+        assert_error(&["run", "--kernel", kernel.to_str().unwrap()], &["kernel"]);
+        let long = "x".repeat(1 << 20);
+        let elf = dir.join("garbage2");
+        std::fs::write(&elf, vec![0x42u8; 4096]).unwrap();
+        assert_error(&["run", "--kernel", elf.to_str().unwrap(), "--cmdline", &long], &[]);
+    }
+}

@@ -1,0 +1,378 @@
+//! An x86_64 microVM: the PC-style memory tree, the legacy devices on it,
+//! KVM underneath, the vCPU threads and the event loop that waits for the
+//! end.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VcpuFd;
+
+use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
+use crate::accel::kvm::memory::KvmMemory;
+use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
+use crate::accel::kvm::{KvmAccel, KvmError};
+use crate::accel::AccelChoice;
+use crate::arch::x86_64::boot::load_linux;
+use crate::arch::x86_64::cpuid::setup_cpuid;
+use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
+use crate::arch::x86_64::mptable::setup_mptable;
+use crate::arch::x86_64::regs::{setup_boot_vcpu, setup_lapic};
+use crate::devices::debug_exit::DebugExit;
+use crate::devices::ember_info::{EmberInfo, EMBER_INFO_ADDR, EMBER_INFO_LEN};
+use crate::devices::i8042::I8042;
+use crate::devices::irq::EventFdTrigger;
+use crate::devices::port80::Port80;
+use crate::devices::power::{PowerControl, PM1A_CNT_LEN, PM1A_CNT_PORT};
+use crate::devices::serial::Serial;
+use crate::memory::{
+    mtree_text, AddressSpace, GuestRam, MemoryError, MemoryTree, MtreeOptions, RegionOps,
+    Unassigned,
+};
+use crate::vmm::config::VmConfig;
+use crate::vmm::console::{ConsoleReader, ExitWatcher, InputSource, RawTerminal};
+use crate::vmm::exit::{ExitReason, ExitSignal};
+
+/// The firmware Ember boots when given neither a kernel nor a firmware
+/// image: resources/guests/hello.s, assembled by build.rs.
+pub const BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello.bin"));
+
+/// COM1.
+pub const SERIAL_PORT: u64 = 0x3f8;
+/// COM1's interrupt line.
+pub const SERIAL_IRQ: u32 = 4;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("--cpus must be between 1 and 254, not {0}")]
+    Cpus(u8),
+    #[error("memory map: {0}")]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("the software CPU (--accel tcg) is not available yet for x86_64 guests")]
+    NoTcg,
+    #[error("{what}: {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Arch(String),
+    #[error("KVM memory slots: {0}")]
+    Slots(String),
+    #[error("{what}: {source}")]
+    Ioctl {
+        what: &'static str,
+        source: vmm_sys_util::errno::Error,
+    },
+    #[error("console: {0}")]
+    Console(std::io::Error),
+    #[error("event loop: {0:?}")]
+    EventLoop(event_manager::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The KVM side of a prepared VM.
+struct KvmParts {
+    accel: KvmAccel,
+    slots: KvmMemory,
+    vcpus: Vec<VcpuFd>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct VmOutcome {
+    pub reason: ExitReason,
+    /// Per-vCPU counters.
+    pub vcpus: Vec<VcpuStats>,
+    /// From `Vm::new` to the first `KVM_RUN`.
+    pub startup: Option<std::time::Duration>,
+}
+
+/// An x86_64 microVM.
+pub struct Vm {
+    config: VmConfig,
+    created: Instant,
+    exit: Arc<ExitSignal>,
+    tree: Arc<Mutex<MemoryTree>>,
+    memory: AddressSpace,
+    io: AddressSpace,
+    pc: PcMemory,
+    serial: Arc<Serial>,
+    control: Arc<VcpuControl>,
+    first_run: Arc<OnceLock<Instant>>,
+    kvm: Option<KvmParts>,
+}
+
+fn file_error(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |source| VmError::File {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Vm {
+    /// Builds the machine's memory tree and devices. Nothing touches KVM
+    /// yet, so `ember run --print-mtree` works anywhere.
+    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+        let created = Instant::now();
+        if config.cpus == 0 || config.cpus > 254 {
+            return Err(VmError::Cpus(config.cpus));
+        }
+        if config.accel == AccelChoice::Tcg {
+            return Err(VmError::NoTcg);
+        }
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
+        let mut tree = MemoryTree::new();
+        let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
+            let pc = build_pc_memory(tree, config.memory).map_err(|e| VmError::Arch(e.to_string()))?;
+            let output = config.console_output.open().map_err(VmError::Console)?;
+            let trigger = EventFdTrigger::new().map_err(VmError::Console)?;
+            let serial = Arc::new(Serial::new(trigger, output));
+            let io_devices: Vec<(&str, u64, u128, Arc<dyn RegionOps>)> = vec![
+                ("serial", SERIAL_PORT, 8, serial.clone()),
+                ("i8042", crate::devices::i8042::I8042_PORT, crate::devices::i8042::I8042_LEN, Arc::new(I8042::new(exit.clone()))),
+                ("ioport80", 0x80, 1, Arc::new(Port80::default())),
+                ("pm1a-cnt", PM1A_CNT_PORT, PM1A_CNT_LEN, Arc::new(PowerControl::new(exit.clone()))),
+            ];
+            for (name, port, len, ops) in io_devices {
+                let id = tree.new_io(name, len, Some(ops))?;
+                tree.add_subregion(pc.io, port, id)?;
+            }
+            if let Some(port) = config.debug_exit {
+                let dev = Arc::new(DebugExit::new(exit.clone()));
+                let id = tree.new_io("isa-debug-exit", crate::devices::debug_exit::DEBUG_EXIT_LEN, Some(dev))?;
+                tree.add_subregion(pc.io, port as u64, id)?;
+            }
+            let info = tree.new_io("ember-info", EMBER_INFO_LEN, Some(Arc::new(EmberInfo::new(config.cpus as u32))))?;
+            tree.add_subregion(pc.system, EMBER_INFO_ADDR, info)?;
+            let firmware = match (&config.firmware, &config.kernel) {
+                (Some(path), _) => Some(std::fs::read(path).map_err(file_error("firmware", path))?),
+                (None, None) => Some(BUILTIN_GUEST.to_vec()),
+                (None, Some(_)) => None,
+            };
+            if let Some(image) = firmware {
+                map_firmware(tree, pc.system, &image).map_err(|e| VmError::Arch(e.to_string()))?;
+            }
+            Ok((pc, serial))
+        })?;
+        let memory = tree.add_address_space("memory", pc.system, Unassigned::Zero)?;
+        let io = tree.add_address_space("I/O", pc.io, Unassigned::AllOnes)?;
+        Ok(Vm {
+            config,
+            created,
+            exit,
+            tree: Arc::new(Mutex::new(tree)),
+            memory,
+            io,
+            pc,
+            serial,
+            control: Arc::new(VcpuControl::new()),
+            first_run: Arc::new(OnceLock::new()),
+            kvm: None,
+        })
+    }
+
+    /// The memory tree, for tests and introspection.
+    pub fn tree(&self) -> Arc<Mutex<MemoryTree>> {
+        self.tree.clone()
+    }
+
+    fn lock_tree(&self) -> MutexGuard<'_, MemoryTree> {
+        self.tree.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `memory` address space.
+    pub fn memory(&self) -> &AddressSpace {
+        &self.memory
+    }
+
+    /// The `I/O` address space.
+    pub fn io(&self) -> &AddressSpace {
+        &self.io
+    }
+
+    /// The machine's regions.
+    pub fn layout(&self) -> &PcMemory {
+        &self.pc
+    }
+
+    /// `info mtree` and `info mtree -f` of the machine.
+    pub fn mtree(&self) -> String {
+        let tree = self.lock_tree();
+        let mut text = mtree_text(&tree, MtreeOptions::default());
+        text.push_str(&mtree_text(
+            &tree,
+            MtreeOptions {
+                flatview: true,
+                disabled: false,
+            },
+        ));
+        text
+    }
+
+    /// A probe for how much guest RAM is resident (in KiB), to subtract
+    /// from the process's resident size when reporting the VMM's own.
+    pub fn guest_ram_resident_kib_probe(&self) -> impl Fn() -> u64 {
+        let block = self.lock_tree().ram_block(self.pc.ram).ok();
+        move || block.as_ref().map_or(0, |b| b.resident_bytes() / 1024)
+    }
+
+    /// How the VM is told to stop and how it reports why.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
+    /// The KVM slot manager, once [`Vm::prepare`] ran.
+    pub fn kvm_memory(&self) -> Option<KvmMemory> {
+        self.kvm.as_ref().map(|k| k.slots.clone())
+    }
+
+    /// Pauses and stops the vCPUs.
+    pub fn vcpu_control(&self) -> Arc<VcpuControl> {
+        self.control.clone()
+    }
+
+    /// Opens KVM, maps memory, loads the guest and creates the vCPUs.
+    pub fn prepare(&mut self) -> Result<(), VmError> {
+        if self.kvm.is_some() {
+            return Ok(());
+        }
+        let accel = KvmAccel::open(&self.config.kvm_path)?;
+        install_kick_handler().map_err(|source| VmError::Ioctl {
+            what: "installing the vCPU kick signal handler",
+            source,
+        })?;
+        let (slots, listener) = KvmMemory::new(accel.vm.clone(), accel.max_slots, Some(self.control.clone()));
+        {
+            let mut tree = self.lock_tree();
+            tree.add_listener(&self.memory, 0, Box::new(listener))?;
+        }
+        if let Some(e) = slots.take_error() {
+            return Err(VmError::Slots(e));
+        }
+        let ioctl = |what| move |source| VmError::Ioctl { what, source };
+        if self.config.irqchip {
+            accel.vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            accel.vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+            accel.register_irqfd(self.serial.irq_event(), SERIAL_IRQ)?;
+        }
+
+        let guest = GuestRam::from_view(&self.memory.view())?;
+        let boot = match &self.config.kernel {
+            Some(path) => {
+                let e820 = e820_from_view(&self.memory.view());
+                let mut kernel = File::open(path).map_err(file_error("kernel", path))?;
+                let mut initrd = match &self.config.initrd {
+                    Some(p) => Some(File::open(p).map_err(file_error("initrd", p))?),
+                    None => None,
+                };
+                let boot = load_linux(guest.memory(), &e820, &mut kernel, initrd.as_mut(), &self.config.cmdline)
+                    .map_err(|e| VmError::Arch(e.to_string()))?;
+                Some(boot)
+            }
+            None => None,
+        };
+        setup_mptable(guest.memory(), self.config.cpus).map_err(|e| VmError::Arch(e.to_string()))?;
+
+        let mut vcpus = Vec::with_capacity(self.config.cpus as usize);
+        for index in 0..self.config.cpus {
+            let vcpu = accel.vm.create_vcpu(index as u64).map_err(ioctl("KVM_CREATE_VCPU"))?;
+            setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus).map_err(|e| VmError::Arch(e.to_string()))?;
+            if self.config.irqchip {
+                setup_lapic(&vcpu).map_err(|e| VmError::Arch(e.to_string()))?;
+            }
+            if let (0, Some(boot)) = (index, &boot) {
+                setup_boot_vcpu(&vcpu, guest.memory(), boot).map_err(|e| VmError::Arch(e.to_string()))?;
+            }
+            vcpus.push(vcpu);
+        }
+        self.kvm = Some(KvmParts { accel, slots, vcpus });
+        Ok(())
+    }
+
+    /// Runs the VM until it ends: vCPU threads, console input and the exit
+    /// signal, all driven by one event loop on this thread.
+    pub fn run(mut self) -> Result<VmOutcome, VmError> {
+        self.prepare()?;
+        let parts = self.kvm.take().ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
+        let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
+        for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                index,
+                memory: self.memory.clone(),
+                io: self.io.clone(),
+                control: self.control.clone(),
+                exit: self.exit.clone(),
+                first_run: self.first_run.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("ember-vcpu{index}"))
+                .spawn(move || run_vcpu(vcpu, ctx));
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    self.control.stop();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(VmError::Thread(e));
+                }
+            }
+        }
+        let result = self.event_loop();
+        self.control.stop();
+        let mut stats = Vec::new();
+        for t in threads {
+            stats.push(t.join().unwrap_or_default());
+        }
+        // Keep KVM open until every vCPU thread is gone.
+        drop(parts.accel);
+        result?;
+        let reason = self
+            .exit
+            .reason()
+            .unwrap_or_else(|| ExitReason::Error("the VM stopped without a reason".into()));
+        let startup = self.first_run.get().map(|t| t.duration_since(self.created));
+        Ok(VmOutcome {
+            reason,
+            vcpus: stats,
+            startup,
+        })
+    }
+
+    fn event_loop(&self) -> Result<(), VmError> {
+        let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
+            EventManager::new().map_err(VmError::EventLoop)?;
+        events.add_subscriber(Box::new(ExitWatcher::new(self.exit.clone())));
+        let _raw = if let Some(source) = InputSource::open(&self.config.console_input).map_err(VmError::Console)? {
+            let raw = matches!(source, InputSource::Stdin).then(RawTerminal::enter);
+            let serial = self.serial.clone();
+            let deliver = Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes));
+            events.add_subscriber(Box::new(ConsoleReader::new(source, deliver, self.exit.clone())));
+            raw
+        } else {
+            None
+        };
+        while !self.exit.is_requested() {
+            match events.run() {
+                Ok(_) => {}
+                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
+                Err(e) => return Err(VmError::EventLoop(e)),
+            }
+        }
+        Ok(())
+    }
+}
