@@ -2,3 +2,11 @@
 //! plugs into the memory tree like any QEMU device.
 //!
 //! [`RegionOps`]: crate::memory::RegionOps
+
+pub mod debug_exit;
+pub mod ember_info;
+pub mod i8042;
+pub mod irq;
+pub mod port80;
+pub mod power;
+pub mod serial;
