@@ -1,20 +1,40 @@
-//! A minimal i8042 keyboard controller, as Firecracker has: enough for a
-//! Linux guest's `reboot` (reboot=k pulses the CPU reset line through
-//! command 0xfe) to end the VM.
+//! A minimal i8042 keyboard controller, as Firecracker has one: its only job
+//! is the CPU reset line. A Linux guest without ACPI reboots (`reboot=k`,
+//! and the fallback after a failed ACPI reset) by waiting for the input
+//! buffer to be empty and writing command 0xfe to port 0x64; that ends the
+//! VM with [`ExitReason::Reset`] (Ember, like Firecracker, does not restart
+//! the guest).
+//!
+//! There is no keyboard behind it: the status register never shows data,
+//! the data port reads 0, and every other command is accepted and ignored.
+//!
+//! Written by hand rather than with vm-superio's `I8042Device`: that one
+//! needs `&mut self` (so a lock around a device with no state) and reads 0
+//! from the status port, where this model sets the system flag a
+//! controller that passed its self-test reports.
 
 use std::sync::Arc;
 
 use crate::memory::{AccessRules, RegionOps};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 
-/// The data port; the command/status port is `I8042_PORT + 4`.
+/// The data port; the command/status port is `I8042_PORT + 4` (0x64).
 pub const I8042_PORT: u64 = 0x60;
-/// One region covers 0x60..=0x64.
+/// One region covers 0x60..=0x64. Ports 0x61..=0x63 are not the
+/// controller's (0x61 is the PC's system control port B, which KVM's
+/// in-kernel PIT emulates); here they read all ones and ignore writes, as
+/// unclaimed ports do.
 pub const I8042_LEN: u128 = 5;
 
+/// Offset of the data port.
 const DATA: u64 = 0;
+/// Offset of the command (write) / status (read) port.
 const COMMAND: u64 = 4;
+/// "Pulse output port bit 0": the CPU reset line.
 const CMD_RESET_CPU: u64 = 0xfe;
+/// Status: output buffer empty (bit 0), input buffer empty (bit 1), system
+/// flag set (bit 2, self-test passed).
+const STATUS: u64 = 0x04;
 
 /// The controller.
 pub struct I8042 {
@@ -22,6 +42,7 @@ pub struct I8042 {
 }
 
 impl I8042 {
+    /// A controller that reports a reset pulse to `exit`.
     pub fn new(exit: Arc<ExitSignal>) -> Self {
         I8042 { exit }
     }
@@ -30,8 +51,7 @@ impl I8042 {
 impl RegionOps for I8042 {
     fn read(&self, offset: u64, _size: u32) -> u64 {
         match offset {
-            // Status: output buffer empty, input buffer empty, system flag.
-            COMMAND => 0x04,
+            COMMAND => STATUS,
             DATA => 0,
             _ => 0xff,
         }
@@ -43,6 +63,7 @@ impl RegionOps for I8042 {
         }
     }
 
+    /// Byte ports, as QEMU's i8042: wider accesses are split into bytes.
     fn rules(&self) -> AccessRules {
         AccessRules::with_impl(1, 1)
     }
@@ -51,27 +72,71 @@ impl RegionOps for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{MemoryTree, Unassigned};
+    use crate::devices::test_util::io_space;
+    use crate::memory::{AddressSpace, MemTxResult, MemoryTree};
+
+    const DATA_PORT: u64 = 0x60;
+    const CMD_PORT: u64 = 0x64;
+
+    fn rig() -> (Arc<ExitSignal>, AddressSpace, MemoryTree) {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let dev = Arc::new(I8042::new(exit.clone()));
+        let (tree, io) = io_space(vec![("i8042", I8042_PORT, I8042_LEN, dev)]);
+        (exit, io, tree)
+    }
 
     #[test]
-    fn only_the_reset_command_resets() {
-        let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut tree = MemoryTree::new();
-        let io = tree.new_io("io", 0x10000, None).unwrap();
-        let dev = tree
-            .new_io("i8042", I8042_LEN, Some(Arc::new(I8042::new(exit.clone()))))
-            .unwrap();
-        tree.add_subregion(io, I8042_PORT, dev).unwrap();
-        let space = tree
-            .add_address_space("I/O", io, Unassigned::AllOnes)
-            .unwrap();
-        assert_eq!(space.read(0x64, 1).0 & 0x3, 0, "no data pending");
-        space.write(0x64, 1, 0xad);
-        space.write(0x60, 1, 0xfe);
+    fn linux_reboot_sequence_resets() {
+        let (exit, io, _tree) = rig();
+        // kb_wait(): poll until the input buffer is empty.
+        let status = io.read(CMD_PORT, 1);
+        assert_eq!(status, (STATUS, MemTxResult::Ok));
+        assert_eq!(status.0 & 0x03, 0, "no data pending, ready for a command");
         assert!(!exit.is_requested());
-        space.write(0x64, 1, 0xfe);
+        // outb(0xfe, 0x64), as a KVM port-I/O exit delivers it.
+        assert_eq!(io.write_buf(CMD_PORT, &[0xfe]), MemTxResult::Ok);
         assert_eq!(exit.reason(), Some(ExitReason::Reset));
-        // Ports between data and command belong to no one else either.
-        assert_eq!(space.read(0x61, 1).0, 0xff);
+        assert_eq!(exit.eventfd().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn other_commands_and_ports_do_not_reset() {
+        let (exit, io, _tree) = rig();
+        // Disable/enable keyboard, read/write the command byte, write the
+        // output port, self-test...
+        for cmd in [0xad, 0xae, 0xa7, 0xa8, 0x20, 0x60, 0xd1, 0xaa, 0xff, 0x00] {
+            assert_eq!(io.write(CMD_PORT, 1, cmd), MemTxResult::Ok);
+        }
+        // 0xfe sent to the keyboard (data port) is a resend request, not a
+        // reset; nor is it on the ports in between.
+        for port in DATA_PORT..CMD_PORT {
+            io.write(port, 1, 0xfe);
+        }
+        // outw 0xfe00 to 0x64: the command port gets 0x00, 0xfe lands on
+        // 0x65, which is nobody's.
+        assert_eq!(io.write(CMD_PORT, 2, 0xfe00), MemTxResult::Ok);
+        assert!(!exit.is_requested());
+        assert_eq!(io.read(DATA_PORT, 1), (0, MemTxResult::Ok));
+        assert_eq!(io.read(0x61, 1).0, 0xff);
+        assert_eq!(io.read(CMD_PORT, 1).0 & 0x03, 0, "still nothing pending");
+    }
+
+    #[test]
+    fn a_wide_write_resets_through_its_low_byte() {
+        let (exit, io, _tree) = rig();
+        // outw 0x00fe to 0x64: the low byte reaches the command port.
+        assert_eq!(io.write(CMD_PORT, 2, 0x00fe), MemTxResult::Ok);
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
+    fn hostile_offsets_do_not_panic_or_reset() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let dev = I8042::new(exit.clone());
+        for offset in [5, 0x104, u64::MAX] {
+            assert_eq!(dev.read(offset, 8), 0xff);
+            dev.write(offset, 8, CMD_RESET_CPU);
+        }
+        assert!(!exit.is_requested());
     }
 }

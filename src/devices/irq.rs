@@ -1,32 +1,101 @@
-//! Interrupt lines as eventfds: a device writes the eventfd, and KVM (an
-//! irqfd) or a software interrupt controller delivers the interrupt.
+//! Interrupt lines as eventfds.
+//!
+//! A device raises its interrupt by writing to an eventfd; the VMM registers
+//! the same eventfd with KVM as an irqfd (`KVM_IRQFD`, e.g. GSI 4 for COM1),
+//! so the interrupt is injected by the kernel without the VMM's event loop
+//! being involved. Without an in-kernel irqchip nobody listens and the
+//! counter simply accumulates, which is harmless.
+
+use std::io;
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-/// A vm-superio `Trigger` that writes an eventfd.
-pub struct EventFdTrigger(EventFd);
+/// An interrupt line backed by an eventfd, usable as a vm-superio
+/// [`Trigger`](vm_superio::Trigger).
+///
+/// Cloning shares the same eventfd (no new file descriptor), so a device can
+/// own one handle while the VMM keeps another for irqfd registration;
+/// [`EventFdTrigger::try_clone`] duplicates the descriptor when an
+/// independently owned [`EventFd`] is needed.
+#[derive(Clone, Debug)]
+pub struct EventFdTrigger {
+    event: Arc<EventFd>,
+}
 
 impl EventFdTrigger {
-    /// A new, non-blocking eventfd.
-    pub fn new() -> std::io::Result<Self> {
-        Ok(EventFdTrigger(EventFd::new(EFD_NONBLOCK)?))
+    /// A new line on a fresh non-blocking eventfd.
+    ///
+    /// Non-blocking so that raising the line never stalls a vCPU thread (a
+    /// saturated counter fails with `EAGAIN` instead of blocking) and so that
+    /// [`EventFdTrigger::drain`] returns at once when nothing is pending.
+    pub fn new() -> io::Result<Self> {
+        Ok(Self::from_eventfd(EventFd::new(EFD_NONBLOCK)?))
     }
 
-    /// The eventfd, to register with KVM as an irqfd.
+    /// Wraps an existing eventfd. It should be non-blocking; see
+    /// [`EventFdTrigger::new`].
+    pub fn from_eventfd(event: EventFd) -> Self {
+        EventFdTrigger {
+            event: Arc::new(event),
+        }
+    }
+
+    /// The eventfd, to register with KVM as an irqfd or with an event loop.
     pub fn event(&self) -> &EventFd {
-        &self.0
+        &self.event
     }
 
-    /// Reads and clears how many times the line was raised (0 if not).
-    pub fn take_count(&self) -> u64 {
-        self.0.read().unwrap_or(0)
+    /// A trigger on a duplicate of the descriptor (same eventfd object, so
+    /// raising either raises both).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self::from_eventfd(self.event.try_clone()?))
+    }
+
+    /// Reads and clears the counter: how many times the line was raised
+    /// since the last drain, 0 if never. For tests and for VMMs that poll
+    /// the line themselves instead of using an irqfd.
+    pub fn drain(&self) -> io::Result<u64> {
+        match self.event.read() {
+            Ok(count) => Ok(count),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
     }
 }
 
 impl vm_superio::Trigger for EventFdTrigger {
-    type E = std::io::Error;
+    type E = io::Error;
 
-    fn trigger(&self) -> std::io::Result<()> {
-        self.0.write(1)
+    /// Raises the line (an edge: KVM's irqfd asserts and deasserts the GSI).
+    fn trigger(&self) -> io::Result<()> {
+        self.event.write(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_superio::Trigger;
+
+    #[test]
+    fn trigger_counts_and_drain_clears() {
+        let line = EventFdTrigger::new().unwrap();
+        assert_eq!(line.drain().unwrap(), 0);
+        line.trigger().unwrap();
+        line.trigger().unwrap();
+        assert_eq!(line.drain().unwrap(), 2);
+        assert_eq!(line.drain().unwrap(), 0);
+    }
+
+    #[test]
+    fn clones_share_the_eventfd() {
+        let line = EventFdTrigger::new().unwrap();
+        let shared = line.clone();
+        let dup = line.try_clone().unwrap();
+        shared.trigger().unwrap();
+        dup.trigger().unwrap();
+        assert_eq!(line.event().read().unwrap(), 2);
+        assert_eq!(dup.drain().unwrap(), 0);
     }
 }

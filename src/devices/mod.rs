@@ -10,3 +10,6 @@ pub mod irq;
 pub mod port80;
 pub mod power;
 pub mod serial;
+
+#[cfg(test)]
+mod test_util;
