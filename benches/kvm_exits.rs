@@ -83,21 +83,18 @@ fn bare(image: &[u8], n: u32) -> Duration {
         unsafe { vm.set_user_memory_region(region) }.expect("set slot");
     }
     let mut vcpu = vm.create_vcpu(0).expect("vcpu");
-    let (mut t0, mut t1) = (None, None);
+    let mut t0 = None;
     let mut count = 0u32;
-    loop {
+    let t1 = loop {
         match vcpu.run().expect("KVM_RUN") {
             VcpuExit::IoOut(MARK_START, _) => t0 = Some(Instant::now()),
-            VcpuExit::IoOut(MARK_STOP, _) => {
-                t1 = Some(Instant::now());
-                break;
-            }
+            VcpuExit::IoOut(MARK_STOP, _) => break Instant::now(),
             VcpuExit::IoOut(_, _) | VcpuExit::MmioWrite(_, _) => count += 1,
             other => panic!("unexpected exit {other:?}"),
         }
-    }
+    };
     assert_eq!(count, n);
-    t1.unwrap() - t0.unwrap()
+    t1 - t0.expect("start marker")
 }
 
 /// Stamps the start and stop markers and ends the VM at the stop.
@@ -148,7 +145,8 @@ fn ember_run(image_path: &std::path::Path) -> Duration {
         let tree = vm.tree();
         let mut t = tree.lock().unwrap();
         let id = t.new_io("marks", 2, Some(marks.clone())).unwrap();
-        t.add_subregion(vm.layout().io, MARK_START as u64, id).unwrap();
+        t.add_subregion(vm.layout().io, MARK_START as u64, id)
+            .unwrap();
         let sink = t.new_io("sink", 0x1000, Some(Arc::new(Sink))).unwrap();
         t.add_subregion(vm.layout().system, 0xd5000, sink).unwrap();
     }
@@ -185,7 +183,16 @@ fn startup(rounds: usize) {
     for _ in 0..rounds {
         let t = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_ember"))
-            .args(["run", "--timings", "--memory", "512M", "--serial-input", "none", "--serial-output", "/dev/null"])
+            .args([
+                "run",
+                "--timings",
+                "--memory",
+                "512M",
+                "--serial-input",
+                "none",
+                "--serial-output",
+                "/dev/null",
+            ])
             .stdin(Stdio::null())
             .output()
             .expect("run ember");

@@ -39,7 +39,15 @@ fn console_text(cfg: &VmConfig) -> String {
     }
 }
 
-fn add_io(tree: &mut MemoryTree, parent: ember::memory::RegionId, name: &str, addr: u64, size: u128, prio: i32, dev: Arc<Recorder>) {
+fn add_io(
+    tree: &mut MemoryTree,
+    parent: ember::memory::RegionId,
+    name: &str,
+    addr: u64,
+    size: u128,
+    prio: i32,
+    dev: Arc<Recorder>,
+) {
     let id = tree.new_io(name, size, Some(dev)).unwrap();
     tree.add_subregion_overlap(parent, addr, id, prio).unwrap();
 }
@@ -60,7 +68,10 @@ fn builtin_guest_prints_its_checks_and_powers_off() {
     }
     assert!(!text.contains("FAILED"), "{text}");
     assert!(outcome.vcpus[0].pio_exits > 10);
-    assert!(outcome.vcpus[0].mmio_exits >= 3, "ROM write and ember-info accesses exit");
+    assert!(
+        outcome.vcpus[0].mmio_exits >= 3,
+        "ROM write and ember-info accesses exit"
+    );
 }
 
 /// Port I/O and MMIO go through overlapping, prioritised regions and
@@ -75,22 +86,22 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
         movw $0xd100, %ax
         movw %ax, %es
         movl %es:0x10, %eax        # low device (prio 0) at 0xd1000: 0x1000_0010
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movl %es:0x84, %eax        # high device (prio 1) covers 0xd1080..: 0x2000_0004
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movl %es:0x204, %eax       # alias at 0xd1200 -> far device offset 0x40: 0x3000_0044
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movl $0xdeadbeef, %es:0x88 # write reaches the high device at offset 8
         # Port I/O: 0x510..0x51f low (prio 0), 0x514..0x517 high (prio 1).
         movw $0x518, %dx
         inl %dx, %eax              # low: 0x4000_0008
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movw $0x514, %dx
         inl %dx, %eax              # high: 0x5000_0000
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movw $0x7f0, %dx
         inl %dx, %eax              # nothing there: all ones
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movw $0x501, %dx
         movb $0, %al
         outb %al, %dx              # debug-exit
@@ -115,7 +126,8 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
         add_io(&mut tree, system, "high", 0xd1080, 0x80, 1, high.clone());
         let far_id = tree.new_io("far", 0x1000, Some(far.clone())).unwrap();
         let alias = tree.new_alias("far-window", far_id, 0x40, 0x100).unwrap();
-        tree.add_subregion_overlap(system, 0xd1200, alias, 2).unwrap();
+        tree.add_subregion_overlap(system, 0xd1200, alias, 2)
+            .unwrap();
         add_io(&mut tree, io, "plow", 0x510, 0x10, 0, plow.clone());
         add_io(&mut tree, io, "phigh", 0x514, 4, 1, phigh.clone());
     }
@@ -123,7 +135,14 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
     assert_eq!(outcome.reason, ExitReason::DebugExit(0));
     assert_eq!(
         results.values(),
-        vec![0x1000_0010, 0x2000_0004, 0x3000_0044, 0x4000_0008, 0x5000_0000, 0xffff_ffff]
+        vec![
+            0x1000_0010,
+            0x2000_0004,
+            0x3000_0044,
+            0x4000_0008,
+            0x5000_0000,
+            0xffff_ffff
+        ]
     );
     assert_eq!(high.writes(), vec![(8, 4, 0xdead_beef)]);
     assert!(low.writes().is_empty());
@@ -142,9 +161,10 @@ fn rom_cannot_be_changed_by_the_guest() {
         movl $0x11223344, %es:0x10
         movb $0x55, %es:0x800
         movl %es:0x10, %eax
-        outl %eax, $0x500
+        movw $0x500, %dx; outl %eax, %dx
         movb %es:0x800, %al
-        outb %al, $0x500
+        movw $0x500, %dx
+        outb %al, %dx
         movw $0x501, %dx
         outb %al, %dx
     1:  hlt
@@ -162,9 +182,12 @@ fn rom_cannot_be_changed_by_the_guest() {
         add_io(&mut tree, io, "results", 0x500, 1, 0, results.clone());
         let rom = tree.new_rom("test-rom", 0x1000).unwrap();
         rom_block = tree.ram_block(rom).unwrap();
-        rom_block.write(0x10, &0xa5a5_a5a5u32.to_le_bytes()).unwrap();
+        rom_block
+            .write(0x10, &0xa5a5_a5a5u32.to_le_bytes())
+            .unwrap();
         rom_block.write(0x800, &[0x77]).unwrap();
-        tree.add_subregion(vm.layout().system, 0xd2000, rom).unwrap();
+        tree.add_subregion(vm.layout().system, 0xd2000, rom)
+            .unwrap();
     }
     let outcome = vm.run().unwrap();
     assert!(matches!(outcome.reason, ExitReason::DebugExit(_)));
@@ -225,8 +248,13 @@ fn remaps_and_romd_toggles_never_show_a_hole() {
         block.write(0x1000, &[0x22; 0x1000]).unwrap();
         alias = t.new_alias("window", ram, 0, 0x1000).unwrap();
         t.add_subregion(vm.layout().system, 0xd3000, alias).unwrap();
-        romd = t.new_romd("flash", 0x1000, Some(Recorder::new(0x44 - 0x10))).unwrap();
-        t.ram_block(romd).unwrap().write(0, &[0x33; 0x1000]).unwrap();
+        romd = t
+            .new_romd("flash", 0x1000, Some(Recorder::new(0x44 - 0x10)))
+            .unwrap();
+        t.ram_block(romd)
+            .unwrap()
+            .write(0, &[0x33; 0x1000])
+            .unwrap();
         t.add_subregion(vm.layout().system, 0xd4000, romd).unwrap();
     }
     vm.prepare().unwrap();
@@ -243,7 +271,11 @@ fn remaps_and_romd_toggles_never_show_a_hole() {
     // Tell the guest to stop (through the same dispatch the guest uses).
     memory.write(0xd0008, 4, 1);
     let outcome = runner.join().unwrap().unwrap();
-    assert_eq!(outcome.reason, ExitReason::DebugExit(0), "the guest saw holes");
+    assert_eq!(
+        outcome.reason,
+        ExitReason::DebugExit(0),
+        "the guest saw holes"
+    );
     assert_eq!(slots.take_error(), None);
     // Every remap deleted and re-added an overlapping slot (2 ioctls and a
     // pause); every romd toggle added or removed one slot (1 ioctl).
@@ -268,7 +300,8 @@ fn dirty_log_reports_exactly_the_written_pages() {
         movw $0xbeef, %es:0x3004   # 0x23004
         movl $1, %es:0xf000        # 0x2f000
         movb $1, %al
-        outb %al, $0x500           # doorbell 1
+        movw $0x500, %dx
+        outb %al, %dx           # doorbell 1
         movw $0xd000, %ax
         movw %ax, %gs
     1:  movl %gs:8, %eax
@@ -278,7 +311,8 @@ fn dirty_log_reports_exactly_the_written_pages() {
         movw %ax, %es
         movb $7, %es:0x0ff0        # 0x40ff0
         movb $2, %al
-        outb %al, $0x500           # doorbell 2
+        movw $0x500, %dx
+        outb %al, %dx           # doorbell 2
     2:  movl %gs:8, %eax
         cmpl $3, %eax
         jne 2b
@@ -295,7 +329,15 @@ fn dirty_log_reports_exactly_the_written_pages() {
     {
         let tree = vm.tree();
         let mut t = tree.lock().unwrap();
-        add_io(&mut t, vm.layout().io, "doorbell", 0x500, 1, 0, doorbell.clone());
+        add_io(
+            &mut t,
+            vm.layout().io,
+            "doorbell",
+            0x500,
+            1,
+            0,
+            doorbell.clone(),
+        );
         t.set_dirty_log(vm.layout().ram, 0, true).unwrap();
     }
     vm.prepare().unwrap();
@@ -305,7 +347,10 @@ fn dirty_log_reports_exactly_the_written_pages() {
     let _ = slots.dirty_pages(0, 1 << 20).unwrap();
     let runner = std::thread::spawn(move || vm.run());
     assert_eq!(rings.recv_timeout(PATIENCE).unwrap(), (0, 1));
-    assert_eq!(slots.dirty_pages(0, 1 << 20).unwrap(), vec![0x1000, 0x23000, 0x2f000]);
+    assert_eq!(
+        slots.dirty_pages(0, 1 << 20).unwrap(),
+        vec![0x1000, 0x23000, 0x2f000]
+    );
     memory.write(0xd0008, 4, 2);
     assert_eq!(rings.recv_timeout(PATIENCE).unwrap(), (0, 2));
     assert_eq!(slots.dirty_pages(0, 1 << 20).unwrap(), vec![0x40000]);
@@ -326,7 +371,8 @@ fn two_vcpus_both_run() {
         cpuid
         shrl $24, %ebx
         movb %bl, %al
-        outb %al, $0x500
+        movw $0x500, %dx
+        outb %al, %dx
     1:  jmp 1b
     "#;
     let mut cfg = config("smp", Some(guest));
@@ -354,22 +400,42 @@ fn two_vcpus_both_run() {
     assert_eq!(outcome.vcpus.len(), 2);
 }
 
-/// A guest with an empty IDT that raises an exception triple-faults, and
-/// the VM ends with that reason.
+/// A PVH kernel entered in 32-bit protected mode with the empty boot IDT
+/// raises #UD: #GP, #DF, triple fault, and the VM ends with that reason.
+/// (The nested KVM of the CI machines cannot emulate `int3` delivery or a
+/// real-mode switch to protected mode, so the test uses `ud2` here.)
 #[test]
 fn triple_fault_ends_the_vm() {
     if !kvm_available() {
         return;
     }
-    let guest = r#"
-        lidt idt
-        int3
-    1:  jmp 1b
-    idt: .word 0
-         .long 0
-    "#;
-    let vm = Vm::new(config("triple", Some(guest))).unwrap();
-    let outcome = vm.run().unwrap();
+    let mut code = common::print_byte(b'P');
+    code.extend_from_slice(&common::UD2);
+    let mut cfg = config("triple", None);
+    cfg.kernel = Some(common::tiny_elf_file("triple", &code, true));
+    let text_cfg = cfg.clone();
+    let outcome = Vm::new(cfg).unwrap().run().unwrap();
     assert_eq!(outcome.reason, ExitReason::TripleFault);
     assert_ne!(outcome.reason.exit_code(), 0);
+    assert_eq!(console_text(&text_cfg), "P", "the PVH entry ran");
+}
+
+/// An ELF kernel without the PVH note is entered in long mode at its entry
+/// point, with the zero page in %rsi.
+#[test]
+fn elf_kernel_runs_in_long_mode() {
+    if !kvm_available() {
+        return;
+    }
+    // mov %rsi, %rax; shr $12, %eax; (zero page 0x7000 -> 7) then exit
+    let mut code = common::print_byte(b'L');
+    code.extend_from_slice(&[0x48, 0x89, 0xf0, 0xc1, 0xe8, 0x0c]);
+    code.extend_from_slice(&[0x66, 0xba, 0x01, 0x05, 0xee, 0xf4]);
+    let mut cfg = config("long-mode", None);
+    cfg.kernel = Some(common::tiny_elf_file("long-mode", &code, false));
+    cfg.debug_exit = Some(0x501);
+    let text_cfg = cfg.clone();
+    let outcome = Vm::new(cfg).unwrap().run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::DebugExit(7));
+    assert_eq!(console_text(&text_cfg), "L");
 }

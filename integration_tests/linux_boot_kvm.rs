@@ -15,25 +15,48 @@ fn guest() -> (String, String) {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run tools/x86-linux-guest.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let mut lines = text.lines();
-    (lines.next().unwrap().to_string(), lines.next().unwrap().to_string())
+    (
+        lines.next().unwrap().to_string(),
+        lines.next().unwrap().to_string(),
+    )
 }
 
 fn boot(cpus: &str) {
     let (kernel, initrd) = guest();
     let out = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args([
-            "run", "--kernel", &kernel, "--initrd", &initrd, "--memory", "512M", "--cpus", cpus,
-            "--cmdline", "console=ttyS0 reboot=k panic=-1 quiet",
+            "run",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--memory",
+            "512M",
+            "--cpus",
+            cpus,
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 quiet",
         ])
         .stdin(Stdio::null())
         .output()
         .expect("run ember");
     let console = String::from_utf8_lossy(&out.stdout);
-    assert!(console.contains(&format!("{MARKER}: {cpus} cpus")), "{console}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "guest reboot should end ember with status 0");
+    assert!(
+        console.contains(&format!("{MARKER}: {cpus} cpus")),
+        "{console}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "guest reboot should end ember with status 0"
+    );
 }
 
 #[test]

@@ -57,7 +57,13 @@ fn debug_exit_sets_the_exit_status() {
         jmp 1b
     "#,
     );
-    let out = ember(&["run", "--firmware", fw.to_str().unwrap(), "--debug-exit", "0x501"]);
+    let out = ember(&[
+        "run",
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--debug-exit",
+        "0x501",
+    ]);
     assert_eq!(out.status.code(), Some(0x63), "{}", stderr(&out));
     let fw = firmware_file(
         "debug-exit-0",
@@ -69,7 +75,13 @@ fn debug_exit_sets_the_exit_status() {
         jmp 1b
     "#,
     );
-    let out = ember(&["run", "--firmware", fw.to_str().unwrap(), "--debug-exit", "1281"]);
+    let out = ember(&[
+        "run",
+        "--firmware",
+        fw.to_str().unwrap(),
+        "--debug-exit",
+        "1281",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
@@ -78,24 +90,38 @@ fn triple_fault_is_reported() {
     if !kvm_available() {
         return;
     }
-    let fw = firmware_file(
-        "triple-cli",
-        r#"
-        lidt idt
-        int3
-    1:  jmp 1b
-    idt: .word 0
-         .long 0
-    "#,
-    );
-    let out = ember(&["run", "--firmware", fw.to_str().unwrap()]);
+    let kernel = common::tiny_elf_file("triple-cli", &common::UD2, true);
+    let out = ember(&["run", "--kernel", kernel.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("triple fault"), "{}", stderr(&out));
 }
 
 #[test]
+fn kernel_debug_exit_code_reaches_the_shell() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = common::tiny_elf_file("exit-cli", &common::debug_exit(0x21), false);
+    let out = ember(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--debug-exit",
+        "0x501",
+    ]);
+    assert_eq!(out.status.code(), Some(0x43), "{}", stderr(&out));
+}
+
+#[test]
 fn print_mtree_shows_the_pc_layout_without_kvm() {
-    let out = ember(&["run", "--memory", "5G", "--print-mtree", "--kvm-device", "/nonexistent"]);
+    let out = ember(&[
+        "run",
+        "--memory",
+        "5G",
+        "--print-mtree",
+        "--kvm-device",
+        "/nonexistent",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("alias ram-below-4g @pc.ram"), "{text}");
@@ -109,23 +135,38 @@ fn run_errors_are_clear() {
     let dir = scratch_dir("errors");
     let fw = dir.join("empty.rom");
     std::fs::write(&fw, b"").unwrap();
-    assert_error(&["run", "--kernel", "/nonexistent/vmlinux"], &["kernel", "/nonexistent/vmlinux"]);
+    assert_error(
+        &["run", "--kernel", "/nonexistent/vmlinux"],
+        &["kernel", "/nonexistent/vmlinux"],
+    );
     assert_error(&["run", "--kernel", dir.to_str().unwrap()], &["kernel"]);
     assert_error(&["run", "--memory", "12Q"], &["not a memory size"]);
-    assert_error(&["run", "--memory", "512K"], &["memory"]);
+    assert_error(
+        &["run", "--memory", "512K"],
+        &["guest RAM", "at least 1 MiB"],
+    );
     assert_error(&["run", "--cpus", "0"], &["--cpus"]);
-    assert_error(&["run", "--firmware", "/nonexistent/bios.bin"], &["firmware", "/nonexistent/bios.bin"]);
+    assert_error(
+        &["run", "--firmware", "/nonexistent/bios.bin"],
+        &["firmware", "/nonexistent/bios.bin"],
+    );
     assert_error(&["run", "--firmware", fw.to_str().unwrap()], &["firmware"]);
     assert_error(&["run", "--accel", "hvf"], &["unknown accelerator 'hvf'"]);
-    assert_error(&["run", "--kvm-device", "/nonexistent/kvm"], &["/nonexistent/kvm is not present"]);
+    assert_error(
+        &["run", "--kvm-device", "/nonexistent/kvm"],
+        &["/nonexistent/kvm is not present"],
+    );
     assert_error(&["run", "--debug-exit", "0x10000"], &["not a port number"]);
     if kvm_available() {
         let kernel = dir.join("garbage");
         std::fs::write(&kernel, vec![0x42u8; 4096]).unwrap();
         assert_error(&["run", "--kernel", kernel.to_str().unwrap()], &["kernel"]);
-        let long = "x".repeat(1 << 20);
+        let long = "x".repeat(4096);
         let elf = dir.join("garbage2");
         std::fs::write(&elf, vec![0x42u8; 4096]).unwrap();
-        assert_error(&["run", "--kernel", elf.to_str().unwrap(), "--cmdline", &long], &[]);
+        assert_error(
+            &["run", "--kernel", elf.to_str().unwrap(), "--cmdline", &long],
+            &[],
+        );
     }
 }

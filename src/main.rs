@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use ember::accel::AccelChoice;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
+use ember::vmm::config::{parse_memory_size, VmConfig, DEFAULT_CMDLINE};
+use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
+use ember::vmm::exit::ExitReason;
+use ember::vmm::vm::Vm;
 
 #[derive(Parser)]
 #[command(name = "ember", version, about = "A lightweight KVM microVM monitor")]
@@ -17,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Boot an x86_64 microVM. With no kernel and no firmware, boots the
+    /// small built-in guest.
+    Run(RunArgs),
     /// Print a memory map as QEMU's `info mtree` does.
     Mtree {
         /// The memory map, a TOML file (see resources/maps/).
@@ -31,8 +39,118 @@ enum Command {
     },
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Linux kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M", value_parser = parse_memory_size)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Flat firmware image, mapped as ROM ending at 4 GiB and started at
+    /// the reset vector.
+    #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
+    firmware: Option<PathBuf>,
+    /// Add an isa-debug-exit device at PORT: a guest write of v ends Ember
+    /// with exit status (v << 1) | 1.
+    #[arg(long, value_name = "PORT", value_parser = parse_port)]
+    debug_exit: Option<u16>,
+    /// Accelerator: kvm, tcg or auto.
+    #[arg(long, default_value = "auto")]
+    accel: AccelChoice,
+    /// KVM device.
+    #[arg(long, default_value = ember::accel::kvm::KVM_PATH, hide = true)]
+    kvm_device: PathBuf,
+    /// Serial input: stdin, none, or a file or UNIX socket path.
+    #[arg(long, default_value = "stdin")]
+    serial_input: ConsoleInput,
+    /// Serial output: stdout or a file path.
+    #[arg(long, default_value = "stdout")]
+    serial_output: ConsoleOutput,
+    /// Print the machine's memory tree and flat views, then exit.
+    #[arg(long)]
+    print_mtree: bool,
+    /// Report start-up time and VMM memory use on stderr at the end.
+    #[arg(long)]
+    timings: bool,
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("'{text}' is not a port number (0..=65535, decimal or 0x hex)"))
+}
+
+/// Resident memory of this process minus the guest RAM it has touched, in
+/// KiB, from /proc/self/smaps_rollup and the RAM mappings' sizes.
+fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(rss.saturating_sub(guest_resident_kib))
+}
+
+fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        cpus: args.cpus,
+        firmware: args.firmware,
+        debug_exit: args.debug_exit,
+        accel: args.accel,
+        kvm_path: args.kvm_device,
+        console_input: args.serial_input,
+        console_output: args.serial_output,
+        irqchip: true,
+    };
+    let vm = Vm::new(config)?;
+    if args.print_mtree {
+        print!("{}", vm.mtree());
+        return Ok(ExitCode::SUCCESS);
+    }
+    install_termination_handlers(&vm.exit_signal())?;
+    let guest_ram = vm.guest_ram_resident_kib_probe();
+    let outcome = vm.run()?;
+    if args.timings {
+        if let Some(startup) = outcome.startup {
+            eprintln!(
+                "ember: start-up to first KVM_RUN: {:.3} ms",
+                startup.as_secs_f64() * 1e3
+            );
+        }
+        if let Some(kib) = vmm_rss_kib(guest_ram()) {
+            eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
+        }
+    }
+    match &outcome.reason {
+        ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
+        other => eprintln!("ember: {other}"),
+    }
+    Ok(ExitCode::from(outcome.reason.exit_code() as u8))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_vm(args),
         Command::Mtree {
             map,
             flatview,
@@ -42,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("memory map {}", map.display()))?;
             let text = mtree_text(&loaded.tree, MtreeOptions { flatview, disabled });
             print!("{text}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -50,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ember: {e:#}");
             ExitCode::FAILURE

@@ -123,3 +123,70 @@ impl RegionOps for Recorder {
         }
     }
 }
+
+/// A minimal x86-64 ELF "kernel": one PT_LOAD segment holding `code` at
+/// 1 MiB, entered there. With `pvh`, a PT_NOTE carries the Xen PVH entry
+/// note, so Ember starts it in 32-bit protected mode; without, in long
+/// mode through the 64-bit Linux entry.
+pub fn tiny_elf(code: &[u8], pvh: bool) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const CODE_AT: usize = 0x200;
+    let mut e = vec![0u8; CODE_AT + code.len()];
+    e[..4].copy_from_slice(b"\x7fELF");
+    e[4] = 2; // 64-bit
+    e[5] = 1; // little endian
+    e[6] = 1; // version
+    e[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    e[20..24].copy_from_slice(&1u32.to_le_bytes());
+    e[24..32].copy_from_slice(&LOAD.to_le_bytes()); // entry
+    e[32..40].copy_from_slice(&64u64.to_le_bytes()); // program headers
+    e[52..54].copy_from_slice(&64u16.to_le_bytes());
+    e[54..56].copy_from_slice(&56u16.to_le_bytes());
+    e[56..58].copy_from_slice(&(if pvh { 2u16 } else { 1 }).to_le_bytes());
+    let ph = 64;
+    e[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    e[ph + 8..ph + 16].copy_from_slice(&(CODE_AT as u64).to_le_bytes());
+    e[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes());
+    e[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes());
+    e[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    e[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    if pvh {
+        let ph = 64 + 56;
+        let note = 0x180usize;
+        e[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        e[ph + 8..ph + 16].copy_from_slice(&(note as u64).to_le_bytes());
+        e[ph + 32..ph + 40].copy_from_slice(&20u64.to_le_bytes());
+        e[ph + 40..ph + 48].copy_from_slice(&20u64.to_le_bytes());
+        e[note..note + 4].copy_from_slice(&4u32.to_le_bytes()); // name size
+        e[note + 4..note + 8].copy_from_slice(&4u32.to_le_bytes()); // desc size
+        e[note + 8..note + 12].copy_from_slice(&18u32.to_le_bytes()); // PHYS32_ENTRY
+        e[note + 12..note + 16].copy_from_slice(b"Xen\0");
+        e[note + 16..note + 20].copy_from_slice(&(LOAD as u32).to_le_bytes());
+    }
+    e[CODE_AT..].copy_from_slice(code);
+    e
+}
+
+/// Writes a tiny ELF kernel to a file.
+pub fn tiny_elf_file(name: &str, code: &[u8], pvh: bool) -> PathBuf {
+    let path = scratch_dir("elf").join(format!("{name}.elf"));
+    std::fs::write(&path, tiny_elf(code, pvh)).expect("write kernel");
+    path
+}
+
+/// `mov $0x3f8, %dx; mov $c, %al; out %al, (%dx)`, the same bytes in
+/// 32-bit and 64-bit mode.
+pub fn print_byte(c: u8) -> Vec<u8> {
+    vec![0x66, 0xba, 0xf8, 0x03, 0xb0, c, 0xee]
+}
+
+/// `mov $0x501, %dx; mov $v, %al; out %al, (%dx); hlt`: isa-debug-exit.
+pub fn debug_exit(v: u8) -> Vec<u8> {
+    vec![0x66, 0xba, 0x01, 0x05, 0xb0, v, 0xee, 0xf4]
+}
+
+/// `ud2`: with the empty boot IDT, #UD becomes #GP, #DF, then a triple
+/// fault.
+pub const UD2: [u8; 2] = [0x0f, 0x0b];

@@ -168,12 +168,53 @@ impl ConsoleReader {
     }
 }
 
+impl ConsoleReader {
+    /// Delivers everything a source that epoll cannot watch (a regular file,
+    /// /dev/null) holds; reading such a source never blocks for long.
+    fn drain_unpollable(&mut self) -> bool {
+        use std::os::fd::BorrowedFd;
+        use std::os::unix::fs::FileTypeExt;
+        // SAFETY: the descriptor belongs to `self.source`, which outlives
+        // this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.source.fd()) };
+        let Ok(owned) = fd.try_clone_to_owned() else {
+            return false;
+        };
+        let Ok(meta) = File::from(owned).metadata() else {
+            return false;
+        };
+        let kind = meta.file_type();
+        if !(kind.is_file() || kind.is_char_device()) {
+            return false;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.source.read(&mut buf) {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => {
+                    let (bytes, quit) = match &mut self.escape {
+                        Some(filter) => filter.filter(&buf[..n]),
+                        None => (buf[..n].to_vec(), false),
+                    };
+                    (self.deliver)(&bytes);
+                    if quit {
+                        self.exit.request(ExitReason::UserQuit);
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl MutEventSubscriber for ConsoleReader {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.source.fd(), EventSet::IN)) {
-            self.exit.request(ExitReason::Error(format!(
-                "cannot watch console input: {e:?}"
-            )));
+            if !self.drain_unpollable() {
+                self.exit.request(ExitReason::Error(format!(
+                    "cannot watch console input: {e:?}"
+                )));
+            }
         }
     }
 

@@ -4,3 +4,4 @@
 pub mod config;
 pub mod console;
 pub mod exit;
+pub mod vm;

@@ -18,9 +18,11 @@ use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
 use crate::arch::x86_64::boot::load_linux;
 use crate::arch::x86_64::cpuid::setup_cpuid;
+use crate::arch::x86_64::lapic::setup_lapic;
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
 use crate::arch::x86_64::mptable::setup_mptable;
-use crate::arch::x86_64::regs::{setup_boot_vcpu, setup_lapic};
+use crate::arch::x86_64::regs::{setup_boot_vcpu, setup_secondary_vcpu};
 use crate::devices::debug_exit::DebugExit;
 use crate::devices::ember_info::{EmberInfo, EMBER_INFO_ADDR, EMBER_INFO_LEN};
 use crate::devices::i8042::I8042;
@@ -64,6 +66,8 @@ pub enum VmError {
     },
     #[error("{0}")]
     Arch(String),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
     #[error("KVM memory slots: {0}")]
     Slots(String),
     #[error("{what}: {source}")]
@@ -77,6 +81,19 @@ pub enum VmError {
     EventLoop(event_manager::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+}
+
+/// Checks the kernel command line before anything is loaded.
+fn check_cmdline(cmdline: &str) -> Result<(), VmError> {
+    let mut c = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE)
+        .map_err(|e| VmError::Cmdline(e.to_string()))?;
+    c.insert_str(cmdline).map_err(|e| {
+        VmError::Cmdline(format!(
+            "{e} ({} bytes; at most {} fit)",
+            cmdline.len(),
+            CMDLINE_MAX_SIZE - 1
+        ))
+    })
 }
 
 /// The KVM side of a prepared VM.
@@ -111,7 +128,10 @@ pub struct Vm {
     kvm: Option<KvmParts>,
 }
 
-fn file_error(what: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+fn file_error<'a>(
+    what: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> VmError + 'a {
     move |source| VmError::File {
         what,
         path: path.display().to_string(),
@@ -130,18 +150,32 @@ impl Vm {
         if config.accel == AccelChoice::Tcg {
             return Err(VmError::NoTcg);
         }
+        if config.kernel.is_some() {
+            check_cmdline(&config.cmdline)?;
+        }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let mut tree = MemoryTree::new();
         let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
-            let pc = build_pc_memory(tree, config.memory).map_err(|e| VmError::Arch(e.to_string()))?;
+            let pc =
+                build_pc_memory(tree, config.memory).map_err(|e| VmError::Arch(e.to_string()))?;
             let output = config.console_output.open().map_err(VmError::Console)?;
             let trigger = EventFdTrigger::new().map_err(VmError::Console)?;
             let serial = Arc::new(Serial::new(trigger, output));
             let io_devices: Vec<(&str, u64, u128, Arc<dyn RegionOps>)> = vec![
                 ("serial", SERIAL_PORT, 8, serial.clone()),
-                ("i8042", crate::devices::i8042::I8042_PORT, crate::devices::i8042::I8042_LEN, Arc::new(I8042::new(exit.clone()))),
+                (
+                    "i8042",
+                    crate::devices::i8042::I8042_PORT,
+                    crate::devices::i8042::I8042_LEN,
+                    Arc::new(I8042::new(exit.clone())),
+                ),
                 ("ioport80", 0x80, 1, Arc::new(Port80::default())),
-                ("pm1a-cnt", PM1A_CNT_PORT, PM1A_CNT_LEN, Arc::new(PowerControl::new(exit.clone()))),
+                (
+                    "pm1a-cnt",
+                    PM1A_CNT_PORT,
+                    PM1A_CNT_LEN,
+                    Arc::new(PowerControl::new(exit.clone())),
+                ),
             ];
             for (name, port, len, ops) in io_devices {
                 let id = tree.new_io(name, len, Some(ops))?;
@@ -149,10 +183,18 @@ impl Vm {
             }
             if let Some(port) = config.debug_exit {
                 let dev = Arc::new(DebugExit::new(exit.clone()));
-                let id = tree.new_io("isa-debug-exit", crate::devices::debug_exit::DEBUG_EXIT_LEN, Some(dev))?;
+                let id = tree.new_io(
+                    "isa-debug-exit",
+                    crate::devices::debug_exit::DEBUG_EXIT_LEN,
+                    Some(dev),
+                )?;
                 tree.add_subregion(pc.io, port as u64, id)?;
             }
-            let info = tree.new_io("ember-info", EMBER_INFO_LEN, Some(Arc::new(EmberInfo::new(config.cpus as u32))))?;
+            let info = tree.new_io(
+                "ember-info",
+                EMBER_INFO_LEN,
+                Some(Arc::new(EmberInfo::new(config.cpus as u32))),
+            )?;
             tree.add_subregion(pc.system, EMBER_INFO_ADDR, info)?;
             let firmware = match (&config.firmware, &config.kernel) {
                 (Some(path), _) => Some(std::fs::read(path).map_err(file_error("firmware", path))?),
@@ -251,7 +293,11 @@ impl Vm {
             what: "installing the vCPU kick signal handler",
             source,
         })?;
-        let (slots, listener) = KvmMemory::new(accel.vm.clone(), accel.max_slots, Some(self.control.clone()));
+        let (slots, listener) = KvmMemory::new(
+            accel.vm.clone(),
+            accel.max_slots,
+            Some(self.control.clone()),
+        );
         {
             let mut tree = self.lock_tree();
             tree.add_listener(&self.memory, 0, Box::new(listener))?;
@@ -260,13 +306,29 @@ impl Vm {
             return Err(VmError::Slots(e));
         }
         let ioctl = |what| move |source| VmError::Ioctl { what, source };
+        // Intel VMX needs three pages for a real-mode TSS and one for an
+        // identity page table, in guest-physical space nothing else uses.
+        accel
+            .vm
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(ioctl("KVM_SET_TSS_ADDR"))?;
+        accel
+            .vm
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR"))?;
         if self.config.irqchip {
-            accel.vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+            accel
+                .vm
+                .create_irq_chip()
+                .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
             let pit = kvm_pit_config {
                 flags: KVM_PIT_SPEAKER_DUMMY,
                 ..Default::default()
             };
-            accel.vm.create_pit2(pit).map_err(ioctl("KVM_CREATE_PIT2"))?;
+            accel
+                .vm
+                .create_pit2(pit)
+                .map_err(ioctl("KVM_CREATE_PIT2"))?;
             accel.register_irqfd(self.serial.irq_event(), SERIAL_IRQ)?;
         }
 
@@ -279,27 +341,44 @@ impl Vm {
                     Some(p) => Some(File::open(p).map_err(file_error("initrd", p))?),
                     None => None,
                 };
-                let boot = load_linux(guest.memory(), &e820, &mut kernel, initrd.as_mut(), &self.config.cmdline)
-                    .map_err(|e| VmError::Arch(e.to_string()))?;
+                let boot = load_linux(
+                    guest.memory(),
+                    &e820,
+                    &mut kernel,
+                    initrd.as_mut(),
+                    &self.config.cmdline,
+                )
+                .map_err(|e| VmError::Arch(e.to_string()))?;
                 Some(boot)
             }
             None => None,
         };
-        setup_mptable(guest.memory(), self.config.cpus).map_err(|e| VmError::Arch(e.to_string()))?;
+        setup_mptable(guest.memory(), self.config.cpus)
+            .map_err(|e| VmError::Arch(e.to_string()))?;
 
         let mut vcpus = Vec::with_capacity(self.config.cpus as usize);
         for index in 0..self.config.cpus {
-            let vcpu = accel.vm.create_vcpu(index as u64).map_err(ioctl("KVM_CREATE_VCPU"))?;
-            setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus).map_err(|e| VmError::Arch(e.to_string()))?;
+            let vcpu = accel
+                .vm
+                .create_vcpu(index as u64)
+                .map_err(ioctl("KVM_CREATE_VCPU"))?;
+            setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus)
+                .map_err(|e| VmError::Arch(e.to_string()))?;
             if self.config.irqchip {
                 setup_lapic(&vcpu).map_err(|e| VmError::Arch(e.to_string()))?;
             }
-            if let (0, Some(boot)) = (index, &boot) {
-                setup_boot_vcpu(&vcpu, guest.memory(), boot).map_err(|e| VmError::Arch(e.to_string()))?;
+            match (index, &boot) {
+                (0, Some(boot)) => setup_boot_vcpu(&vcpu, guest.memory(), boot),
+                _ => setup_secondary_vcpu(&vcpu),
             }
+            .map_err(|e| VmError::Arch(e.to_string()))?;
             vcpus.push(vcpu);
         }
-        self.kvm = Some(KvmParts { accel, slots, vcpus });
+        self.kvm = Some(KvmParts {
+            accel,
+            slots,
+            vcpus,
+        });
         Ok(())
     }
 
@@ -307,7 +386,10 @@ impl Vm {
     /// signal, all driven by one event loop on this thread.
     pub fn run(mut self) -> Result<VmOutcome, VmError> {
         self.prepare()?;
-        let parts = self.kvm.take().ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
+        let parts = self
+            .kvm
+            .take()
+            .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
         let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
         for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
             let ctx = VcpuContext {
@@ -357,11 +439,17 @@ impl Vm {
         let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(VmError::EventLoop)?;
         events.add_subscriber(Box::new(ExitWatcher::new(self.exit.clone())));
-        let _raw = if let Some(source) = InputSource::open(&self.config.console_input).map_err(VmError::Console)? {
+        let _raw = if let Some(source) =
+            InputSource::open(&self.config.console_input).map_err(VmError::Console)?
+        {
             let raw = matches!(source, InputSource::Stdin).then(RawTerminal::enter);
             let serial = self.serial.clone();
             let deliver = Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes));
-            events.add_subscriber(Box::new(ConsoleReader::new(source, deliver, self.exit.clone())));
+            events.add_subscriber(Box::new(ConsoleReader::new(
+                source,
+                deliver,
+                self.exit.clone(),
+            )));
             raw
         } else {
             None
