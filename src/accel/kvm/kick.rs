@@ -14,6 +14,7 @@
 //! `EINTR` at once. No sleep or polling is involved anywhere.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use kvm_bindings::kvm_run;
@@ -84,20 +85,27 @@ unsafe impl Killable for Thread {
 }
 
 #[derive(Default)]
-struct State {
-    /// vCPUs between `enter` and `leave`.
-    inside: usize,
-    /// Nested pause requests.
-    pauses: usize,
-    /// The VM is stopping: vCPUs must leave and not come back.
-    stopping: bool,
-    threads: Vec<(usize, Thread)>,
+struct Threads {
+    list: Vec<(usize, Thread)>,
 }
 
 /// Shared by the vCPU threads and whoever pauses or stops them.
+///
+/// The vCPU side (`enter`/`leave`, once per exit) is lock-free: two atomic
+/// read-modify-writes and a load. The pairs "vCPU: count itself inside,
+/// then check for a pause" and "pauser: raise the pause, then check who is
+/// inside" are sequentially consistent, so at least one side sees the
+/// other (Dekker's argument); the mutex and condition variable are only
+/// used while a pause or stop is in progress.
 #[derive(Default)]
 pub struct VcpuControl {
-    state: Mutex<State>,
+    /// vCPUs between `enter` and `leave`.
+    inside: AtomicUsize,
+    /// Pause requests in force.
+    pauses: AtomicUsize,
+    /// The VM is stopping: vCPUs must leave and not come back.
+    stopping: AtomicBool,
+    threads: Mutex<Threads>,
     changed: Condvar,
 }
 
@@ -107,21 +115,27 @@ impl VcpuControl {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Threads> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes whoever waits for a change (a pauser or paused vCPUs).
+    fn notify(&self) {
+        let _guard = self.lock();
+        self.changed.notify_all();
     }
 
     /// Called by a vCPU thread when it starts.
     pub fn register_thread(&self, index: usize) {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        self.lock().threads.push((index, Thread(me)));
+        self.lock().list.push((index, Thread(me)));
     }
 
     /// Called by a vCPU thread before it exits.
     pub fn unregister_thread(&self, index: usize) {
-        let mut state = self.lock();
-        state.threads.retain(|(i, _)| *i != index);
+        let mut threads = self.lock();
+        threads.list.retain(|(i, _)| *i != index);
         self.changed.notify_all();
     }
 
@@ -129,26 +143,37 @@ impl VcpuControl {
     /// force, then counts the vCPU as inside. Returns false once the VM is
     /// stopping.
     pub fn enter(&self) -> bool {
-        let mut state = self.lock();
-        while state.pauses > 0 && !state.stopping {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        loop {
+            self.inside.fetch_add(1, Ordering::SeqCst);
+            if self.pauses.load(Ordering::SeqCst) == 0 && !self.stopping.load(Ordering::SeqCst) {
+                return true;
+            }
+            // Back off: the pauser may be waiting for us to leave.
+            self.inside.fetch_sub(1, Ordering::SeqCst);
+            let mut threads = self.lock();
+            self.changed.notify_all();
+            while self.pauses.load(Ordering::SeqCst) > 0 && !self.stopping.load(Ordering::SeqCst) {
+                threads = self
+                    .changed
+                    .wait(threads)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
         }
-        if state.stopping {
-            return false;
-        }
-        state.inside += 1;
-        true
     }
 
     /// Called by a vCPU thread after `KVM_RUN` returns.
     pub fn leave(&self) {
-        let mut state = self.lock();
-        state.inside -= 1;
-        self.changed.notify_all();
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        if self.pauses.load(Ordering::SeqCst) > 0 || self.stopping.load(Ordering::SeqCst) {
+            self.notify();
+        }
     }
 
-    fn kick_all(state: &State) {
-        for (_, thread) in &state.threads {
+    fn kick_all(threads: &Threads) {
+        for (_, thread) in &threads.list {
             // A thread that already exited was unregistered under this lock,
             // so the only failure left is an invalid signal number, which
             // kick_signal() is not.
@@ -161,36 +186,99 @@ impl VcpuControl {
     ///
     /// [`resume`]: VcpuControl::resume
     pub fn pause(&self) {
-        let mut state = self.lock();
-        state.pauses += 1;
-        while state.inside > 0 {
-            Self::kick_all(&state);
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        let mut threads = self.lock();
+        self.pauses.fetch_add(1, Ordering::SeqCst);
+        while self.inside.load(Ordering::SeqCst) > 0 {
+            Self::kick_all(&threads);
+            threads = self
+                .changed
+                .wait(threads)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Ends one [`pause`](VcpuControl::pause).
     pub fn resume(&self) {
-        let mut state = self.lock();
-        state.pauses = state.pauses.saturating_sub(1);
+        let _threads = self.lock();
+        let _ = self
+            .pauses
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1));
         self.changed.notify_all();
     }
 
     /// Tells every vCPU to stop and kicks it out of `KVM_RUN`.
     pub fn stop(&self) {
-        let mut state = self.lock();
-        state.stopping = true;
-        Self::kick_all(&state);
+        let threads = self.lock();
+        self.stopping.store(true, Ordering::SeqCst);
+        Self::kick_all(&threads);
         self.changed.notify_all();
     }
 
     /// Whether [`stop`](VcpuControl::stop) was called.
     pub fn is_stopping(&self) -> bool {
-        self.lock().stopping
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// How many vCPUs are inside `KVM_RUN` now (for tests).
     pub fn inside(&self) -> usize {
-        self.lock().inside
+        self.inside.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::channel;
+    use std::sync::Arc;
+
+    /// A pause waits for a vCPU inside to leave and holds it out until
+    /// resume; stop makes `enter` fail. The "vCPU" here is a plain thread
+    /// (the kick lands on a thread with no kvm_run registered, a no-op).
+    #[test]
+    fn pause_holds_vcpus_out_and_stop_ends_them() {
+        install_kick_handler().unwrap();
+        let control = Arc::new(VcpuControl::new());
+        let paused = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered_rx) = channel();
+        let (go_tx, go_rx) = channel::<()>();
+        let vcpu = {
+            let (control, paused) = (control.clone(), paused.clone());
+            std::thread::spawn(move || {
+                control.register_thread(0);
+                assert!(control.enter());
+                entered_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                control.leave();
+                // Blocks while the pause is in force.
+                assert!(control.enter());
+                assert!(!paused.load(Ordering::SeqCst), "entered during a pause");
+                entered_tx.send(()).unwrap();
+                control.leave();
+                go_rx.recv().unwrap();
+                let ok = control.enter();
+                control.unregister_thread(0);
+                ok
+            })
+        };
+        entered_rx.recv().unwrap();
+        assert_eq!(control.inside(), 1);
+        let pauser = {
+            let (control, paused) = (control.clone(), paused.clone());
+            std::thread::spawn(move || {
+                control.pause();
+                paused.store(true, Ordering::SeqCst);
+            })
+        };
+        go_tx.send(()).unwrap();
+        pauser.join().unwrap();
+        assert_eq!(control.inside(), 0);
+        paused.store(false, Ordering::SeqCst);
+        control.resume();
+        entered_rx.recv().unwrap();
+        control.stop();
+        go_tx.send(()).unwrap();
+        assert!(!vcpu.join().unwrap(), "enter succeeded after stop");
+        assert!(control.is_stopping());
     }
 }
