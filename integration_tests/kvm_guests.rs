@@ -439,3 +439,144 @@ fn elf_kernel_runs_in_long_mode() {
     assert_eq!(outcome.reason, ExitReason::DebugExit(7));
     assert_eq!(console_text(&text_cfg), "L");
 }
+
+/// RAM placed where guest and host pages do not line up gets no KVM slot;
+/// the guest still reads and writes it, through MMIO exits and dispatch.
+#[test]
+fn misaligned_ram_works_through_dispatch() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        movw $0xd680, %ax
+        movw %ax, %es              # 0xd6800: RAM at offset 0
+        movl $0x12345678, %es:0x10
+        movl %es:0x10, %eax
+        movw $0x500, %dx; outl %eax, %dx
+        movw $0x501, %dx
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#;
+    let mut cfg = config("skew", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let vm = Vm::new(cfg).unwrap();
+    let results = Recorder::new(0);
+    let block;
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(
+            &mut t,
+            vm.layout().io,
+            "results",
+            0x500,
+            1,
+            0,
+            results.clone(),
+        );
+        let ram = t.new_ram("skew", 0x1000).unwrap();
+        block = t.ram_block(ram).unwrap();
+        t.add_subregion(vm.layout().system, 0xd6800, ram).unwrap();
+    }
+    let outcome = vm.run().unwrap();
+    assert!(matches!(outcome.reason, ExitReason::DebugExit(_)));
+    assert_eq!(results.values(), vec![0x1234_5678]);
+    let mut b = [0u8; 4];
+    block.read(0x10, &mut b).unwrap();
+    assert_eq!(u32::from_le_bytes(b), 0x1234_5678);
+    assert!(outcome.vcpus[0].mmio_exits >= 2);
+}
+
+/// An ioeventfd turns a guest port write into an eventfd signal inside KVM:
+/// the device behind the port never sees it.
+#[test]
+fn ioeventfd_signals_without_reaching_the_device() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        movw $0x520, %dx
+        movb $7, %al
+        outb %al, %dx
+        outb %al, %dx
+        movw $0x501, %dx
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#;
+    let mut cfg = config("ioeventfd", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    let mut vm = Vm::new(cfg).unwrap();
+    let device = Recorder::new(0);
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(
+            &mut t,
+            vm.layout().io,
+            "doorbell",
+            0x520,
+            1,
+            0,
+            device.clone(),
+        );
+    }
+    vm.prepare().unwrap();
+    let event = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+    vm.register_ioeventfd(&event, kvm_ioctls::IoEventAddress::Pio(0x520), None)
+        .unwrap();
+    let outcome = vm.run().unwrap();
+    assert!(matches!(outcome.reason, ExitReason::DebugExit(7)));
+    assert_eq!(event.read().unwrap(), 2);
+    assert!(device.writes().is_empty());
+}
+
+/// Console input from a file reaches the guest's UART in order.
+#[test]
+fn serial_input_from_a_file_reaches_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+    next:
+        movw $0x3fd, %dx
+    wait:
+        inb %dx, %al               # line status: data ready?
+        testb $1, %al
+        jz wait
+        movw $0x3f8, %dx
+        inb %dx, %al
+        movw $0x500, %dx; outb %al, %dx
+        cmpb $0x0a, %al
+        jne next
+        movw $0x501, %dx
+        outb %al, %dx
+    1:  hlt
+        jmp 1b
+    "#;
+    let input = scratch_dir("input").join("typed.txt");
+    std::fs::write(&input, b"ls -l\n").unwrap();
+    let mut cfg = config("serial-in", Some(guest));
+    cfg.debug_exit = Some(0x501);
+    cfg.console_input = ConsoleInput::Path(input);
+    let vm = Vm::new(cfg).unwrap();
+    let results = Recorder::new(0);
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(
+            &mut t,
+            vm.layout().io,
+            "results",
+            0x500,
+            1,
+            0,
+            results.clone(),
+        );
+    }
+    let outcome = vm.run().unwrap();
+    assert!(matches!(outcome.reason, ExitReason::DebugExit(0x0a)));
+    let got: Vec<u8> = results.values().iter().map(|v| *v as u8).collect();
+    assert_eq!(got, b"ls -l\n");
+}

@@ -54,6 +54,11 @@ impl GuestRam {
                     size: ram.size(),
                 });
             }
+            if (ram.host_address() as u64 + offset as u64) % PAGE_SIZE != 0 {
+                // Guest and host pages do not line up; vm-memory cannot map
+                // it. Such RAM is still reachable through dispatch.
+                continue;
+            }
             let len =
                 usize::try_from(len).map_err(|_| MemoryError::RamTooLarge { size: len as u64 })?;
             // SAFETY: `host_address() + offset .. + len` lies inside the live

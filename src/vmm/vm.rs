@@ -283,6 +283,21 @@ impl Vm {
         self.control.clone()
     }
 
+    /// Makes guest writes to `addr` signal `event` inside KVM without an
+    /// exit (KVM_IOEVENTFD); needs [`Vm::prepare`] first.
+    pub fn register_ioeventfd(
+        &self,
+        event: &vmm_sys_util::eventfd::EventFd,
+        addr: kvm_ioctls::IoEventAddress,
+        datamatch: Option<u32>,
+    ) -> Result<(), VmError> {
+        let kvm = self
+            .kvm
+            .as_ref()
+            .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
+        Ok(kvm.accel.register_ioeventfd(event, addr, datamatch)?)
+    }
+
     /// Opens KVM, maps memory, loads the guest and creates the vCPUs.
     pub fn prepare(&mut self) -> Result<(), VmError> {
         if self.kvm.is_some() {

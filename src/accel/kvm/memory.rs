@@ -81,10 +81,18 @@ impl SlotMapping {
             // memory outside the block.
             return None;
         }
+        let host_addr = ram.host_address() as u64 + offset as u64;
+        if host_addr % PAGE_SIZE != 0 {
+            // Guest and host pages do not line up (a RAM region placed at an
+            // address that is not congruent to its offset modulo the page
+            // size). KVM cannot map that; every access exits and dispatch
+            // serves it from the same memory, slower but correct.
+            return None;
+        }
         Some(SlotMapping {
             guest_addr: start as u64,
             size: size as u64,
-            host_addr: ram.host_address() as u64 + offset as u64,
+            host_addr,
             readonly,
             log_dirty: range.dirty_log_mask != 0,
         })
@@ -338,5 +346,69 @@ impl MemoryListener for KvmMemoryListener {
         if let Err(e) = result {
             slots.error.get_or_insert(e);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::kvm::{KvmAccel, KVM_PATH};
+    use crate::memory::{MemoryTree, Unassigned, SIZE_2_64};
+
+    fn accel() -> Option<KvmAccel> {
+        KvmAccel::open(std::path::Path::new(KVM_PATH))
+            .map_err(|e| eprintln!("skipping: {e}"))
+            .ok()
+    }
+
+    #[test]
+    fn slots_follow_the_view_and_the_limit_is_a_clear_error() {
+        let Some(kvm) = accel() else { return };
+        let (slots, listener) = KvmMemory::new(kvm.vm.clone(), 2, None);
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let mem = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        tree.add_listener(&mem, 0, Box::new(listener)).unwrap();
+        // RAM whose pages do not line up with guest pages gets no slot.
+        let skew = tree.new_ram("skew", 0x3000).unwrap();
+        tree.add_subregion(sys, 0x80800, skew).unwrap();
+        // A window with unaligned edges: only its whole pages get a slot.
+        let backing = tree.new_ram("a", 0x4000).unwrap();
+        let a = tree.new_alias("a-window", backing, 0x800, 0x3000).unwrap();
+        tree.add_subregion(sys, 0x10800, a).unwrap();
+        let io = tree.new_io("dev", 0x1000, None).unwrap();
+        tree.add_subregion(sys, 0x40000, io).unwrap();
+        let rom = tree.new_rom("rom", 0x1000).unwrap();
+        tree.add_subregion(sys, 0x50000, rom).unwrap();
+        assert_eq!(slots.take_error(), None);
+        let live = slots.slots();
+        assert_eq!(live.len(), 2, "io ranges get no slot");
+        assert_eq!(
+            (live[0].guest_addr, live[0].size, live[0].readonly),
+            (0x11000, 0x2000, false)
+        );
+        assert_eq!((live[1].guest_addr, live[1].readonly), (0x50000, true));
+        assert_eq!(live[0].host_addr % PAGE_SIZE, 0);
+        assert_eq!(slots.ioctl_count(), 2);
+        // A third slot exceeds the limit of 2.
+        let b = tree.new_ram("b", 0x1000).unwrap();
+        tree.add_subregion(sys, 0x60000, b).unwrap();
+        let err = slots.take_error().expect("limit reached");
+        assert!(
+            err.contains("out of KVM memory slots") && err.contains('2'),
+            "{err}"
+        );
+        // Freeing one makes room again: the slot number is reused.
+        tree.del_subregion(sys, rom).unwrap();
+        tree.del_subregion(sys, b).unwrap();
+        tree.add_subregion(sys, 0x60000, b).unwrap();
+        assert_eq!(slots.take_error(), None);
+        assert_eq!(slots.slots().len(), 2);
+        // An unchanged view costs no ioctl.
+        let before = slots.ioctl_count();
+        tree.set_enabled(io, false).unwrap();
+        assert_eq!(slots.ioctl_count(), before);
     }
 }
