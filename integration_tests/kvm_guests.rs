@@ -580,3 +580,42 @@ fn serial_input_from_a_file_reaches_the_guest() {
     let got: Vec<u8> = results.values().iter().map(|v| *v as u8).collect();
     assert_eq!(got, b"ls -l\n");
 }
+
+/// A kernel finds the ACPI RSDP in the BIOS area, and writing the `_S5`
+/// sleep type with SLP_EN to the FADT's sleep control register powers the
+/// VM off (what a Linux guest's `poweroff` does).
+#[test]
+fn acpi_tables_are_in_place_and_sleep_control_powers_off() {
+    if !kvm_available() {
+        return;
+    }
+    let code = [
+        0x8b, 0x04, 0x25, 0x00, 0x00, 0x0f, 0x00, // mov 0xf0000, %eax ("RSD ")
+        0x66, 0xba, 0x00, 0x05, // mov $0x500, %dx
+        0xef, // out %eax, (%dx)
+        0x66, 0xba, 0xc0, 0x03, // mov $0x3c0, %dx
+        0xb0, 0x34, // mov $(5 << 2 | SLP_EN), %al
+        0xee, // out %al, (%dx)
+        0xf4, // hlt
+    ];
+    let mut cfg = config("acpi-off", None);
+    cfg.kernel = Some(common::tiny_elf_file("acpi-off", &code, false));
+    let vm = Vm::new(cfg).unwrap();
+    let results = Recorder::new(0);
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        add_io(
+            &mut t,
+            vm.layout().io,
+            "results",
+            0x500,
+            1,
+            0,
+            results.clone(),
+        );
+    }
+    let outcome = vm.run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::PowerOff);
+    assert_eq!(results.values(), vec![u32::from_le_bytes(*b"RSD ") as u64]);
+}

@@ -86,3 +86,56 @@ mod tests {
         assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
     }
 }
+
+/// The hardware-reduced ACPI sleep control register (a byte; the FADT
+/// points at it): writing SLP_EN (bit 5) with the `_S5` sleep type in bits
+/// 4:2 powers the VM off. How a Linux guest's `poweroff` ends the VM.
+pub struct SleepControl {
+    exit: Arc<ExitSignal>,
+    s5_type: u8,
+}
+
+/// Its port and size (control, then status), as the FADT describes.
+pub const SLEEP_CONTROL_LEN: u128 = 2;
+
+const X_SLP_EN: u64 = 1 << 5;
+
+impl SleepControl {
+    /// `s5_type` is the sleep type the DSDT's `_S5` package declares.
+    pub fn new(exit: Arc<ExitSignal>, s5_type: u8) -> Self {
+        SleepControl { exit, s5_type }
+    }
+}
+
+impl RegionOps for SleepControl {
+    fn read(&self, _offset: u64, _size: u32) -> u64 {
+        0
+    }
+
+    fn write(&self, offset: u64, _size: u32, value: u64) {
+        if offset == 0 && value & X_SLP_EN != 0 && (value >> 2) & 0x7 == self.s5_type as u64 {
+            self.exit.request(ExitReason::PowerOff);
+        }
+    }
+
+    fn rules(&self) -> AccessRules {
+        AccessRules::with_impl(1, 1)
+    }
+}
+
+#[cfg(test)]
+mod sleep_tests {
+    use super::*;
+
+    #[test]
+    fn slp_en_with_the_s5_type_powers_off() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let dev = SleepControl::new(exit.clone(), 5);
+        dev.write(0, 1, (3 << 2) | X_SLP_EN); // S3: ignored
+        dev.write(0, 1, 5 << 2); // no SLP_EN
+        dev.write(1, 1, (5 << 2) | X_SLP_EN); // status register
+        assert!(!exit.is_requested());
+        dev.write(0, 1, (5 << 2) | X_SLP_EN);
+        assert_eq!(exit.reason(), Some(ExitReason::PowerOff));
+    }
+}

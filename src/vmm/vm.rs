@@ -16,6 +16,7 @@ use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
+use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::boot::load_linux;
 use crate::arch::x86_64::cpuid::setup_cpuid;
 use crate::arch::x86_64::lapic::setup_lapic;
@@ -28,7 +29,9 @@ use crate::devices::ember_info::{EmberInfo, EMBER_INFO_ADDR, EMBER_INFO_LEN};
 use crate::devices::i8042::I8042;
 use crate::devices::irq::EventFdTrigger;
 use crate::devices::port80::Port80;
-use crate::devices::power::{PowerControl, PM1A_CNT_LEN, PM1A_CNT_PORT};
+use crate::devices::power::{
+    PowerControl, SleepControl, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN,
+};
 use crate::devices::serial::Serial;
 use crate::memory::{
     mtree_text, AddressSpace, GuestRam, MemoryError, MemoryTree, MtreeOptions, RegionOps,
@@ -175,6 +178,12 @@ impl Vm {
                     PM1A_CNT_PORT,
                     PM1A_CNT_LEN,
                     Arc::new(PowerControl::new(exit.clone())),
+                ),
+                (
+                    "acpi-sleep-control",
+                    SLEEP_CONTROL_PORT,
+                    SLEEP_CONTROL_LEN,
+                    Arc::new(SleepControl::new(exit.clone(), S5_SLEEP_TYPE)),
                 ),
             ];
             for (name, port, len, ops) in io_devices {
@@ -370,6 +379,11 @@ impl Vm {
         };
         setup_mptable(guest.memory(), self.config.cpus)
             .map_err(|e| VmError::Arch(e.to_string()))?;
+        if boot.is_some() {
+            // The tables live in the BIOS area, which firmware occupies.
+            setup_acpi(guest.memory(), self.config.cpus)
+                .map_err(|e| VmError::Arch(e.to_string()))?;
+        }
 
         let mut vcpus = Vec::with_capacity(self.config.cpus as usize);
         for index in 0..self.config.cpus {

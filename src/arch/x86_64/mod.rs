@@ -11,6 +11,7 @@
 //! [`regs::setup_boot_vcpu`] for vCPU 0 and [`regs::setup_secondary_vcpu`]
 //! for the others.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 mod error;

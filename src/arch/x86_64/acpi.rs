@@ -1,0 +1,233 @@
+//! ACPI tables for Linux guests (built with the acpi_tables crate): an
+//! RSDP where the legacy scan finds it, an XSDT, a hardware-reduced FADT
+//! whose sleep control register is Ember's power-off port, a DSDT with the
+//! `_S5` sleep type, and a MADT listing every CPU's local APIC and the
+//! IOAPIC. With them a guest's `poweroff` ends the VM, and kernels built
+//! without MP-table support (Debian's cloud kernel) still find every CPU.
+
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::layout::{APIC_ADDR, BIOS_AREA_START, HIMEM_START, IOAPIC_ADDR};
+use super::ArchError;
+
+/// The RSDP, 16-byte aligned inside 0xe0000..0x100000 where Linux scans
+/// for it; the other tables follow it in the reserved BIOS area.
+pub const RSDP_ADDR: u64 = BIOS_AREA_START;
+
+/// The sleep control register (hardware-reduced ACPI): a byte port.
+pub const SLEEP_CONTROL_PORT: u64 = 0x3c0;
+/// The sleep type `_S5` declares; written with SLP_EN to power off.
+pub const S5_SLEEP_TYPE: u8 = 5;
+
+const OEM_ID: [u8; 6] = *b"EMBER ";
+const OEM_TABLE: [u8; 8] = *b"EMBERVM ";
+const OEM_REVISION: u32 = 1;
+
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
+}
+
+/// The DSDT: just `Name (_S5_, Package () { 5 })`.
+fn dsdt() -> Vec<u8> {
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, OEM_REVISION);
+    let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
+    s5.to_aml_bytes(&mut dsdt);
+    dsdt.update_checksum();
+    dsdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.sleep_control_reg = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        SLEEP_CONTROL_PORT,
+    );
+    fadt.sleep_status_reg = GAS::new(
+        AddressSpace::SystemIo,
+        8,
+        0,
+        AccessSize::ByteAccess,
+        SLEEP_CONTROL_PORT + 1,
+    );
+    bytes(&fadt.finalize())
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE,
+        OEM_REVISION,
+        LocalInterruptController::Address(APIC_ADDR as u32),
+    );
+    for cpu in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(cpus, IOAPIC_ADDR as u32, 0));
+    bytes(&madt)
+}
+
+/// The tables for `cpus` CPUs, laid out from `RSDP_ADDR`: returns the
+/// bytes to write there.
+pub fn build(cpus: u8) -> Vec<u8> {
+    let align = |n: usize| n.next_multiple_of(16);
+    let rsdp_len = align(36);
+    let dsdt = dsdt();
+    let dsdt_addr = RSDP_ADDR + rsdp_len as u64;
+    let fadt_addr = dsdt_addr + align(dsdt.len()) as u64;
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = fadt_addr + align(fadt.len()) as u64;
+    let madt = madt(cpus);
+    let xsdt_addr = madt_addr + align(madt.len()) as u64;
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = bytes(&xsdt);
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+
+    let mut out = vec![0u8; (xsdt_addr - RSDP_ADDR) as usize + xsdt.len()];
+    let mut put = |addr: u64, data: &[u8]| {
+        let at = (addr - RSDP_ADDR) as usize;
+        out[at..at + data.len()].copy_from_slice(data);
+    };
+    put(RSDP_ADDR, &rsdp);
+    put(dsdt_addr, &dsdt);
+    put(fadt_addr, &fadt);
+    put(madt_addr, &madt);
+    put(xsdt_addr, &xsdt);
+    out
+}
+
+/// Writes the tables into guest memory (the reserved BIOS area).
+pub fn setup_acpi(mem: &GuestMemoryMmap<()>, cpus: u8) -> Result<GuestAddress, ArchError> {
+    let tables = build(cpus);
+    if RSDP_ADDR + tables.len() as u64 > HIMEM_START {
+        return Err(ArchError::GuestMemory {
+            what: "ACPI tables",
+            addr: RSDP_ADDR,
+            reason: format!(
+                "ACPI tables of {} bytes do not fit below 1 MiB",
+                tables.len()
+            ),
+        });
+    }
+    mem.write_slice(&tables, GuestAddress(RSDP_ADDR))
+        .map_err(|e| ArchError::GuestMemory {
+            what: "ACPI tables",
+            addr: RSDP_ADDR,
+            reason: e.to_string(),
+        })?;
+    Ok(GuestAddress(RSDP_ADDR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    /// Follows RSDP -> XSDT -> tables as a guest would, checking every
+    /// signature and checksum.
+    #[test]
+    fn tables_link_up_with_valid_checksums() {
+        let cpus = 3;
+        let t = build(cpus);
+        let table = |addr: u64| -> &[u8] {
+            let at = (addr - RSDP_ADDR) as usize;
+            let len = u32_at(&t, at + 4) as usize;
+            let b = &t[at..at + len];
+            assert_eq!(sum(b), 0, "checksum of {:?}", std::str::from_utf8(&b[..4]));
+            b
+        };
+        assert_eq!(&t[..8], b"RSD PTR ");
+        assert_eq!(sum(&t[..20]), 0);
+        assert_eq!(sum(&t[..36]), 0);
+        let xsdt = table(u64_at(&t, 24));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        let entries: Vec<u64> = (36..xsdt.len())
+            .step_by(8)
+            .map(|at| u64_at(xsdt, at))
+            .collect();
+        assert_eq!(entries.len(), 2);
+        let fadt = table(entries[0]);
+        assert_eq!(&fadt[..4], b"FACP");
+        assert_ne!(u32_at(fadt, 112) & (1 << 20), 0, "hardware-reduced");
+        // Sleep control register: SystemIO at the power-off port.
+        assert_eq!(fadt[244], 1);
+        assert_eq!(u64_at(fadt, 248), SLEEP_CONTROL_PORT);
+        let dsdt = table(u64_at(fadt, 140));
+        assert_eq!(&dsdt[..4], b"DSDT");
+        let body = &dsdt[36..];
+        assert!(body.windows(4).any(|w| w == b"_S5_"));
+        let madt = table(entries[1]);
+        assert_eq!(&madt[..4], b"APIC");
+        assert_eq!(u32_at(madt, 36), APIC_ADDR as u32);
+        let (mut at, mut lapics, mut ioapics) = (44, 0, 0);
+        while at < madt.len() {
+            match madt[at] {
+                0 => {
+                    assert_eq!(madt[at + 3], lapics, "APIC IDs in order");
+                    lapics += 1;
+                }
+                1 => ioapics += 1,
+                other => panic!("unexpected MADT entry {other}"),
+            }
+            at += madt[at + 1] as usize;
+        }
+        assert_eq!((lapics, ioapics), (cpus, 1));
+        assert!(RSDP_ADDR + t.len() as u64 <= HIMEM_START);
+    }
+
+    /// Writes each table to $EMBER_ACPI_DUMP (when set) for `iasl -d`.
+    #[test]
+    fn dump_for_iasl() {
+        let Ok(dir) = std::env::var("EMBER_ACPI_DUMP") else {
+            return;
+        };
+        let t = build(2);
+        let xsdt_at = (u64_at(&t, 24) - RSDP_ADDR) as usize;
+        let mut addrs = vec![u64_at(&t, 24)];
+        let xlen = u32_at(&t, xsdt_at + 4) as usize;
+        addrs.extend((36..xlen).step_by(8).map(|at| u64_at(&t, xsdt_at + at)));
+        let fadt_at = (addrs[1] - RSDP_ADDR) as usize;
+        addrs.push(u64_at(&t, fadt_at + 140));
+        for addr in addrs {
+            let at = (addr - RSDP_ADDR) as usize;
+            let len = u32_at(&t, at + 4) as usize;
+            let name = std::str::from_utf8(&t[at..at + 4]).unwrap().to_string();
+            std::fs::write(format!("{dir}/{name}.dat"), &t[at..at + len]).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_largest_machine_fits() {
+        assert!(RSDP_ADDR + build(254).len() as u64 <= HIMEM_START);
+    }
+}
