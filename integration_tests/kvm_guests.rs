@@ -532,12 +532,9 @@ fn ioeventfd_signals_without_reaching_the_device() {
     assert!(device.writes().is_empty());
 }
 
-/// Console input from a file reaches the guest's UART in order.
-#[test]
-fn serial_input_from_a_file_reaches_the_guest() {
-    if !kvm_available() {
-        return;
-    }
+/// Runs a guest that echoes serial input to the results port until a
+/// newline, with console input from `input`.
+fn echo_serial_input(name: &str, input: ConsoleInput) -> Vec<u8> {
     let guest = r#"
     next:
         movw $0x3fd, %dx
@@ -555,11 +552,9 @@ fn serial_input_from_a_file_reaches_the_guest() {
     1:  hlt
         jmp 1b
     "#;
-    let input = scratch_dir("input").join("typed.txt");
-    std::fs::write(&input, b"ls -l\n").unwrap();
-    let mut cfg = config("serial-in", Some(guest));
+    let mut cfg = config(name, Some(guest));
     cfg.debug_exit = Some(0x501);
-    cfg.console_input = ConsoleInput::Path(input);
+    cfg.console_input = input;
     let vm = Vm::new(cfg).unwrap();
     let results = Recorder::new(0);
     {
@@ -577,8 +572,59 @@ fn serial_input_from_a_file_reaches_the_guest() {
     }
     let outcome = vm.run().unwrap();
     assert!(matches!(outcome.reason, ExitReason::DebugExit(0x0a)));
-    let got: Vec<u8> = results.values().iter().map(|v| *v as u8).collect();
-    assert_eq!(got, b"ls -l\n");
+    results.values().iter().map(|v| *v as u8).collect()
+}
+
+/// Console input from a file reaches the guest's UART in order.
+#[test]
+fn serial_input_from_a_file_reaches_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let input = scratch_dir("input").join("typed.txt");
+    std::fs::write(&input, b"ls -l\n").unwrap();
+    assert_eq!(
+        echo_serial_input("serial-file", ConsoleInput::Path(input)),
+        b"ls -l\n"
+    );
+}
+
+/// Console input from a UNIX socket reaches the guest, across more bytes
+/// than the UART's FIFO holds.
+#[test]
+fn serial_input_from_a_socket_reaches_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let path = scratch_dir("socket").join("console.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut line: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+    line.push(b'\n');
+    let sent = line.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(&sent).unwrap();
+        // Keep the connection open until the guest is done.
+        let mut buf = [0u8; 1];
+        let _ = std::io::Read::read(&mut stream, &mut buf);
+    });
+    let got = echo_serial_input("serial-socket", ConsoleInput::Path(path));
+    assert_eq!(got, line);
+    drop(writer);
+}
+
+/// Without the in-kernel irqchip, HLT exits to Ember, which ends the VM.
+#[test]
+fn hlt_without_irqchip_ends_the_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let mut cfg = config("hlt", Some("        hlt\n"));
+    cfg.irqchip = false;
+    let outcome = Vm::new(cfg).unwrap().run().unwrap();
+    assert_eq!(outcome.reason, ExitReason::Halted);
 }
 
 /// A kernel finds the ACPI RSDP in the BIOS area, and writing the `_S5`

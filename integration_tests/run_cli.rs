@@ -153,6 +153,10 @@ fn run_errors_are_clear() {
     assert_error(&["run", "--firmware", fw.to_str().unwrap()], &["firmware"]);
     assert_error(&["run", "--accel", "hvf"], &["unknown accelerator 'hvf'"]);
     assert_error(
+        &["run", "--accel", "tcg"],
+        &["software CPU", "not available yet"],
+    );
+    assert_error(
         &["run", "--kvm-device", "/nonexistent/kvm"],
         &["/nonexistent/kvm is not present"],
     );
