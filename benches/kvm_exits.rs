@@ -7,8 +7,8 @@
 //!   device), interleaved in one run; the figure is µs per exit and the
 //!   ratio Ember / bare.
 //! - The same for MMIO exits (`mov %al, %es:0` to an address with no slot).
-//! - Start-up: `ember run --timings` on the built-in guest, time from VM
-//!   construction to the first KVM_RUN, the whole process run, and the VMM's
+//! - Start-up: `ember run --timings` on the built-in guest, time from the
+//!   start of `main` to the first KVM_RUN, the whole process run, and the VMM's
 //!   resident memory excluding guest RAM.
 
 #[path = "../integration_tests/common/mod.rs"]
@@ -208,7 +208,7 @@ fn startup(rounds: usize) {
         }
     }
     println!(
-        "start-up: VM construction to first KVM_RUN {:.3} ms; whole `ember run` of the built-in guest {:.1} ms; VMM RSS excluding guest RAM {:.0} KiB (median of {rounds})",
+        "start-up: main() to first KVM_RUN {:.3} ms; whole `ember run` of the built-in guest {:.1} ms; VMM RSS excluding guest RAM {:.0} KiB (median of {rounds})",
         median(first_run),
         median(wall),
         median(rss)

@@ -114,6 +114,8 @@ pub struct VmOutcome {
     pub vcpus: Vec<VcpuStats>,
     /// From `Vm::new` to the first `KVM_RUN`.
     pub startup: Option<std::time::Duration>,
+    /// When the first vCPU entered `KVM_RUN`.
+    pub first_run: Option<Instant>,
 }
 
 /// An x86_64 microVM.
@@ -461,6 +463,7 @@ impl Vm {
             reason,
             vcpus: stats,
             startup,
+            first_run: self.first_run.get().copied(),
         })
     }
 
