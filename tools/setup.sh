@@ -7,6 +7,11 @@ need_apt=()
 # gcc links the Rust binaries and builds C parts of dependencies.
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 command -v git >/dev/null 2>&1 || need_apt+=(git)
+# GNU as and objcopy assemble the built-in guest (build.rs) and the small
+# test guests.
+if ! command -v as >/dev/null 2>&1 || ! command -v objcopy >/dev/null 2>&1; then
+    need_apt+=(binutils)
+fi
 
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
