@@ -52,6 +52,23 @@ fn add_io(
     tree.add_subregion_overlap(parent, addr, id, prio).unwrap();
 }
 
+/// A recorder on port 0x500, where the test guests report their results.
+fn results_port(vm: &Vm) -> Arc<Recorder> {
+    let results = Recorder::new(0);
+    let tree = vm.tree();
+    let mut t = tree.lock().unwrap();
+    add_io(
+        &mut t,
+        vm.layout().io,
+        "results",
+        0x500,
+        1,
+        0,
+        results.clone(),
+    );
+    results
+}
+
 #[test]
 fn builtin_guest_prints_its_checks_and_powers_off() {
     if !kvm_available() {
@@ -556,20 +573,7 @@ fn echo_serial_input(name: &str, input: ConsoleInput) -> Vec<u8> {
     cfg.debug_exit = Some(0x501);
     cfg.console_input = input;
     let vm = Vm::new(cfg).unwrap();
-    let results = Recorder::new(0);
-    {
-        let tree = vm.tree();
-        let mut t = tree.lock().unwrap();
-        add_io(
-            &mut t,
-            vm.layout().io,
-            "results",
-            0x500,
-            1,
-            0,
-            results.clone(),
-        );
-    }
+    let results = results_port(&vm);
     let outcome = vm.run().unwrap();
     assert!(matches!(outcome.reason, ExitReason::DebugExit(0x0a)));
     results.values().iter().map(|v| *v as u8).collect()
@@ -647,20 +651,7 @@ fn acpi_tables_are_in_place_and_sleep_control_powers_off() {
     let mut cfg = config("acpi-off", None);
     cfg.kernel = Some(common::tiny_elf_file("acpi-off", &code, false));
     let vm = Vm::new(cfg).unwrap();
-    let results = Recorder::new(0);
-    {
-        let tree = vm.tree();
-        let mut t = tree.lock().unwrap();
-        add_io(
-            &mut t,
-            vm.layout().io,
-            "results",
-            0x500,
-            1,
-            0,
-            results.clone(),
-        );
-    }
+    let results = results_port(&vm);
     let outcome = vm.run().unwrap();
     assert_eq!(outcome.reason, ExitReason::PowerOff);
     assert_eq!(results.values(), vec![u32::from_le_bytes(*b"RSD ") as u64]);
