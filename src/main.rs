@@ -94,7 +94,7 @@ fn parse_port(text: &str) -> Result<u16, String> {
 }
 
 /// Resident memory of this process minus the guest RAM it has touched, in
-/// KiB, from /proc/self/smaps_rollup and the RAM mappings' sizes.
+/// KiB: VmRSS from /proc/self/status minus the resident guest pages.
 fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let rss = status
