@@ -174,3 +174,48 @@ fn run_errors_are_clear() {
         );
     }
 }
+
+/// SIGTERM ends a running VM cleanly through the event loop.
+#[test]
+fn sigterm_ends_a_running_vm() {
+    if !kvm_available() {
+        return;
+    }
+    use std::io::Read;
+    let fw = firmware_file(
+        "spin",
+        r#"
+        movw $0x3f8, %dx
+        movb $0x52, %al
+        outb %al, %dx              # "R": running
+    1:  jmp 1b
+    "#,
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "run",
+            "--firmware",
+            fw.to_str().unwrap(),
+            "--serial-input",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ember");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert_eq!(&first, b"R");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

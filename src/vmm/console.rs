@@ -261,6 +261,12 @@ impl MutEventSubscriber for ExitWatcher {
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.exit.eventfd().read();
+        // A termination signal writes the eventfd directly (taking the
+        // reason's lock is not allowed in a signal handler): no reason yet
+        // means one of those signals.
+        if !self.exit.is_requested() {
+            self.exit.request(ExitReason::UserQuit);
+        }
     }
 }
 
