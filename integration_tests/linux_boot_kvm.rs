@@ -42,7 +42,7 @@ fn boot(cpus: &str) {
             "--cpus",
             cpus,
             "--cmdline",
-            "console=ttyS0 reboot=k panic=-1 quiet",
+            "console=ttyS0 reboot=k panic=-1 quiet i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd",
         ])
         .stdin(Stdio::null())
         .output()

@@ -5,15 +5,18 @@
 //! VM with [`ExitReason::Reset`] (Ember, like Firecracker, does not restart
 //! the guest).
 //!
-//! There is no keyboard behind it: the status register never shows data,
-//! the data port reads 0, and every other command is accepted and ignored.
+//! There is no keyboard behind it, but the controller answers the probes a
+//! Linux driver makes while it initialises (read and write the command
+//! byte, self-test, keyboard interface test), so the guest does not wait
+//! half a second for answers that never come. Other commands are accepted
+//! and ignored; the data port reads 0 when nothing is pending.
 //!
 //! Written by hand rather than with vm-superio's `I8042Device`: that one
-//! needs `&mut self` (so a lock around a device with no state) and reads 0
-//! from the status port, where this model sets the system flag a
-//! controller that passed its self-test reports.
+//! needs `&mut self` and reads 0 from the status port, where this model
+//! sets the system flag a controller that passed its self-test reports.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use crate::memory::{AccessRules, RegionOps};
 use crate::vmm::exit::{ExitReason, ExitSignal};
@@ -32,34 +35,93 @@ const DATA: u64 = 0;
 const COMMAND: u64 = 4;
 /// "Pulse output port bit 0": the CPU reset line.
 const CMD_RESET_CPU: u64 = 0xfe;
-/// Status: output buffer empty (bit 0), input buffer empty (bit 1), system
-/// flag set (bit 2, self-test passed).
+const CMD_READ_CTR: u64 = 0x20;
+const CMD_WRITE_CTR: u64 = 0x60;
+const CMD_SELF_TEST: u64 = 0xaa;
+const CMD_KBD_TEST: u64 = 0xab;
+/// Status: input buffer empty (bit 1 clear), system flag set (bit 2,
+/// self-test passed); bit 0 says whether the data port holds a byte.
 const STATUS: u64 = 0x04;
+const STATUS_OUTPUT_FULL: u64 = 0x01;
+/// The command byte after reset: keyboard interrupt on, system flag,
+/// translation on.
+const CTR_DEFAULT: u8 = 0x45;
+
+struct State {
+    ctr: u8,
+    output: VecDeque<u8>,
+    /// A command that takes its argument through the data port.
+    awaiting: Option<u64>,
+}
 
 /// The controller.
 pub struct I8042 {
     exit: Arc<ExitSignal>,
+    state: Mutex<State>,
 }
 
 impl I8042 {
     /// A controller that reports a reset pulse to `exit`.
     pub fn new(exit: Arc<ExitSignal>) -> Self {
-        I8042 { exit }
+        I8042 {
+            exit,
+            state: Mutex::new(State {
+                ctr: CTR_DEFAULT,
+                output: VecDeque::new(),
+                awaiting: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl RegionOps for I8042 {
     fn read(&self, offset: u64, _size: u32) -> u64 {
         match offset {
-            COMMAND => STATUS,
-            DATA => 0,
+            COMMAND => {
+                if self.lock().output.is_empty() {
+                    STATUS
+                } else {
+                    STATUS | STATUS_OUTPUT_FULL
+                }
+            }
+            DATA => self.lock().output.pop_front().unwrap_or(0) as u64,
             _ => 0xff,
         }
     }
 
     fn write(&self, offset: u64, _size: u32, value: u64) {
-        if offset == COMMAND && value & 0xff == CMD_RESET_CPU {
-            self.exit.request(ExitReason::Reset);
+        let value = value & 0xff;
+        match offset {
+            COMMAND => {
+                let mut state = self.lock();
+                state.awaiting = None;
+                match value {
+                    CMD_RESET_CPU => self.exit.request(ExitReason::Reset),
+                    CMD_READ_CTR => {
+                        let ctr = state.ctr;
+                        state.output.push_back(ctr);
+                    }
+                    CMD_WRITE_CTR => state.awaiting = Some(CMD_WRITE_CTR),
+                    CMD_SELF_TEST => state.output.push_back(0x55),
+                    CMD_KBD_TEST => state.output.push_back(0x00),
+                    _ => {}
+                }
+                // A guest that never reads cannot grow the queue.
+                while state.output.len() > 16 {
+                    state.output.pop_front();
+                }
+            }
+            DATA => {
+                let mut state = self.lock();
+                if state.awaiting.take() == Some(CMD_WRITE_CTR) {
+                    state.ctr = value as u8;
+                }
+            }
+            _ => {}
         }
     }
 
@@ -116,9 +178,43 @@ mod tests {
         // 0x65, which is nobody's.
         assert_eq!(io.write(CMD_PORT, 2, 0xfe00), MemTxResult::Ok);
         assert!(!exit.is_requested());
+        // 0x20 and 0xaa left their answers; once read, nothing is pending.
+        while io.read(CMD_PORT, 1).0 & 0x01 != 0 {
+            io.read(DATA_PORT, 1);
+        }
         assert_eq!(io.read(DATA_PORT, 1), (0, MemTxResult::Ok));
         assert_eq!(io.read(0x61, 1).0, 0xff);
-        assert_eq!(io.read(CMD_PORT, 1).0 & 0x03, 0, "still nothing pending");
+        assert_eq!(io.read(CMD_PORT, 1).0 & 0x03, 0, "nothing pending");
+    }
+
+    /// The probes Linux's i8042 driver makes while it initialises.
+    #[test]
+    fn linux_probe_is_answered() {
+        let (exit, io, _tree) = rig();
+        io.write(CMD_PORT, 1, 0xaa);
+        assert_eq!(io.read(CMD_PORT, 1).0 & 0x01, 1, "output full");
+        assert_eq!(io.read(DATA_PORT, 1).0, 0x55, "self-test passed");
+        io.write(CMD_PORT, 1, 0x20);
+        let ctr = io.read(DATA_PORT, 1).0;
+        assert_eq!(ctr, CTR_DEFAULT as u64);
+        io.write(CMD_PORT, 1, 0x60);
+        io.write(DATA_PORT, 1, 0x44);
+        io.write(CMD_PORT, 1, 0x20);
+        assert_eq!(io.read(DATA_PORT, 1).0, 0x44, "command byte written");
+        io.write(CMD_PORT, 1, 0xab);
+        assert_eq!(io.read(DATA_PORT, 1).0, 0x00, "keyboard interface ok");
+        assert_eq!(io.read(CMD_PORT, 1).0 & 0x01, 0);
+        // Answers a guest never reads do not pile up.
+        for _ in 0..1000 {
+            io.write(CMD_PORT, 1, 0xaa);
+        }
+        let mut n = 0;
+        while io.read(CMD_PORT, 1).0 & 0x01 != 0 {
+            io.read(DATA_PORT, 1);
+            n += 1;
+        }
+        assert_eq!(n, 16);
+        assert!(!exit.is_requested());
     }
 
     #[test]

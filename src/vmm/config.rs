@@ -6,8 +6,10 @@ use crate::accel::AccelChoice;
 use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 
 /// The default kernel command line: the serial console, reboot through the
-/// keyboard controller (there is no ACPI), and no waiting after a panic.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+/// keyboard controller, no waiting after a panic, and no probing for i8042
+/// features the minimal controller lacks (as Firecracker recommends).
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Everything needed to build and run an x86_64 microVM.
 #[derive(Clone, Debug)]
