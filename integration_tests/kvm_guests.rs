@@ -128,7 +128,7 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
     let mut cfg = config("priorities", Some(guest));
     cfg.debug_exit = Some(0x501);
     let vm = Vm::new(cfg).unwrap();
-    let results = Recorder::new(0);
+    let results = results_port(&vm);
     let low = Recorder::new(0x1000_0000);
     let high = Recorder::new(0x2000_0000);
     let far = Recorder::new(0x3000_0000);
@@ -138,7 +138,6 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
         let tree = vm.tree();
         let mut tree = tree.lock().unwrap();
         let (system, io) = (vm.layout().system, vm.layout().io);
-        add_io(&mut tree, io, "results", 0x500, 1, 0, results.clone());
         add_io(&mut tree, system, "low", 0xd1000, 0x1000, 0, low.clone());
         add_io(&mut tree, system, "high", 0xd1080, 0x80, 1, high.clone());
         let far_id = tree.new_io("far", 0x1000, Some(far.clone())).unwrap();
@@ -190,13 +189,11 @@ fn rom_cannot_be_changed_by_the_guest() {
     let mut cfg = config("rom", Some(guest));
     cfg.debug_exit = Some(0x501);
     let vm = Vm::new(cfg).unwrap();
-    let results = Recorder::new(0);
+    let results = results_port(&vm);
     let rom_block;
     {
         let tree = vm.tree();
         let mut tree = tree.lock().unwrap();
-        let io = vm.layout().io;
-        add_io(&mut tree, io, "results", 0x500, 1, 0, results.clone());
         let rom = tree.new_rom("test-rom", 0x1000).unwrap();
         rom_block = tree.ram_block(rom).unwrap();
         rom_block
@@ -478,20 +475,11 @@ fn misaligned_ram_works_through_dispatch() {
     let mut cfg = config("skew", Some(guest));
     cfg.debug_exit = Some(0x501);
     let vm = Vm::new(cfg).unwrap();
-    let results = Recorder::new(0);
+    let results = results_port(&vm);
     let block;
     {
         let tree = vm.tree();
         let mut t = tree.lock().unwrap();
-        add_io(
-            &mut t,
-            vm.layout().io,
-            "results",
-            0x500,
-            1,
-            0,
-            results.clone(),
-        );
         let ram = t.new_ram("skew", 0x1000).unwrap();
         block = t.ram_block(ram).unwrap();
         t.add_subregion(vm.layout().system, 0xd6800, ram).unwrap();

@@ -543,10 +543,7 @@ impl MemoryTree {
             return Err(MemoryError::NoTransaction);
         }
         self.depth -= 1;
-        if self.depth == 0 && self.pending {
-            self.pending = false;
-            self.update_views();
-        }
+        self.publish_if_outermost();
         Ok(())
     }
 
@@ -557,17 +554,19 @@ impl MemoryTree {
         let result = f(self);
         // Restore the depth even if `f` committed more than it began.
         self.depth = outer;
-        if self.depth == 0 && self.pending {
-            self.pending = false;
-            self.update_views();
-        }
+        self.publish_if_outermost();
         result
     }
 
     /// Records a change; outside any transaction it takes effect at once.
     fn changed(&mut self) {
         self.pending = true;
-        if self.depth == 0 {
+        self.publish_if_outermost();
+    }
+
+    /// Outside every transaction, renders and publishes pending changes.
+    fn publish_if_outermost(&mut self) {
+        if self.depth == 0 && self.pending {
             self.pending = false;
             self.update_views();
         }

@@ -17,10 +17,10 @@ use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
 use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
-use crate::arch::x86_64::boot::load_linux;
+use crate::arch::x86_64::boot::{check_cmdline, load_linux};
 use crate::arch::x86_64::cpuid::setup_cpuid;
 use crate::arch::x86_64::lapic::setup_lapic;
-use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
 use crate::arch::x86_64::mptable::setup_mptable;
 use crate::arch::x86_64::regs::{setup_boot_vcpu, setup_secondary_vcpu};
@@ -69,7 +69,7 @@ pub enum VmError {
     },
     #[error("{0}")]
     Arch(String),
-    #[error("kernel command line: {0}")]
+    #[error("{0}")]
     Cmdline(String),
     #[error("KVM memory slots: {0}")]
     Slots(String),
@@ -84,19 +84,6 @@ pub enum VmError {
     EventLoop(event_manager::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
-}
-
-/// Checks the kernel command line before anything is loaded.
-fn check_cmdline(cmdline: &str) -> Result<(), VmError> {
-    let mut c = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX_SIZE)
-        .map_err(|e| VmError::Cmdline(e.to_string()))?;
-    c.insert_str(cmdline).map_err(|e| {
-        VmError::Cmdline(format!(
-            "{e} ({} bytes; at most {} fit)",
-            cmdline.len(),
-            CMDLINE_MAX_SIZE - 1
-        ))
-    })
 }
 
 /// The KVM side of a prepared VM.
@@ -156,7 +143,7 @@ impl Vm {
             return Err(VmError::NoTcg);
         }
         if config.kernel.is_some() {
-            check_cmdline(&config.cmdline)?;
+            check_cmdline(&config.cmdline).map_err(|e| VmError::Cmdline(e.to_string()))?;
         }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let mut tree = MemoryTree::new();

@@ -299,6 +299,12 @@ fn make_cmdline(cmdline: &str, capacity: usize) -> Result<Cmdline, BootError> {
     Ok(cmd)
 }
 
+/// Checks a command line against Linux's x86 limit before anything is
+/// loaded, so a bad one is reported without reading the kernel.
+pub fn check_cmdline(cmdline: &str) -> Result<(), BootError> {
+    make_cmdline(cmdline, CMDLINE_MAX_SIZE).map(|_| ())
+}
+
 /// The highest page-aligned place for `size` bytes of initrd in RAM, above
 /// `low` and ending at or below `limit`.
 fn place_initrd(e820: &[E820Entry], size: u64, low: u64, limit: u64) -> Option<u64> {
