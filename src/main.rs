@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use ember::accel::AccelChoice;
+use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
-use ember::vmm::config::{parse_memory_size, VmConfig, DEFAULT_CMDLINE};
+use ember::vmm::config::{parse_memory_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_CMDLINE_RISCV64};
 use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
+use ember::vmm::riscv_vm::{RiscvOutcome, RiscvVm};
 use ember::vmm::vm::Vm;
 
 #[derive(Parser)]
@@ -23,8 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot an x86_64 microVM. With no kernel and no firmware, boots the
-    /// small built-in guest.
+    /// Boot a microVM: x86_64 on KVM, or riscv64 on the software CPU. With
+    /// no kernel and no firmware, an x86_64 VM boots the small built-in
+    /// guest.
     Run(RunArgs),
     /// Print a memory map as QEMU's `info mtree` does.
     Mtree {
@@ -48,9 +51,13 @@ struct RunArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "FILE", requires = "kernel")]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, default_value = DEFAULT_CMDLINE)]
-    cmdline: String,
+    /// Guest architecture: x86_64 or riscv64 (default: the host's).
+    #[arg(long)]
+    arch: Option<GuestArch>,
+    /// Kernel command line (default for x86_64: "{DEFAULT_CMDLINE}"; for
+    /// riscv64: "console=ttyS0 panic=-1").
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Guest RAM, e.g. 512M or 2G.
     #[arg(long, default_value = "512M", value_parser = parse_memory_size)]
     memory: u64,
@@ -80,9 +87,13 @@ struct RunArgs {
     /// Print the machine's memory tree and flat views, then exit.
     #[arg(long)]
     print_mtree: bool,
-    /// Report start-up time and VMM memory use on stderr at the end.
+    /// Report start-up time and VMM memory use on stderr at the end (and,
+    /// on the software CPU, instruction and TLB counters).
     #[arg(long)]
     timings: bool,
+    /// Write the guest's device tree blob to FILE before running (riscv64).
+    #[arg(long, value_name = "FILE")]
+    dump_dtb: Option<PathBuf>,
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -108,21 +119,141 @@ fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
     Some(rss.saturating_sub(guest_resident_kib))
 }
 
+/// Picks the accelerator: KVM runs only guests of the host's architecture,
+/// so `auto` falls back to the software CPU for the others and when
+/// /dev/kvm cannot be opened, saying so in one line.
+fn resolve_accel(args: &RunArgs, arch: GuestArch) -> anyhow::Result<AccelChoice> {
+    let host = GuestArch::host();
+    match (args.accel, arch == host) {
+        (AccelChoice::Kvm, false) => anyhow::bail!(
+            "KVM cannot run {} guests on this {} host; use --accel tcg",
+            arch.name(),
+            host.name()
+        ),
+        (AccelChoice::Auto, false) => {
+            eprintln!(
+                "ember: KVM cannot run {} guests on a {} host; using the software CPU (TCG)",
+                arch.name(),
+                host.name()
+            );
+            Ok(AccelChoice::Tcg)
+        }
+        (AccelChoice::Auto, true) if arch == GuestArch::Riscv64 => {
+            // KVM on riscv64 hosts is not implemented yet.
+            eprintln!("ember: KVM support for riscv64 hosts is not built yet; using the software CPU (TCG)");
+            Ok(AccelChoice::Tcg)
+        }
+        (AccelChoice::Auto, true) => {
+            if let Err(e) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&args.kvm_device)
+            {
+                if arch == GuestArch::X86_64 {
+                    anyhow::bail!(
+                        "cannot open {} ({e}) and the software CPU does not run x86_64 guests yet",
+                        args.kvm_device.display()
+                    );
+                }
+                eprintln!(
+                    "ember: {} is not usable ({e}); using the software CPU (TCG)",
+                    args.kvm_device.display()
+                );
+                return Ok(AccelChoice::Tcg);
+            }
+            Ok(AccelChoice::Kvm)
+        }
+        (choice, _) => Ok(choice),
+    }
+}
+
+fn report_tcg(outcome: &RiscvOutcome) {
+    let secs = outcome.run_time.as_secs_f64().max(1e-9);
+    for (i, h) in outcome.harts.iter().enumerate() {
+        let lookups = h.tlb.fills + h.tlb.victim_hits;
+        eprintln!(
+            "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
+             {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
+             {} traps, {} interrupts, {} SBI calls, {} WFI sleeps ({} slow-path lookups)",
+            h.instructions,
+            h.blocks,
+            h.instructions as f64 / secs / 1e6,
+            h.translations,
+            h.tlb.fills,
+            h.tlb.victim_hits,
+            h.tlb.full_flushes,
+            h.tlb.page_flushes,
+            h.mmio,
+            h.smc_invalidations,
+            h.traps,
+            h.interrupts,
+            h.sbi_calls,
+            h.wfi_sleeps,
+            lookups,
+        );
+    }
+    eprintln!("ember: run time {:.3} s", secs);
+}
+
+fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let vm = RiscvVm::new(config)?;
+    if let Some(path) = &args.dump_dtb {
+        vm.dump_dtb(path)?;
+    }
+    if args.print_mtree {
+        print!("{}", vm.mtree());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.kernel.is_none() {
+        // --dump-dtb alone is a complete request.
+        if args.dump_dtb.is_some() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        anyhow::bail!("riscv64 guests need a kernel (--kernel Image)");
+    }
+    install_termination_handlers(&vm.exit_signal())?;
+    let outcome = vm.run()?;
+    if args.timings {
+        report_tcg(&outcome);
+    }
+    match &outcome.reason {
+        ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
+        other => eprintln!("ember: {other}"),
+    }
+    Ok(ExitCode::from(outcome.reason.exit_code() as u8))
+}
+
 fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    let arch = args.arch.unwrap_or_default();
+    let accel = resolve_accel(&args, arch)?;
+    let cmdline = args.cmdline.clone().unwrap_or_else(|| {
+        match arch {
+            GuestArch::X86_64 => DEFAULT_CMDLINE,
+            GuestArch::Riscv64 => DEFAULT_CMDLINE_RISCV64,
+        }
+        .to_string()
+    });
     let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
+        arch,
+        kernel: args.kernel.clone(),
+        initrd: args.initrd.clone(),
+        cmdline,
         memory: args.memory,
         cpus: args.cpus,
-        firmware: args.firmware,
+        firmware: args.firmware.clone(),
         debug_exit: args.debug_exit,
-        accel: args.accel,
-        kvm_path: args.kvm_device,
-        console_input: args.serial_input,
-        console_output: args.serial_output,
+        accel,
+        kvm_path: args.kvm_device.clone(),
+        console_input: args.serial_input.clone(),
+        console_output: args.serial_output.clone(),
         irqchip: true,
     };
+    if arch == GuestArch::Riscv64 {
+        return run_riscv(config, &args);
+    }
+    if args.dump_dtb.is_some() {
+        anyhow::bail!("--dump-dtb is for riscv64 guests (x86_64 guests get ACPI tables)");
+    }
     let vm = Vm::new(config)?;
     if args.print_mtree {
         print!("{}", vm.mtree());

@@ -2,6 +2,7 @@
 //! comes later and plugs into the same memory listeners and dispatch.
 
 pub mod kvm;
+pub mod tcg;
 
 /// The `--accel` choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -7,6 +7,7 @@ pub mod debug_exit;
 pub mod ember_info;
 pub mod i8042;
 pub mod irq;
+pub mod plic;
 pub mod port80;
 pub mod power;
 pub mod serial;

@@ -20,6 +20,13 @@
 //!   with a refilled FIFO it would find "no interrupt" and leave the rest of
 //!   a long paste sitting in the FIFO until the next keystroke. So an IIR
 //!   read reports RDA whenever data is waiting and RX interrupts are on.
+//! * **A level output for level-triggered interrupt controllers** (the
+//!   RISC-V PLIC). vm-superio only pulses its trigger (an edge, which suits
+//!   KVM's irqfd on x86). [`Serial::set_level_listener`] adds the 16550's
+//!   INTR pin: high while an enabled interrupt condition holds (received
+//!   data waiting with RX interrupts on, or a THR-empty indication with TX
+//!   interrupts on), computed without side effects after every register
+//!   access and every arrival of input, and reported when it changes.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -49,12 +56,17 @@ const IIR: u8 = 2;
 const LCR: u8 = 3;
 const LSR: u8 = 5;
 const IER_RDA: u8 = 0x01;
+const IER_THRE: u8 = 0x02;
 const IIR_NO_INT: u8 = 0x01;
+const IIR_THRE: u8 = 0x02;
 const IIR_RDA: u8 = 0x04;
 const LCR_DLAB: u8 = 0x80;
 const LSR_DATA_READY: u8 = 0x01;
 
 type Uart = vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
+
+/// Receives the UART's interrupt level; see [`Serial::set_level_listener`].
+pub type LevelListener = Box<dyn Fn(bool) + Send + Sync>;
 
 /// Everything behind the device's lock.
 struct State {
@@ -66,6 +78,10 @@ struct State {
     pending: VecDeque<u8>,
     dropped_input: u64,
     lost_output: u64,
+    /// Who wants the interrupt level, and the level last reported to it
+    /// (`None`: nothing reported yet).
+    level_listener: Option<LevelListener>,
+    reported_level: Option<bool>,
 }
 
 impl State {
@@ -105,6 +121,30 @@ impl State {
             self.uart.read(IER)
         } else {
             self.uart.state().interrupt_enable
+        }
+    }
+
+    /// The INTR pin: an interrupt condition that IER enables. Reads nothing
+    /// through the register interface, so it changes no state (an IIR read
+    /// would acknowledge the THR-empty interrupt).
+    fn interrupt_level(&self) -> bool {
+        let regs = self.uart.state();
+        let ier = regs.interrupt_enable;
+        let iir = regs.interrupt_identification;
+        let rx_waiting = regs.line_status & LSR_DATA_READY != 0 || iir & IIR_RDA != 0;
+        (rx_waiting && ier & IER_RDA != 0) || (iir & IIR_THRE != 0 && ier & IER_THRE != 0)
+    }
+
+    /// Tells the level listener, if any, about a change of the level. Runs
+    /// with the lock held, so levels arrive in the order they happened.
+    fn report_level(&mut self) {
+        let Some(listener) = &self.level_listener else {
+            return;
+        };
+        let level = self.interrupt_level();
+        if self.reported_level != Some(level) {
+            self.reported_level = Some(level);
+            listener(level);
         }
     }
 
@@ -163,6 +203,8 @@ impl Serial {
                 pending: VecDeque::new(),
                 dropped_input: 0,
                 lost_output: 0,
+                level_listener: None,
+                reported_level: None,
             }),
             irq,
         }
@@ -176,6 +218,23 @@ impl Serial {
     /// The interrupt line itself (for tests and for polling it).
     pub fn irq(&self) -> &EventFdTrigger {
         &self.irq
+    }
+
+    /// Drives a level-triggered interrupt input (a PLIC source) from the
+    /// UART's INTR pin: `listener` is called at once with the current
+    /// level, then whenever the level changes. It runs with the UART's lock
+    /// held, so it must not call back into this UART. Replaces any earlier
+    /// listener. The eventfd trigger keeps working alongside.
+    pub fn set_level_listener(&self, listener: LevelListener) {
+        let mut state = self.lock();
+        state.level_listener = Some(listener);
+        state.reported_level = None;
+        state.report_level();
+    }
+
+    /// The INTR pin's current level (see the module documentation).
+    pub fn interrupt_level(&self) -> bool {
+        self.lock().interrupt_level()
     }
 
     /// A panic while the lock was held (a panicking writer) leaves the UART
@@ -200,6 +259,18 @@ impl Serial {
         state.pending.extend(&rest[..keep]);
         state.dropped_input += (rest.len() - keep) as u64;
         state.refill_if_drained();
+        state.report_level();
+    }
+
+    /// Writes bytes to the UART's output stream without going through the
+    /// registers: the SBI debug console of riscv64 guests shares the serial
+    /// console's output this way, in order with the UART's own bytes.
+    pub fn write_console(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        let writer = state.uart.writer_mut();
+        if writer.write_all(bytes).and_then(|_| writer.flush()).is_err() {
+            state.lost_output += bytes.len() as u64;
+        }
     }
 
     /// Input bytes waiting beyond the FIFO.
@@ -232,6 +303,7 @@ impl RegionOps for Serial {
         };
         // After an RBR read the FIFO may have just run empty.
         state.refill_if_drained();
+        state.report_level();
         value as u64
     }
 
@@ -248,6 +320,7 @@ impl RegionOps for Serial {
         }
         // Leaving loopback mode lets waiting input in again.
         state.refill_if_drained();
+        state.report_level();
     }
 
     /// Byte registers, as QEMU's `serial_io_ops`: accesses of up to 4 bytes
@@ -486,6 +559,80 @@ mod tests {
         outb(&r.io, LCR_PORT, 0x83);
         outb(&r.io, DLM, 0x01);
         assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x01);
+    }
+
+    /// Records every level the listener is told.
+    fn record_levels(serial: &Serial) -> Arc<Mutex<Vec<bool>>> {
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let sink = levels.clone();
+        serial.set_level_listener(Box::new(move |level| sink.lock().unwrap().push(level)));
+        levels
+    }
+
+    fn take(levels: &Mutex<Vec<bool>>) -> Vec<bool> {
+        std::mem::take(&mut *levels.lock().unwrap())
+    }
+
+    #[test]
+    fn level_listener_follows_the_intr_pin() {
+        let r = rig();
+        let levels = record_levels(&r.serial);
+        assert_eq!(take(&levels), [false], "the current level, at once");
+
+        // RX: high while data waits and RX interrupts are on.
+        r.serial.enqueue_input(b"a");
+        assert_eq!(take(&levels), [], "RX interrupts are off");
+        outb(&r.io, IER_PORT, IER_RDA);
+        assert_eq!(take(&levels), [true]);
+        assert!(r.serial.interrupt_level());
+        assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x04);
+        assert_eq!(inb(&r.io, LSR_PORT) & LSR_DATA_READY, 1);
+        assert_eq!(take(&levels), [], "reading IIR and LSR keeps it high");
+        assert_eq!(inb(&r.io, RBR), b'a');
+        assert_eq!(take(&levels), [false]);
+
+        // A backlog refills the FIFO without the level dropping between.
+        r.serial.enqueue_input(&[1; 100]);
+        assert_eq!(drain_rx(&r.io, 64).len(), 64);
+        assert_eq!(take(&levels), [true]);
+        assert_eq!(drain_rx(&r.io, 100).len(), 36);
+        assert_eq!(take(&levels), [false]);
+
+        // TX: THR empty raises it until IIR is read or TX interrupts are off.
+        outb(&r.io, IER_PORT, IER_RDA | IER_THRE);
+        assert_eq!(take(&levels), [true], "THR is empty when enabled");
+        assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x02);
+        assert_eq!(take(&levels), [false], "reading IIR acknowledges it");
+        outb(&r.io, THR, b'x');
+        assert_eq!(take(&levels), [true]);
+        outb(&r.io, IER_PORT, IER_RDA);
+        assert_eq!(take(&levels), [false], "masked by IER");
+        outb(&r.io, IER_PORT, IER_RDA | IER_THRE);
+        assert_eq!(take(&levels), [true], "still indicated, unmasked again");
+        assert_eq!(r.out.bytes(), b"x");
+
+        // A new listener is told the current level.
+        let again = record_levels(&r.serial);
+        assert_eq!(take(&again), [true]);
+        assert_eq!(take(&levels), [], "the old listener is gone");
+    }
+
+    #[test]
+    fn the_level_is_computed_without_side_effects() {
+        let r = rig();
+        outb(&r.io, IER_PORT, IER_THRE);
+        // Asking for the level many times does not acknowledge THR empty.
+        for _ in 0..3 {
+            assert!(r.serial.interrupt_level());
+        }
+        assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x02);
+        assert!(!r.serial.interrupt_level());
+        // Nor does it eat input.
+        outb(&r.io, IER_PORT, IER_RDA);
+        r.serial.enqueue_input(b"q");
+        assert!(r.serial.interrupt_level());
+        assert!(r.serial.interrupt_level());
+        assert_eq!(drain_rx(&r.io, 10), b"q");
     }
 
     #[test]

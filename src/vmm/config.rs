@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::accel::AccelChoice;
+use crate::arch::GuestArch;
 use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 
 /// The default kernel command line: the serial console, reboot through the
@@ -11,9 +12,15 @@ use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
-/// Everything needed to build and run an x86_64 microVM.
+/// The default command line of riscv64 guests (the UART is ttyS0 there
+/// too).
+pub const DEFAULT_CMDLINE_RISCV64: &str = "console=ttyS0 panic=-1";
+
+/// Everything needed to build and run a microVM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
+    /// The guest architecture.
+    pub arch: GuestArch,
     /// ELF vmlinux or bzImage; `None` boots the firmware or the built-in
     /// guest.
     pub kernel: Option<PathBuf>,
@@ -38,6 +45,7 @@ pub struct VmConfig {
 impl Default for VmConfig {
     fn default() -> Self {
         VmConfig {
+            arch: GuestArch::host(),
             kernel: None,
             initrd: None,
             cmdline: DEFAULT_CMDLINE.to_string(),

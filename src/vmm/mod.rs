@@ -4,4 +4,6 @@
 pub mod config;
 pub mod console;
 pub mod exit;
+pub mod event_loop;
+pub mod riscv_vm;
 pub mod vm;

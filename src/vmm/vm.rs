@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VcpuFd;
 
@@ -38,7 +37,7 @@ use crate::memory::{
     Unassigned,
 };
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::{ConsoleReader, ExitWatcher, InputSource, RawTerminal};
+use crate::vmm::event_loop::run_event_loop;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -455,31 +454,6 @@ impl Vm {
     }
 
     fn event_loop(&self) -> Result<(), VmError> {
-        let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
-            EventManager::new().map_err(VmError::EventLoop)?;
-        events.add_subscriber(Box::new(ExitWatcher::new(self.exit.clone())));
-        let _raw = if let Some(source) =
-            InputSource::open(&self.config.console_input).map_err(VmError::Console)?
-        {
-            let raw = matches!(source, InputSource::Stdin).then(RawTerminal::enter);
-            let serial = self.serial.clone();
-            let deliver = Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes));
-            events.add_subscriber(Box::new(ConsoleReader::new(
-                source,
-                deliver,
-                self.exit.clone(),
-            )));
-            raw
-        } else {
-            None
-        };
-        while !self.exit.is_requested() {
-            match events.run() {
-                Ok(_) => {}
-                Err(event_manager::Error::Epoll(e)) if e.errno() == libc::EINTR => {}
-                Err(e) => return Err(VmError::EventLoop(e)),
-            }
-        }
-        Ok(())
+        run_event_loop(&self.exit, &self.config.console_input, &self.serial)
     }
 }

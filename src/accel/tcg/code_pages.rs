@@ -1,0 +1,117 @@
+//! Which guest-physical RAM pages hold translated code, and a generation
+//! number per page that changes whenever code on the page may have changed.
+//!
+//! Shared by all harts. A translated block records the generation of the
+//! page(s) it was decoded from; a hart checks it (one relaxed atomic load)
+//! before running a cached block, so a stale block is never executed after
+//! its page was written through the slow path. Stores reach the slow path
+//! because TLB entries for pages marked here carry `TLB_NOTDIRTY`.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::memory::{FlatView, RegionKind};
+
+use super::tlb::{PAGE_BITS, PAGE_MASK};
+
+/// Set in a page's word while it holds translated code.
+const HAS_CODE: u32 = 1 << 31;
+
+struct Range {
+    start: u64,
+    pages: Box<[AtomicU32]>,
+}
+
+/// Per-page code flags and generations for the RAM of a view.
+pub struct CodePages {
+    ranges: Vec<Range>,
+}
+
+impl CodePages {
+    /// Tracks every RAM range of `view`. Code outside them (ROM, or RAM
+    /// added after start-up) is still cached but only invalidated by
+    /// `fence.i` and topology changes.
+    pub fn new(view: &FlatView) -> CodePages {
+        let mut ranges = Vec::new();
+        for r in view.ranges() {
+            if r.kind == RegionKind::Ram && !r.readonly {
+                let start = r.start as u64 & PAGE_MASK;
+                let end = r.end().min(u64::MAX as u128) as u64;
+                let count = (end.saturating_sub(start)).div_ceil(1 << PAGE_BITS) as usize;
+                ranges.push(Range {
+                    start,
+                    pages: (0..count).map(|_| AtomicU32::new(0)).collect(),
+                });
+            }
+        }
+        CodePages { ranges }
+    }
+
+    fn slot(&self, paddr: u64) -> Option<&AtomicU32> {
+        self.ranges.iter().find_map(|r| {
+            let index = paddr.checked_sub(r.start)? >> PAGE_BITS;
+            r.pages.get(usize::try_from(index).ok()?)
+        })
+    }
+
+    /// The page's generation (0 for untracked pages).
+    #[inline]
+    pub fn generation(&self, paddr: u64) -> u32 {
+        self.slot(paddr)
+            .map_or(0, |s| s.load(Ordering::Acquire) & !HAS_CODE)
+    }
+
+    /// Marks the page as holding code; returns its generation.
+    pub fn mark_code(&self, paddr: u64) -> u32 {
+        match self.slot(paddr) {
+            Some(s) => s.fetch_or(HAS_CODE, Ordering::AcqRel) & !HAS_CODE,
+            None => 0,
+        }
+    }
+
+    /// Whether stores to the page must invalidate code.
+    #[inline]
+    pub fn has_code(&self, paddr: u64) -> bool {
+        self.slot(paddr)
+            .is_some_and(|s| s.load(Ordering::Acquire) & HAS_CODE != 0)
+    }
+
+    /// A store hit a code page: every block decoded from it is stale. The
+    /// code flag is cleared so stores go fast again until the page is
+    /// translated anew.
+    pub fn invalidate(&self, paddr: u64) {
+        if let Some(s) = self.slot(paddr) {
+            let _ = s.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(((v & !HAS_CODE).wrapping_add(1)) & !HAS_CODE)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryTree, Unassigned};
+
+    #[test]
+    fn generations_change_on_invalidate_only() {
+        let mut tree = MemoryTree::new();
+        let root = tree.new_container("system", 1 << 40).unwrap();
+        let ram = tree.new_ram("ram", 0x10000).unwrap();
+        tree.add_subregion(root, 0x8000_0000, ram).unwrap();
+        let space = tree
+            .add_address_space("memory", root, Unassigned::Zero)
+            .unwrap();
+        let pages = CodePages::new(&space.view());
+        let p = 0x8000_3000;
+        assert_eq!(pages.generation(p), 0);
+        assert!(!pages.has_code(p));
+        assert_eq!(pages.mark_code(p + 8), 0);
+        assert!(pages.has_code(p));
+        pages.invalidate(p + 0xff0);
+        assert_eq!(pages.generation(p), 1);
+        assert!(!pages.has_code(p));
+        assert_eq!(pages.generation(p + 0x1000), 0, "neighbours untouched");
+        assert_eq!(pages.generation(0x1000), 0, "untracked");
+        pages.invalidate(0x1000);
+    }
+}

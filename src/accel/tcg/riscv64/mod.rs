@@ -1,0 +1,14 @@
+//! The riscv64 software CPU: RV64IMAFDC + Zicsr + Zifencei in S and U mode,
+//! Sv39/Sv48, with the VMM providing the SBI.
+
+pub mod block;
+pub mod decode;
+pub mod exec;
+pub mod fpu;
+pub mod hart;
+pub mod mmu;
+pub mod sbi;
+pub mod system;
+
+pub use hart::{Hart, HartStats};
+pub use system::{RiscvSystem, TcgMemoryListener};
