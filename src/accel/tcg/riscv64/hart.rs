@@ -139,6 +139,8 @@ pub struct Hart {
     /// The guest called HSM `hart_stop`.
     pub(super) hsm_stop: bool,
     budget: u32,
+    /// Stop after this many instructions (bounded runs for tests).
+    limit: Option<u64>,
     pub stats: HartStats,
 }
 
@@ -159,7 +161,10 @@ impl Hart {
             scause: 0,
             stval: 0,
             satp: 0,
-            scounteren: 0,
+            // OpenSBI hands S-mode a scounteren of 7 (cycle, time and
+            // instret readable from U-mode); Linux relies on it for rdtime
+            // in the vDSO and never writes it.
+            scounteren: 7,
             fflags: 0,
             frm: 0,
             stip: false,
@@ -177,6 +182,7 @@ impl Hart {
             exit: None,
             hsm_stop: false,
             budget: CLOCK_CHECK_BLOCKS,
+            limit: None,
             stats: HartStats::default(),
         }
     }
@@ -462,6 +468,9 @@ impl Hart {
         if self.signals.stop_requested() || self.exit.is_some() || self.hsm_stop {
             return false;
         }
+        if self.limit.is_some_and(|l| self.stats.instructions >= l) {
+            return false;
+        }
         let requests = self.sys.harts[self.id].requests.swap(0, Ordering::SeqCst);
         if requests & REQ_FLUSH_TLB != 0 {
             self.tlb.flush_all();
@@ -518,6 +527,13 @@ impl Hart {
                     return;
                 }
                 if self.wfi {
+                    if self.limit.is_some()
+                        && self.timer_deadline == u64::MAX
+                        && self.pending_interrupts() & self.sie == 0
+                    {
+                        // A bounded run would wait forever.
+                        return;
+                    }
                     self.sleep_in_wfi();
                     continue;
                 }
@@ -532,6 +548,35 @@ impl Hart {
                 Err(e) => self.take_exception(e),
             }
         }
+    }
+
+    /// Runs on the calling thread until the guest ends the VM through the
+    /// SBI (SRST or legacy shutdown), returning why, or until about
+    /// `max_instructions` more have run or the hart waits in WFI with
+    /// nothing that could wake it, returning `None`. For tests and tools
+    /// that drive one hart directly.
+    pub fn run_bounded(&mut self, max_instructions: u64) -> Option<ExitReason> {
+        self.limit = Some(self.stats.instructions.saturating_add(max_instructions));
+        self.check = true;
+        self.run();
+        self.limit = None;
+        self.stats.tlb = self.tlb.stats;
+        self.exit.take()
+    }
+
+    /// Whether the hart is waiting in WFI.
+    pub fn in_wfi(&self) -> bool {
+        self.wfi
+    }
+
+    /// Reads a CSR as the guest would in S-mode (`None` if it does not
+    /// exist), for tests and register dumps.
+    pub fn read_csr(&mut self, csr: u16) -> Option<u64> {
+        let prv = self.prv;
+        self.prv = Priv::Supervisor;
+        let v = self.csr_read(csr, 0).ok();
+        self.prv = prv;
+        v
     }
 
     /// Runs this hart's thread: waits for HSM start when it is not the boot
