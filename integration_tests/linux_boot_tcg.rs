@@ -111,7 +111,10 @@ fn check_boot(cpus: &str) {
     let text = String::from_utf8_lossy(&out.stdout);
     let err = String::from_utf8_lossy(&out.stderr);
     let want = format!("{MARKER}: {cpus} cpus");
-    assert!(text.contains(&want), "no {want:?} in:\n{text}\nstderr:\n{err}");
+    assert!(
+        text.contains(&want),
+        "no {want:?} in:\n{text}\nstderr:\n{err}"
+    );
     assert!(text.contains("reboot: Power down"), "{text}");
     assert_eq!(out.status.code(), Some(0), "stderr:\n{err}");
 }

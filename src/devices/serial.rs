@@ -268,7 +268,11 @@ impl Serial {
     pub fn write_console(&self, bytes: &[u8]) {
         let mut state = self.lock();
         let writer = state.uart.writer_mut();
-        if writer.write_all(bytes).and_then(|_| writer.flush()).is_err() {
+        if writer
+            .write_all(bytes)
+            .and_then(|_| writer.flush())
+            .is_err()
+        {
             state.lost_output += bytes.len() as u64;
         }
     }

@@ -3,7 +3,7 @@
 
 pub mod config;
 pub mod console;
-pub mod exit;
 pub mod event_loop;
+pub mod exit;
 pub mod riscv_vm;
 pub mod vm;

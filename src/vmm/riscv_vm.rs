@@ -73,7 +73,11 @@ impl RiscvVm {
             Box::new(move |bytes| console_serial.write_console(bytes)),
         );
         let mut tree = machine.tree;
-        tree.add_listener(&machine.memory, 0, Box::new(TcgMemoryListener::new(&system)))?;
+        tree.add_listener(
+            &machine.memory,
+            0,
+            Box::new(TcgMemoryListener::new(&system)),
+        )?;
         Ok(RiscvVm {
             config,
             tree: Arc::new(Mutex::new(tree)),

@@ -34,7 +34,7 @@ impl CodePages {
         let mut ranges = Vec::new();
         for r in view.ranges() {
             if r.kind == RegionKind::Ram && !r.readonly {
-                let start = r.start as u64 & PAGE_MASK;
+                let start = r.start & PAGE_MASK;
                 let end = r.end().min(u64::MAX as u128) as u64;
                 let count = (end.saturating_sub(start)).div_ceil(1 << PAGE_BITS) as usize;
                 ranges.push(Range {
@@ -46,8 +46,18 @@ impl CodePages {
         CodePages { ranges }
     }
 
+    #[inline]
     fn slot(&self, paddr: u64) -> Option<&AtomicU32> {
-        self.ranges.iter().find_map(|r| {
+        // Machines have one RAM range almost always: check it first
+        // without the iterator.
+        if let Some(first) = self.ranges.first() {
+            if let Some(index) = paddr.checked_sub(first.start) {
+                if let Some(s) = first.pages.get((index >> PAGE_BITS) as usize) {
+                    return Some(s);
+                }
+            }
+        }
+        self.ranges.iter().skip(1).find_map(|r| {
             let index = paddr.checked_sub(r.start)? >> PAGE_BITS;
             r.pages.get(usize::try_from(index).ok()?)
         })

@@ -73,7 +73,7 @@ impl Hart {
                 if $cond {
                     return Ok(Flow::Jump(pc.wrapping_add(imm)));
                 }
-                return Ok(Flow::Jump(next));
+                return Ok(Flow::Next);
             }};
         }
         match i.op {
@@ -182,11 +182,7 @@ impl Hart {
             }
             Op::Divuw => {
                 let (a, b) = (rs1 as u32, rs2 as u32);
-                set!(if b == 0 {
-                    u64::MAX
-                } else {
-                    sext32((a / b) as u64)
-                })
+                set!(a.checked_div(b).map_or(u64::MAX, |q| sext32(q as u64)))
             }
             Op::Remw => {
                 let (a, b) = (rs1 as i32, rs2 as i32);
@@ -484,7 +480,11 @@ fn amo32(a: &AtomicI32, op: AmoOp, v: i32) -> u64 {
         // any cast of the reference.
         a.fetch_update(o, o, |x| {
             let (xu, vu) = (x as u32, v as u32);
-            Some(if op == AmoOp::Minu { xu.min(vu) } else { xu.max(vu) } as i32)
+            Some(if op == AmoOp::Minu {
+                xu.min(vu)
+            } else {
+                xu.max(vu)
+            } as i32)
         })
         .unwrap_or_else(|x| x)
     };
@@ -514,7 +514,11 @@ fn amo64(a: &AtomicI64, op: AmoOp, v: i64) -> u64 {
         AmoOp::Minu | AmoOp::Maxu => a
             .fetch_update(o, o, |x| {
                 let (xu, vu) = (x as u64, v as u64);
-                Some(if op == AmoOp::Minu { xu.min(vu) } else { xu.max(vu) } as i64)
+                Some(if op == AmoOp::Minu {
+                    xu.min(vu)
+                } else {
+                    xu.max(vu)
+                } as i64)
             })
             .unwrap_or_else(|x| x),
     };

@@ -356,7 +356,7 @@ impl Hart {
                 // Bare, Sv39 and Sv48. Other modes leave satp unchanged, as
                 // hardware does: Linux probes Sv57 that way.
                 if matches!(mode, 0 | 8 | 9) {
-                    let value = value & (0xf << 60 | 0xffff << 44 | ((1 << 44) - 1));
+                    // MODE, a 16-bit ASID and the PPN: every bit is kept.
                     if value != self.satp {
                         self.satp = value;
                         self.tlb.flush_all();

@@ -391,7 +391,11 @@ impl Hart {
 
     /// Stores the low `N` bytes of `value`.
     #[inline(always)]
-    pub(super) fn store<const N: usize>(&mut self, vaddr: u64, value: u64) -> Result<(), Exception> {
+    pub(super) fn store<const N: usize>(
+        &mut self,
+        vaddr: u64,
+        value: u64,
+    ) -> Result<(), Exception> {
         let e = &self.tlb.modes[self.mmu_idx].table[tlb_index(vaddr)];
         if e.addr_write == vaddr & PAGE_MASK && (vaddr & !PAGE_MASK) <= PAGE_SIZE - N as u64 {
             let host = (vaddr as usize).wrapping_add(e.addend) as *mut u8;
@@ -409,10 +413,7 @@ impl Hart {
             // Check both pages before writing anything, so a fault on the
             // second leaves memory unchanged.
             self.entry_for(vaddr, AccessType::Write)?;
-            self.entry_for(
-                vaddr.wrapping_add(size as u64 - 1),
-                AccessType::Write,
-            )?;
+            self.entry_for(vaddr.wrapping_add(size as u64 - 1), AccessType::Write)?;
             for i in 0..size {
                 self.store::<1>(vaddr.wrapping_add(i as u64), value >> (8 * i))?;
             }

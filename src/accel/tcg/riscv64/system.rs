@@ -23,7 +23,10 @@ pub enum HsmState {
     Started,
     Stopped,
     /// `hart_start` was called; the hart enters `addr` with `a1 = opaque`.
-    StartPending { addr: u64, opaque: u64 },
+    StartPending {
+        addr: u64,
+        opaque: u64,
+    },
 }
 
 /// The shared part of one hart.
