@@ -13,6 +13,10 @@ if ! command -v as >/dev/null 2>&1 || ! command -v objcopy >/dev/null 2>&1; then
     need_apt+=(binutils)
 fi
 
+# The riscv64 instruction tests assemble their programs with the Debian
+# cross binutils (the guest kernel script installs its own packages).
+command -v riscv64-linux-gnu-as >/dev/null 2>&1 || need_apt+=(binutils-riscv64-linux-gnu)
+
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
     SUDO=""

@@ -1,0 +1,186 @@
+//! Software-CPU benchmarks against QEMU, in one run on the same machine:
+//!
+//! * boot of the riscv64 test kernel to its init marker and power-off,
+//!   wall time, Ember (`--accel tcg`) vs `qemu-system-riscv64 -M virt`;
+//! * a CPU-bound guest program (prime counting by trial division, from
+//!   tools/riscv-bench-guest.sh), guest-measured compute time.
+//!
+//! `cargo bench --bench tcg_boot` (or tools/bench-riscv.sh, which installs
+//! QEMU first) prints medians and Ember/QEMU ratios. Without `--bench`
+//! (as `cargo test --all-targets` runs it) it does one short Ember run of
+//! each and skips QEMU.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 5;
+
+fn script_lines(name: &str) -> Vec<PathBuf> {
+    let script = format!("{}/tools/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run guest build script");
+    assert!(out.status.success(), "{script} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+struct Run {
+    wall: Duration,
+    stdout: String,
+}
+
+fn run(cmd: &mut Command) -> Run {
+    let start = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("start VMM");
+    let wall = start.elapsed();
+    Run {
+        wall,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+fn ember(image: &PathBuf, initrd: &PathBuf, cmdline: &str) -> Run {
+    run(Command::new(env!("CARGO_BIN_EXE_ember")).args([
+        "run",
+        "--arch",
+        "riscv64",
+        "--accel",
+        "tcg",
+        "--memory",
+        "512M",
+        "--serial-input",
+        "none",
+        "--kernel",
+        image.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        cmdline,
+    ]))
+}
+
+fn qemu(image: &PathBuf, initrd: &PathBuf, cmdline: &str) -> Run {
+    run(Command::new("qemu-system-riscv64").args([
+        "-M",
+        "virt",
+        "-smp",
+        "1",
+        "-m",
+        "512M",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        image.to_str().unwrap(),
+        "-initrd",
+        initrd.to_str().unwrap(),
+        "-append",
+        cmdline,
+    ]))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The guest-measured compute time from the primes init.
+fn primes_ms(out: &str) -> Option<f64> {
+    let line = out.lines().find(|l| l.contains("EMBER-PRIMES:"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let guest = script_lines("riscv-linux-guest.sh");
+    let (image, initrd) = (&guest[0], &guest[1]);
+    let primes = &script_lines("riscv-bench-guest.sh")[0];
+    let boot_cmdline = "console=ttyS0 panic=-1";
+    let n = if full { 2_000_000 } else { 20_000 };
+    let primes_cmdline = format!("console=ttyS0 panic=-1 quiet primes={n}");
+
+    if !full {
+        let r = ember(image, initrd, boot_cmdline);
+        assert!(
+            r.stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+            "{}",
+            r.stdout
+        );
+        let p = ember(image, primes, &primes_cmdline);
+        assert!(p.stdout.contains("count=2262 "), "{}", p.stdout);
+        println!(
+            "tcg_boot (quick): boot {:.3} s, primes below {n}: {:?} ms",
+            r.wall.as_secs_f64(),
+            primes_ms(&p.stdout)
+        );
+        return;
+    }
+    let have_qemu = Command::new("qemu-system-riscv64")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_qemu {
+        println!("qemu-system-riscv64 not found: run tools/bench-riscv.sh to install it");
+    }
+    let mut e_boot = Vec::new();
+    let mut q_boot = Vec::new();
+    let mut e_primes = Vec::new();
+    let mut q_primes = Vec::new();
+    let mut e_primes_wall = Vec::new();
+    let mut q_primes_wall = Vec::new();
+    for _ in 0..ROUNDS {
+        let r = ember(image, initrd, boot_cmdline);
+        assert!(
+            r.stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+            "{}",
+            r.stdout
+        );
+        e_boot.push(r.wall.as_secs_f64());
+        let p = ember(image, primes, &primes_cmdline);
+        e_primes.push(primes_ms(&p.stdout).expect("ember primes result"));
+        e_primes_wall.push(p.wall.as_secs_f64());
+        if have_qemu {
+            let r = qemu(image, initrd, boot_cmdline);
+            assert!(
+                r.stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+                "{}",
+                r.stdout
+            );
+            q_boot.push(r.wall.as_secs_f64());
+            let p = qemu(image, primes, &primes_cmdline);
+            q_primes.push(primes_ms(&p.stdout).expect("qemu primes result"));
+            q_primes_wall.push(p.wall.as_secs_f64());
+        }
+    }
+    let (eb, ep, epw) = (median(e_boot), median(e_primes), median(e_primes_wall));
+    println!("boot to marker + power-off, median of {ROUNDS}:");
+    println!("  ember tcg : {eb:.3} s");
+    if have_qemu {
+        let qb = median(q_boot);
+        println!("  qemu      : {qb:.3} s   ratio ember/qemu {:.2}", eb / qb);
+    }
+    println!("primes below {n} (guest-measured compute; whole run wall):");
+    println!("  ember tcg : {ep:.0} ms ({epw:.3} s)");
+    if have_qemu {
+        let (qp, qpw) = (median(q_primes), median(q_primes_wall));
+        println!(
+            "  qemu      : {qp:.0} ms ({qpw:.3} s)   ratio ember/qemu {:.2} (wall {:.2})",
+            ep / qp,
+            epw / qpw
+        );
+    }
+}
