@@ -10,7 +10,7 @@
 //! (as `cargo test --all-targets` runs it) it does one short Ember run of
 //! each and skips QEMU.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ fn run(cmd: &mut Command) -> Run {
     }
 }
 
-fn ember(image: &PathBuf, initrd: &PathBuf, cmdline: &str) -> Run {
+fn ember(image: &Path, initrd: &Path, cmdline: &str) -> Run {
     run(Command::new(env!("CARGO_BIN_EXE_ember")).args([
         "run",
         "--arch",
@@ -69,7 +69,7 @@ fn ember(image: &PathBuf, initrd: &PathBuf, cmdline: &str) -> Run {
     ]))
 }
 
-fn qemu(image: &PathBuf, initrd: &PathBuf, cmdline: &str) -> Run {
+fn qemu(image: &Path, initrd: &Path, cmdline: &str) -> Run {
     run(Command::new("qemu-system-riscv64").args([
         "-M",
         "virt",
