@@ -143,26 +143,9 @@ fn resolve_accel(args: &RunArgs, arch: GuestArch) -> anyhow::Result<AccelChoice>
             eprintln!("ember: KVM support for riscv64 hosts is not built yet; using the software CPU (TCG)");
             Ok(AccelChoice::Tcg)
         }
-        (AccelChoice::Auto, true) => {
-            if let Err(e) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&args.kvm_device)
-            {
-                if arch == GuestArch::X86_64 {
-                    anyhow::bail!(
-                        "cannot open {} ({e}) and the software CPU does not run x86_64 guests yet",
-                        args.kvm_device.display()
-                    );
-                }
-                eprintln!(
-                    "ember: {} is not usable ({e}); using the software CPU (TCG)",
-                    args.kvm_device.display()
-                );
-                return Ok(AccelChoice::Tcg);
-            }
-            Ok(AccelChoice::Kvm)
-        }
+        // x86_64 guests only run on KVM; opening it later reports why it
+        // cannot be used (and --print-mtree works without it).
+        (AccelChoice::Auto, true) => Ok(AccelChoice::Kvm),
         (choice, _) => Ok(choice),
     }
 }
