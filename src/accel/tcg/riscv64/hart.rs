@@ -138,7 +138,7 @@ pub struct Hart {
     pub(super) exit: Option<ExitReason>,
     /// The guest called HSM `hart_stop`.
     pub(super) hsm_stop: bool,
-    budget: u32,
+    pub(super) budget: u32,
     /// Stop after this many instructions (bounded runs for tests).
     limit: Option<u64>,
     pub stats: HartStats,
