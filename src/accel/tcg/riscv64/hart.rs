@@ -100,8 +100,9 @@ pub struct HartStats {
 
 /// One hart.
 pub struct Hart {
-    /// x0..x31 plus a write sink at index 32 (see `decode::SINK`).
-    pub x: [u64; 33],
+    /// x0..x31 plus a write sink at index 32 (see `decode::SINK`); padded
+    /// to 64 so that masked indices need no bounds checks.
+    pub x: [u64; 64],
     pub f: [u64; 32],
     pub pc: u64,
     pub prv: Priv,
@@ -149,7 +150,7 @@ impl Hart {
         let signals = sys.harts[id].signals.clone();
         let view = sys.memory.view();
         Hart {
-            x: [0; 33],
+            x: [0; 64],
             f: [0; 32],
             pc: 0,
             prv: Priv::Supervisor,
