@@ -234,18 +234,13 @@ impl Hart {
 
 impl Hart {
     /// Moves block `id`'s instructions out for execution.
-    /// Also returns the block's physical address and page generation.
-    pub(super) fn blocks_take(&mut self, id: u32) -> Option<(Box<[Insn]>, u64, u32)> {
+    pub(super) fn blocks_take(&mut self, id: u32) -> Option<Box<[Insn]>> {
         let block = if id == SCRATCH_BLOCK {
             self.blocks.scratch.as_mut()?
         } else {
             self.blocks.blocks.get_mut(id as usize)?
         };
-        Some((
-            std::mem::take(&mut block.insns),
-            block.paddr,
-            block.generation,
-        ))
+        Some(std::mem::take(&mut block.insns))
     }
 
     /// Returns instructions taken by [`Hart::blocks_take`], unless the

@@ -27,13 +27,14 @@ impl Hart {
     /// A block whose exit jumps back to its own start (a tight loop) runs
     /// again right here, without going back through the block lookup: the
     /// software CPU's cheapest form of QEMU's block chaining. It stops
-    /// chaining when the hart has something to look at, when its block
-    /// budget runs out, or when a store changed the code page.
+    /// chaining when the hart has something to look at (a store that hit
+    /// a code page sets `check`, see `mmu.rs`) or when its block budget
+    /// runs out.
     pub(super) fn exec_block(&mut self, id: u32) -> Result<(), Exception> {
         // Borrow the instructions out of the cache for the duration of the
         // block (a move of a pointer, no copy), so executing them can use
         // `&mut self` freely.
-        let (insns, paddr, generation) = match self.blocks_take(id) {
+        let insns = match self.blocks_take(id) {
             Some(i) => i,
             None => return Ok(()),
         };
@@ -54,7 +55,6 @@ impl Hart {
                             && self.budget > 0
                             && !self.check
                             && !self.signals.needs_attention()
-                            && self.sys.code.generation(paddr) == generation
                         {
                             self.budget -= 1;
                             continue 'chain;

@@ -432,6 +432,9 @@ impl Hart {
             // Code lives on this page: blocks decoded from it are stale.
             self.stats.smc_invalidations += 1;
             self.sys.code.invalidate(e.paddr);
+            // The running block may be one of those made stale: stop
+            // self-chaining it (exec.rs) and look the next block up afresh.
+            self.check = true;
             let idx = tlb_index(vaddr);
             self.tlb.modes[self.mmu_idx].table[idx].addr_write &= !TLB_NOTDIRTY;
         }
@@ -487,6 +490,9 @@ impl Hart {
         if cmp & TLB_NOTDIRTY != 0 {
             self.stats.smc_invalidations += 1;
             self.sys.code.invalidate(e.paddr);
+            // The running block may be one of those made stale: stop
+            // self-chaining it (exec.rs) and look the next block up afresh.
+            self.check = true;
             let idx = tlb_index(vaddr);
             self.tlb.modes[self.mmu_idx].table[idx].addr_write &= !TLB_NOTDIRTY;
         }
