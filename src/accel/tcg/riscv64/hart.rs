@@ -94,7 +94,6 @@ pub struct HartStats {
     pub sbi_calls: u64,
     pub wfi_sleeps: u64,
     pub mmio: u64,
-    pub fast_loads_stores: u64,
     pub tlb: crate::accel::tcg::tlb::TlbStats,
 }
 
