@@ -39,6 +39,7 @@ impl Hart {
             None => return Ok(()),
         };
         let start = self.pc;
+        self.inflight = insns.len().saturating_sub(1) as u64;
         let mut result = Ok(());
         let mut executed = 0u64;
         let mut pc;

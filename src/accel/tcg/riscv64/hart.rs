@@ -139,6 +139,8 @@ pub struct Hart {
     /// The guest called HSM `hart_stop`.
     pub(super) hsm_stop: bool,
     pub(super) budget: u32,
+    /// Instructions retired in the running block before its last one.
+    pub(super) inflight: u64,
     /// Stop after this many instructions (bounded runs for tests).
     limit: Option<u64>,
     pub stats: HartStats,
@@ -183,6 +185,7 @@ impl Hart {
             hsm_stop: false,
             budget: CLOCK_CHECK_BLOCKS,
             limit: None,
+            inflight: 0,
             stats: HartStats::default(),
         }
     }
@@ -292,7 +295,10 @@ impl Hart {
                     return Err(illegal);
                 }
                 match counter {
-                    0 | 2 => self.stats.instructions,
+                    // Instructions of the running block are added to the
+                    // count when it ends; a CSR instruction is always the
+                    // last of its block, so the ones before it are known.
+                    0 | 2 => self.stats.instructions + self.inflight,
                     1 => self.sys.now_ticks(),
                     _ => 0,
                 }
@@ -468,7 +474,12 @@ impl Hart {
         if self.signals.stop_requested() || self.exit.is_some() || self.hsm_stop {
             return false;
         }
-        if self.limit.is_some_and(|l| self.stats.instructions >= l) {
+        // Traps count too, so a guest stuck in a trap loop (an unmapped
+        // stvec) still ends a bounded run.
+        if self
+            .limit
+            .is_some_and(|l| self.stats.instructions + self.stats.traps >= l)
+        {
             return false;
         }
         let requests = self.sys.harts[self.id].requests.swap(0, Ordering::SeqCst);
@@ -501,7 +512,9 @@ impl Hart {
             return;
         }
         self.stats.wfi_sleeps += 1;
-        let deadline = if self.timer_deadline == u64::MAX {
+        // An expired deadline (STIP already set, but not enabled) cannot
+        // wake the hart again: only an interrupt or a new deadline can.
+        let deadline = if self.timer_deadline == u64::MAX || self.stip {
             None
         } else {
             self.sys.instant_of(self.timer_deadline)
@@ -528,7 +541,7 @@ impl Hart {
                 }
                 if self.wfi {
                     if self.limit.is_some()
-                        && self.timer_deadline == u64::MAX
+                        && (self.timer_deadline == u64::MAX || self.stip)
                         && self.pending_interrupts() & self.sie == 0
                     {
                         // A bounded run would wait forever.
