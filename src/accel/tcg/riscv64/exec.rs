@@ -58,6 +58,10 @@ impl Hart {
                             && !self.signals.needs_attention()
                         {
                             self.budget -= 1;
+                            // Keep instret exact for a CSR read later in
+                            // this block (see `Hart::inflight`).
+                            self.stats.instructions += executed;
+                            executed = 0;
                             continue 'chain;
                         }
                         break 'chain;
