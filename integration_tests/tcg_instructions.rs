@@ -79,10 +79,9 @@ const INT_OPS: &[(&str, IntModel)] = &[
             (x / y) as u64
         }
     }),
-    (
-        "divu t0, a0, a1",
-        |a, b| if b == 0 { u64::MAX } else { a / b },
-    ),
+    ("divu t0, a0, a1", |a, b| {
+        a.checked_div(b).unwrap_or(u64::MAX)
+    }),
     ("rem t0, a0, a1", |a, b| {
         let (x, y) = (a as i64, b as i64);
         if y == 0 {
@@ -109,11 +108,8 @@ const INT_OPS: &[(&str, IntModel)] = &[
     }),
     ("divuw t0, a0, a1", |a, b| {
         let (x, y) = (a as u32, b as u32);
-        if y == 0 {
-            u64::MAX
-        } else {
-            (x / y) as i32 as i64 as u64
-        }
+        x.checked_div(y)
+            .map_or(u64::MAX, |q| q as i32 as i64 as u64)
     }),
     ("remw t0, a0, a1", |a, b| {
         let (x, y) = (a as i32, b as i32);
@@ -1095,8 +1091,16 @@ fn instret_counts_exactly() {
     m.run_to_poweroff();
     assert_eq!(m.out(0), 11, "ten nops and the first rdinstret");
     assert_eq!(m.out(1), 3, "two addis and the second rdinstret");
-    assert_eq!(m.out(2), 1 + 5 * 2, "the first rdinstret and five iterations");
-    assert_eq!(m.out(3), 1 + 7 * 2, "the first rdcycle and seven iterations");
+    assert_eq!(
+        m.out(2),
+        1 + 5 * 2,
+        "the first rdinstret and five iterations"
+    );
+    assert_eq!(
+        m.out(3),
+        1 + 7 * 2,
+        "the first rdcycle and seven iterations"
+    );
 }
 
 #[test]
@@ -2078,7 +2082,11 @@ fn fp_op(op: &str, args: &[u64], rm: &str, want: u64, flags: u64) -> FpCase {
     }
     let mut ops = vec!["fa3"];
     ops.extend(&regs[..args.len()]);
-    let rm = if rm.is_empty() { String::new() } else { format!(", {rm}") };
+    let rm = if rm.is_empty() {
+        String::new()
+    } else {
+        format!(", {rm}")
+    };
     asm += &format!("    {op} {}{rm}\n    fmv.x.d t1, fa3\n", ops.join(", "));
     FpCase {
         what: format!("{op} {args:x?} {rm}"),
@@ -2095,7 +2103,11 @@ fn fp_x(op: &str, args: &[u64], rm: &str, want: u64, flags: u64) -> FpCase {
     for (r, v) in regs.iter().zip(args) {
         asm += &set_f(r, *v);
     }
-    let rm = if rm.is_empty() { String::new() } else { format!(", {rm}") };
+    let rm = if rm.is_empty() {
+        String::new()
+    } else {
+        format!(", {rm}")
+    };
     asm += &format!("    {op} t1, {}{rm}\n", regs[..args.len()].join(", "));
     FpCase {
         what: format!("{op} {args:x?} {rm}"),
@@ -2107,7 +2119,11 @@ fn fp_x(op: &str, args: &[u64], rm: &str, want: u64, flags: u64) -> FpCase {
 
 /// `op fa3, t0[, rm]` from an integer, result moved to t1.
 fn fp_from_int(op: &str, x: u64, rm: &str, want: u64, flags: u64) -> FpCase {
-    let rm = if rm.is_empty() { String::new() } else { format!(", {rm}") };
+    let rm = if rm.is_empty() {
+        String::new()
+    } else {
+        format!(", {rm}")
+    };
     FpCase {
         what: format!("{op} {x:#x} {rm}"),
         asm: format!("    li t0, {x:#x}\n    {op} fa3, t0{rm}\n    fmv.x.d t1, fa3\n"),
@@ -2151,7 +2167,12 @@ fn run_fp_cases(cases: &[FpCase]) {
             ));
         }
     }
-    assert!(bad.is_empty(), "{} FP cases wrong:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} FP cases wrong:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
 }
 
 #[test]
@@ -2415,7 +2436,13 @@ fn fp_nan_boxing_moves_and_classes() {
         (0x7fc0_0000, 1 << 9),
     ];
     for (v, class) in classes_s {
-        cases.push(fp_x("fclass.s", &[0xffff_ffff_0000_0000 | v as u64], "", class, 0));
+        cases.push(fp_x(
+            "fclass.s",
+            &[0xffff_ffff_0000_0000 | v as u64],
+            "",
+            class,
+            0,
+        ));
     }
     run_fp_cases(&cases);
 }
@@ -2482,8 +2509,16 @@ f_fsd_off:
     m.run_to_poweroff();
     let o = m.read_u64s(OUT, 6);
     assert_eq!(o[0] & (SSTATUS_FS | SSTATUS_SD), 0, "FS off at reset");
-    assert_eq!(o[1] & (SSTATUS_FS | SSTATUS_SD), 1 << 13, "Initial, SD clear");
-    assert_eq!(o[2] & (SSTATUS_FS | SSTATUS_SD), SSTATUS_FS | SSTATUS_SD, "Dirty, SD set");
+    assert_eq!(
+        o[1] & (SSTATUS_FS | SSTATUS_SD),
+        1 << 13,
+        "Initial, SD clear"
+    );
+    assert_eq!(
+        o[2] & (SSTATUS_FS | SSTATUS_SD),
+        SSTATUS_FS | SSTATUS_SD,
+        "Dirty, SD set"
+    );
     assert_eq!(o[3], 0xff, "fcsr keeps frm and fflags only");
     assert_eq!(o[4], 7);
     assert_eq!(o[5], 0x1f);
@@ -2658,7 +2693,11 @@ fn fp_specs() -> Vec<FSpec> {
                 add(FOp::ToInt(k), rm);
             }
         }
-        for op in [FOp::Fma(false, true), FOp::Fma(true, false), FOp::Fma(true, true)] {
+        for op in [
+            FOp::Fma(false, true),
+            FOp::Fma(true, false),
+            FOp::Fma(true, true),
+        ] {
             add(op, Rm::Rne);
         }
         for op in [
@@ -2737,7 +2776,7 @@ trait HostFloat:
     fn sqrt(self) -> Self;
     fn mul_add(self, b: Self, c: Self) -> Self;
     fn is_nan(self) -> bool {
-        self != self
+        self.partial_cmp(&self).is_none()
     }
     fn is_inf(self) -> bool {
         self.to_f64().is_infinite()
@@ -2807,9 +2846,9 @@ impl HostFloat for f64 {
         let _ = c;
         let half = |ord| {
             let (lo, hi) = if ord == Greater {
-                (r, r.next_up())
+                (r, HostFloat::next_up(r))
             } else {
-                (r.next_down(), r)
+                (HostFloat::next_down(r), r)
             };
             (hi - lo) / 2.0
         };
@@ -2841,11 +2880,7 @@ impl HostFloat for f64 {
                     return None;
                 }
                 let res = (-r).mul_add(b, a);
-                let ord = if b > 0.0 {
-                    sign_of(res)
-                } else {
-                    sign_of(-res)
-                };
+                let ord = if b > 0.0 { sign_of(res) } else { sign_of(-res) };
                 Some((ord, ord != Equal && res.abs() == half(ord) * b.abs()))
             }
             FOp::Sqrt => {
@@ -3016,7 +3051,11 @@ fn model_arith<F: HostFloat>(op: FOp, rm: Rm, a: F, b: F, c: F) -> Expect {
         } else {
             r
         };
-        let mask = if matches!(rm, Rm::Rne | Rm::Rmm) { 0 } else { OF };
+        let mask = if matches!(rm, Rm::Rne | Rm::Rmm) {
+            0
+        } else {
+            OF
+        };
         return Expect {
             value: Some(v.reg()),
             flags: OF | NX,
@@ -3055,7 +3094,11 @@ fn model_arith<F: HostFloat>(op: FOp, rm: Rm, a: F, b: F, c: F) -> Expect {
         } else {
             (r.next_down(), r)
         };
-        let positive = if r.is_zero() { ord == Greater } else { !r.negative() };
+        let positive = if r.is_zero() {
+            ord == Greater
+        } else {
+            !r.negative()
+        };
         match rm {
             Rm::Rne => r,
             Rm::Rtz => {
@@ -3349,7 +3392,12 @@ fn check_fp_rows(rows: &[FpRow]) -> Result<(), TestCaseError> {
             }
         }
     }
-    prop_assert!(bad.is_empty(), "{} mismatches:\n{}", bad.len(), bad.join("\n"));
+    prop_assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     Ok(())
 }
 
@@ -3465,8 +3513,8 @@ proptest! {
 fn sfence_vma_reaches_superpages_and_victim_tlb_entries() {
     const VMEGA: u64 = 0x2000_0000;
     const PMEGA2: u64 = 0x8020_0000; // another 2 MiB-aligned page
-    // Ten pages that all index TLB slot 0 (stride 256 pages): most of
-    // them end up in the victim TLB.
+                                     // Ten pages that all index TLB slot 0 (stride 256 pages): most of
+                                     // them end up in the victim TLB.
     const VBASE: u64 = 0x3000_0000;
     const STRIDE: u64 = 256 * 4096;
     let mut m = Machine::new(&[]);
@@ -3575,7 +3623,11 @@ f_fetch_access:
         satp = pt.satp(),
     ))));
     m.run_to_poweroff();
-    assert_eq!(m.read_u64(P7 + 0xff8), tag(P7 + 0xff8), "first half not written");
+    assert_eq!(
+        m.read_u64(P7 + 0xff8),
+        tag(P7 + 0xff8),
+        "first half not written"
+    );
     assert_eq!(m.out(0), 0x77, "faulting load left rd alone");
     let t = m.traps();
     assert_eq!(t.len(), 6, "{t:#x?}");
@@ -3605,18 +3657,36 @@ const ILLEGAL_32: &[(u32, &str)] = &[
     (0xffff_ffff, "all ones (a >= 48-bit encoding)"),
     (0x0000_001f, "48-bit prefix"),
     (0x0000_000b, "custom-0"),
-    ((1 << 25) | (5 << 15) | (1 << 12) | (5 << 7) | 0x1b, "slliw with shamt[5]"),
-    ((0x08 << 26) | (5 << 15) | (5 << 12) | (5 << 7) | 0x13, "srli with a bad funct6"),
+    (
+        (1 << 25) | (5 << 15) | (1 << 12) | (5 << 7) | 0x1b,
+        "slliw with shamt[5]",
+    ),
+    (
+        (0x08 << 26) | (5 << 15) | (5 << 12) | (5 << 7) | 0x13,
+        "srli with a bad funct6",
+    ),
     ((0x02 << 25) | (5 << 15) | (5 << 7) | 0x33, "OP funct7 = 2"),
-    ((0x20 << 25) | (5 << 15) | (7 << 12) | (5 << 7) | 0x33, "and with funct7 = 0x20"),
-    ((0x20 << 25) | (5 << 15) | (5 << 7) | 0x3b | (1 << 12), "sllw with funct7 = 0x20"),
+    (
+        (0x20 << 25) | (5 << 15) | (7 << 12) | (5 << 7) | 0x33,
+        "and with funct7 = 0x20",
+    ),
+    (
+        (0x20 << 25) | (5 << 15) | (5 << 7) | 0x3b | (1 << 12),
+        "sllw with funct7 = 0x20",
+    ),
     ((7 << 12) | (5 << 15) | (6 << 7) | 0x03, "load funct3 = 7"),
     ((4 << 12) | (5 << 15) | 0x23, "store funct3 = 4"),
     ((2 << 12) | 0x63, "branch funct3 = 2"),
     ((1 << 12) | (1 << 15) | 0x67, "jalr funct3 = 1"),
-    ((0x02 << 27) | (1 << 20) | (10 << 15) | (2 << 12) | (5 << 7) | 0x2f, "lr.w with rs2 != 0"),
+    (
+        (0x02 << 27) | (1 << 20) | (10 << 15) | (2 << 12) | (5 << 7) | 0x2f,
+        "lr.w with rs2 != 0",
+    ),
     ((10 << 15) | (5 << 7) | 0x2f, "AMO funct3 = 0"),
-    ((0x05 << 27) | (10 << 15) | (2 << 12) | (5 << 7) | 0x2f, "AMO funct5 = 5"),
+    (
+        (0x05 << 27) | (10 << 15) | (2 << 12) | (5 << 7) | 0x2f,
+        "AMO funct5 = 5",
+    ),
     ((2 << 12) | 0x0f, "MISC-MEM funct3 = 2"),
     ((4 << 12) | 0x73, "SYSTEM funct3 = 4"),
     ((5 << 7) | 0x73, "ecall with rd != 0"),
@@ -3625,11 +3695,26 @@ const ILLEGAL_32: &[(u32, &str)] = &[
     (0x3020_0073, "mret"),
     ((0x02 << 25) | (1 << 20) | (2 << 7) | 0x53, "fadd.h"),
     ((0x03 << 25) | (1 << 20) | (2 << 7) | 0x53, "fadd.q"),
-    ((0x2d << 25) | (1 << 20) | (2 << 7) | 0x53, "fsqrt.d with rs2 = 1"),
-    ((0x61 << 25) | (4 << 20) | (1 << 12) | (5 << 7) | 0x53, "fcvt with rs2 = 4"),
-    ((0x70 << 25) | (2 << 12) | (5 << 7) | 0x53, "fmv.x.w with funct3 = 2"),
-    ((0x10 << 25) | (3 << 12) | (2 << 7) | 0x53, "fsgnj funct3 = 3"),
-    ((0x50 << 25) | (3 << 12) | (5 << 7) | 0x53, "fcmp funct3 = 3"),
+    (
+        (0x2d << 25) | (1 << 20) | (2 << 7) | 0x53,
+        "fsqrt.d with rs2 = 1",
+    ),
+    (
+        (0x61 << 25) | (4 << 20) | (1 << 12) | (5 << 7) | 0x53,
+        "fcvt with rs2 = 4",
+    ),
+    (
+        (0x70 << 25) | (2 << 12) | (5 << 7) | 0x53,
+        "fmv.x.w with funct3 = 2",
+    ),
+    (
+        (0x10 << 25) | (3 << 12) | (2 << 7) | 0x53,
+        "fsgnj funct3 = 3",
+    ),
+    (
+        (0x50 << 25) | (3 << 12) | (5 << 7) | 0x53,
+        "fcmp funct3 = 3",
+    ),
     ((0x20 << 25) | (2 << 7) | 0x53, "fcvt.s.s"),
     ((4 << 12) | (2 << 7) | 0x07, "flq"),
     ((2 << 25) | (2 << 7) | 0x43, "fmadd.h"),
@@ -3685,7 +3770,11 @@ fn reserved_encodings_are_illegal() {
         panic!("not all reserved encodings trapped; missing: {missing:?}\n{traps:#x?}");
     }
     for (t, (_, bits, what)) in traps.iter().zip(&want) {
-        assert!(t.tval == 0 || t.tval == *bits, "{what}: stval {:#x}", t.tval);
+        assert!(
+            t.tval == 0 || t.tval == *bits,
+            "{what}: stval {:#x}",
+            t.tval
+        );
     }
 }
 
@@ -3708,25 +3797,44 @@ fn fuzz_program() -> &'static Program {
     })
 }
 
-/// Whether the 32-bit encoding at `w` writes `stvec` or `satp`: a guest
-/// that points its trap vector at nothing loops on faults forever without
-/// retiring instructions, which bounded runs cannot stop yet (see
-/// `a_trap_loop_ends_a_bounded_run`).
-fn writes_trap_or_translation_csr(w: u32) -> bool {
-    let csr = w >> 20;
-    w & 0x7f == 0x73 && (w >> 12) & 7 != 0 && (csr == 0x105 || csr == 0x180)
+/// CSRs worth hitting on purpose: the S-mode state, the FP CSRs, the
+/// counters, and some that do not exist here.
+const FUZZ_CSRS: &[u32] = &[
+    0x001, 0x002, 0x003, 0x100, 0x104, 0x105, 0x106, 0x10a, 0x140, 0x141, 0x142, 0x143, 0x144,
+    0x180, 0xc00, 0xc01, 0xc02, 0x300, 0x5c0, 0x7c0,
+];
+
+/// Random words, with CSR accesses, system instructions and memory
+/// accesses made more likely than chance would.
+fn fuzz_word() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        6 => any::<u32>(),
+        2 => (proptest::sample::select(FUZZ_CSRS), 0u32..8, 0u32..32, 0u32..32).prop_map(
+            |(csr, f3, rs1, rd)| (csr << 20) | (rs1 << 15) | (f3 << 12) | (rd << 7) | 0x73
+        ),
+        1 => proptest::sample::select(&[
+            0x0000_0073u32, // ecall
+            0x0010_0073,    // ebreak
+            0x1020_0073,    // sret
+            0x1200_0073,    // sfence.vma
+            0x0000_100f,    // fence.i
+            0x0ff0_000f,    // fence
+        ][..]),
+        2 => (any::<u32>(), proptest::sample::select(&[0x03u32, 0x23, 0x2f, 0x07, 0x27][..]))
+            .prop_map(|(w, opcode)| (w & !0x7f) | opcode),
+    ]
 }
 
-fn fuzz_words() -> impl Strategy<Value = Vec<u32>> {
-    proptest::collection::vec(any::<u32>(), 64).prop_filter("writes stvec/satp", |words| {
-        let halves: Vec<u16> = words
-            .iter()
-            .flat_map(|w| [*w as u16, (*w >> 16) as u16])
-            .collect();
-        !halves
-            .windows(2)
-            .any(|p| writes_trap_or_translation_csr(p[0] as u32 | (p[1] as u32) << 16))
-    })
+/// Register values: random, small, RAM addresses, and SBI extension IDs
+/// (not the timer or HSM, whose calls could park the hart until a random
+/// deadline).
+fn fuzz_reg() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        3 => any::<u64>(),
+        2 => 0u64..64,
+        1 => RAM_BASE..RAM_BASE + RAM_SIZE,
+        1 => proptest::sample::select(&[0x10u64, 0x73_5049, 0x5246_4e43, 0x4442_434e, 0x5352_5354][..]),
+    ]
 }
 
 proptest! {
@@ -3737,8 +3845,8 @@ proptest! {
     /// limit, a fetch fault, or the instruction limit) without a panic.
     #[test]
     fn random_instructions_never_crash_the_host(
-        words in fuzz_words(),
-        regs in proptest::collection::vec(prop_oneof![any::<u64>(), Just(DATA), 0u64..64], 31),
+        words in proptest::collection::vec(fuzz_word(), 64),
+        regs in proptest::collection::vec(fuzz_reg(), 31),
         user in any::<bool>(),
         fpu in any::<bool>(),
     ) {
@@ -3802,4 +3910,226 @@ fn hostile_sbi_arguments() {
     assert_eq!(m.console().len(), 4096, "at most 4096 bytes per call");
     let inval = (-3i64) as u64;
     assert_eq!(&o[1..], &[inval, inval, inval, inval, inval]);
+}
+
+// ------------------------------------------------------------ two harts
+
+/// Hart 0 starts hart 1 through SBI HSM, wakes it from WFI with an IPI,
+/// patches code it is running and sends a remote fence.i, remaps a page it
+/// reads and sends a remote sfence.vma, breaks its LR/SC reservation with a
+/// store, and waits for it to stop itself.
+#[test]
+fn two_harts_hsm_ipi_remote_fences_and_lr_sc() {
+    const VX: u64 = 0x1000_0000;
+    const HSM: u64 = 0x48_534d;
+    const IPI: u64 = 0x73_5049;
+    const RFENCE: u64 = 0x5246_4e43;
+    let mut m = Machine::new_smp(&[], 2);
+    let mut pt = PageTables::new(&m, 3);
+    pt.identity_ram(&m);
+    let pte_vx = pt.map(&m, VX, P1, PAGE_4K, RWAD);
+    let remapped = (m.read_u64(pte_vx) & 0x3ff) | ((P2 >> 12) << 10);
+    fill_tags(&m, P1, 0x1000);
+    fill_tags(&m, P2, 0x1000);
+    m.write_u64(DATA + 88, 0x11);
+    m.load_program(&assemble(&program(&format!(
+        "
+    .macro rec
+    sd a0, 0(s11)
+    sd a1, 8(s11)
+    addi s11, s11, 16
+    .endm
+    li s0, DATA
+    li s11, OUT
+    li a0, 1
+    sbi {HSM:#x}, 2                 # hart 1: stopped
+    rec
+    li a0, 1
+    la a1, secondary
+    li a2, 0x1234
+    sbi {HSM:#x}, 0                 # start it
+    rec
+1:  ld t0, 0(s0)                    # until hart 1 is up
+    beqz t0, 1b
+    li a0, 1
+    la a1, secondary
+    li a2, 0
+    sbi {HSM:#x}, 0                 # already started
+    rec
+    li a0, 1
+    sbi {HSM:#x}, 2                 # started
+    rec
+    li a0, 2
+    li a1, 0
+    sbi {IPI:#x}, 0                 # wake hart 1 from WFI
+    rec
+2:  ld t0, 8(s0)                    # until its handler ran
+    beqz t0, 2b
+3:  ld t0, 16(s0)                   # until it ran f_shared once
+    beqz t0, 3b
+    la t1, f_shared
+    li t0, {li2:#x}
+    sw t0, 0(t1)
+    li a0, 2
+    li a1, 0
+    sbi {RFENCE:#x}, 0              # remote fence.i
+    rec
+4:  ld t0, 40(s0)                   # until hart 1 read VX
+    beqz t0, 4b
+    li t1, {pte_vx:#x}
+    li t0, {remapped:#x}
+    sd t0, 0(t1)
+    li a0, 2
+    li a1, 0
+    li a2, {VX:#x}
+    li a3, 4096
+    sbi {RFENCE:#x}, 1              # remote sfence.vma
+    rec
+    li t0, 1
+    sd t0, 48(s0)
+5:  ld t0, 64(s0)                   # until hart 1 holds a reservation
+    beqz t0, 5b
+    li t0, 0x77
+    sd t0, 88(s0)
+    li t0, 1
+    sd t0, 72(s0)
+6:  li a0, 1
+    sbi {HSM:#x}, 2                 # until hart 1 has stopped
+    li t0, 1
+    bne a1, t0, 6b
+    rec
+    j shutdown
+
+secondary:
+    la t0, h1_handler
+    csrw stvec, t0
+    li s0, DATA
+    sd a0, 24(s0)
+    sd a1, 32(s0)
+    li t0, 2
+    csrs sie, t0
+    li t0, 1
+    sd t0, 0(s0)
+7:  csrr t0, sip                    # WFI until the IPI is pending
+    andi t0, t0, 2
+    bnez t0, 8f
+    wfi
+    j 7b
+8:  csrsi sstatus, 2                # take it
+9:  call f_shared                   # until hart 0 has patched it
+    sd a0, 16(s0)
+    li t0, 2
+    bne a0, t0, 9b
+    li t0, {satp:#x}
+    csrw satp, t0
+    sfence.vma
+    li s1, {VX:#x}
+    ld t0, 0(s1)
+    sd t0, 40(s0)
+10: ld t0, 48(s0)                   # until remapped and fenced
+    beqz t0, 10b
+    ld t0, 0(s1)
+    sd t0, 56(s0)
+    csrw satp, zero
+    addi s2, s0, 88
+    lr.d t1, (s2)
+    sd t1, 104(s0)
+    li t0, 1
+    sd t0, 64(s0)
+11: ld t0, 72(s0)                   # until hart 0 stored to it
+    beqz t0, 11b
+    li t2, 0x5c
+    sc.d t0, t2, (s2)
+    sd t0, 80(s0)
+    sbi {HSM:#x}, 1                 # hart_stop
+12: j 12b
+
+h1_handler:
+    li t0, DATA
+    li t1, 1
+    sd t1, 8(t0)
+    csrw sie, zero
+    li t1, 2
+    csrc sip, t1
+    sret
+
+    .balign 4
+f_shared:
+    li a0, 1
+    ret
+    ",
+        li2 = li_a0(2),
+        satp = pt.satp(),
+    ))));
+    let hart1 = m.others.pop().unwrap();
+    let thread = std::thread::spawn(move || hart1.thread_main());
+    let r = m.run_bounded(1_000_000_000);
+    m.sys.stop_all();
+    let stats1 = thread.join().expect("hart 1 thread");
+    assert_eq!(r, Some(ExitReason::PowerOff), "traps: {:#x?}", m.traps());
+    m.assert_traps(&[]);
+    let o = m.read_u64s(OUT, 16);
+    let pairs: Vec<(u64, u64)> = o.chunks(2).map(|c| (c[0], c[1])).collect();
+    let err = |e: i64| e as u64;
+    assert_eq!(pairs[0], (0, 1), "hart 1 stopped before hart_start");
+    assert_eq!(pairs[1].0, 0, "hart_start");
+    assert_eq!(pairs[2].0, err(-6), "hart_start again: ALREADY_AVAILABLE");
+    assert_eq!(pairs[3], (0, 0), "hart 1 started");
+    assert_eq!(pairs[4].0, 0, "send_ipi");
+    assert_eq!(pairs[5].0, 0, "remote fence.i");
+    assert_eq!(pairs[6].0, 0, "remote sfence.vma");
+    assert_eq!(pairs[7], (0, 1), "hart 1 stopped itself");
+    let d = m.read_u64s(DATA, 14);
+    assert_eq!(d[1], 1, "hart 1 took the IPI");
+    assert_eq!(d[2], 2, "hart 1 ran the patched function");
+    assert_eq!(
+        (d[3], d[4]),
+        (1, 0x1234),
+        "hart_start's a0 = hartid, a1 = opaque"
+    );
+    assert_eq!(d[5], tag(P1), "hart 1 before the remap");
+    assert_eq!(d[7], tag(P2), "hart 1 after the remote sfence.vma");
+    assert_eq!(d[13], 0x11, "lr.d");
+    assert_eq!(d[10], 1, "sc.d fails after another hart's store");
+    assert_eq!(d[11], 0x77, "and writes nothing");
+    assert!(stats1.instructions > 0);
+}
+
+/// In U-mode, S-level interrupts are taken whatever sstatus.SIE says.
+#[test]
+fn interrupts_are_always_enabled_in_user_mode() {
+    let mut m = Machine::with_program(
+        "
+    li t0, 2
+    csrs sie, t0
+    csrs sip, t0                  # pending; SIE clear: not taken in S-mode
+    csrr s0, sip
+    la t0, user
+    csrw sepc, t0
+    li t0, 0x100
+    csrc sstatus, t0
+    csrci sstatus, 2
+f_sret:
+    sret                          # the interrupt is taken on entry
+user:
+    li a0, 1
+u_ecall:
+    ecall
+    li t0, 0x1000
+u_jump:
+    jr t0                         # fetch access fault: the handler powers off
+    ",
+    );
+    m.run_to_poweroff();
+    let user = m.sym("user");
+    check_traps(
+        &m,
+        &[
+            trap(INTERRUPT | 1, 0, user),
+            trap(ECALL_U, 0, m.sym("u_ecall")),
+            trap(FETCH_ACCESS, 0x1000, 0x1000),
+        ],
+    );
+    assert_eq!(m.hart.x[8], 2, "SSIP was pending in S-mode");
+    assert!(m.traps().iter().all(|t| t.status & SSTATUS_SPP == 0));
 }

@@ -1,8 +1,9 @@
 //! Helpers for the riscv64 software-CPU instruction tests: assembling small
 //! bare-metal programs with the Debian cross binutils
-//! (binutils-riscv64-linux-gnu), a one-hart machine with 16 MiB of RAM at
-//! 0x8000_0000, a standard S-mode trap handler that logs every trap into
-//! guest memory, and an Sv39/Sv48 page-table builder.
+//! (binutils-riscv64-linux-gnu), a machine (one hart, or more for SMP
+//! tests) with 16 MiB of RAM at 0x8000_0000, a standard S-mode trap handler
+//! that logs every trap into guest memory, and an Sv39/Sv48 page-table
+//! builder.
 //!
 //! Guest memory map (all in RAM, identity-mapped by the page-table helpers):
 //!
@@ -292,6 +293,8 @@ pub struct Machine {
     pub sys: Arc<RiscvSystem>,
     pub signals: Arc<HartSignals>,
     pub hart: Hart,
+    /// Harts 1.. of an SMP machine.
+    pub others: Vec<Hart>,
     pub console: Arc<Mutex<Vec<u8>>>,
     pub symbols: HashMap<String, u64>,
     /// How long [`Machine::run_bounded`] waits before declaring the hart
@@ -303,6 +306,13 @@ impl Machine {
     /// A machine with `image` loaded at [`RAM_BASE`] and the hart reset to
     /// it in S-mode.
     pub fn new(image: &[u8]) -> Machine {
+        Machine::new_smp(image, 1)
+    }
+
+    /// A machine with `harts` harts: hart 0 is [`Machine::hart`], reset to
+    /// the image; the others are in [`Machine::others`], stopped until the
+    /// guest starts them with SBI HSM (run them with `Hart::thread_main`).
+    pub fn new_smp(image: &[u8], harts: usize) -> Machine {
         let mut tree = MemoryTree::new();
         let root = tree.new_container("system", 1u128 << 64).unwrap();
         let ram = tree.new_ram("ram", RAM_SIZE).unwrap();
@@ -311,25 +321,28 @@ impl Machine {
             .add_address_space("memory", root, Unassigned::Zero)
             .unwrap();
         assert_eq!(memory.write_buf(RAM_BASE, image), MemTxResult::Ok);
-        let signals = Arc::new(HartSignals::new());
+        let signals: Vec<Arc<HartSignals>> =
+            (0..harts).map(|_| Arc::new(HartSignals::new())).collect();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let console = Arc::new(Mutex::new(Vec::new()));
         let sink = console.clone();
         let sys = RiscvSystem::new(
             memory.clone(),
-            std::slice::from_ref(&signals),
+            &signals,
             TIMEBASE,
             exit,
             Box::new(move |bytes: &[u8]| sink.lock().unwrap().extend_from_slice(bytes)),
         );
         let mut hart = Hart::new(sys.clone(), 0);
         hart.reset_to(RAM_BASE, 0, 0);
+        let others = (1..harts).map(|i| Hart::new(sys.clone(), i)).collect();
         Machine {
             tree,
             memory,
             sys,
-            signals,
+            signals: signals[0].clone(),
             hart,
+            others,
             console,
             symbols: HashMap::new(),
             deadline: Duration::from_secs(60),
