@@ -21,7 +21,7 @@ pub use dispatch::MemTxResult;
 pub use flatview::{FlatRange, FlatView};
 pub use guest_ram::{GuestRam, PAGE_SIZE};
 pub use listener::{ListenerId, MemoryListener};
-pub use mtree::{mtree_text, MtreeOptions};
+pub use mtree::{mtree_and_flatviews_text, mtree_text, MtreeOptions};
 pub use ram::{RamBacking, RamBlock};
 pub use region::{
     AccessRules, Backing, Endianness, IoHandler, RegionId, RegionKind, RegionOps, SIZE_2_64,

@@ -50,6 +50,20 @@ fn region_type(tree: &MemoryTree, mut id: RegionId) -> &'static str {
     }
 }
 
+/// `info mtree` followed by `info mtree -f`: what `ember run
+/// --print-mtree` prints for every machine.
+pub fn mtree_and_flatviews_text(tree: &MemoryTree) -> String {
+    let mut text = mtree_text(tree, MtreeOptions::default());
+    text.push_str(&mtree_text(
+        tree,
+        MtreeOptions {
+            flatview: true,
+            disabled: false,
+        },
+    ));
+    text
+}
+
 /// The whole `info mtree` text.
 pub fn mtree_text(tree: &MemoryTree, options: MtreeOptions) -> String {
     if options.flatview {

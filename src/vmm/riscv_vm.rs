@@ -15,7 +15,7 @@ use crate::accel::tcg::riscv64::{Hart, HartStats, RiscvSystem, TcgMemoryListener
 use crate::arch::riscv64::layout::TIMEBASE_FREQ;
 use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
 use crate::devices::serial::Serial;
-use crate::memory::{mtree_text, AddressSpace, MemoryTree, MtreeOptions};
+use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
 use crate::vmm::event_loop::run_event_loop;
 use crate::vmm::exit::{ExitReason, ExitSignal};
@@ -110,16 +110,7 @@ impl RiscvVm {
 
     /// `info mtree` and `info mtree -f`.
     pub fn mtree(&self) -> String {
-        let tree = self.lock_tree();
-        let mut text = mtree_text(&tree, MtreeOptions::default());
-        text.push_str(&mtree_text(
-            &tree,
-            MtreeOptions {
-                flatview: true,
-                disabled: false,
-            },
-        ));
-        text
+        mtree_and_flatviews_text(&self.lock_tree())
     }
 
     /// The memory tree.

@@ -33,7 +33,7 @@ use crate::devices::power::{
 };
 use crate::devices::serial::Serial;
 use crate::memory::{
-    mtree_text, AddressSpace, GuestRam, MemoryError, MemoryTree, MtreeOptions, RegionOps,
+    mtree_and_flatviews_text, AddressSpace, GuestRam, MemoryError, MemoryTree, RegionOps,
     Unassigned,
 };
 use crate::vmm::config::VmConfig;
@@ -246,16 +246,7 @@ impl Vm {
 
     /// `info mtree` and `info mtree -f` of the machine.
     pub fn mtree(&self) -> String {
-        let tree = self.lock_tree();
-        let mut text = mtree_text(&tree, MtreeOptions::default());
-        text.push_str(&mtree_text(
-            &tree,
-            MtreeOptions {
-                flatview: true,
-                disabled: false,
-            },
-        ));
-        text
+        mtree_and_flatviews_text(&self.lock_tree())
     }
 
     /// A probe for how much guest RAM is resident (in KiB), to subtract
