@@ -156,12 +156,13 @@ fn report_tcg(outcome: &RiscvOutcome) {
         let lookups = h.tlb.fills + h.tlb.victim_hits;
         eprintln!(
             "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
-             {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
+             {} jump-cache hits, {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
              {} traps, {} interrupts, {} SBI calls, {} WFI sleeps ({} slow-path lookups)",
             h.instructions,
             h.blocks,
             h.instructions as f64 / secs / 1e6,
             h.translations,
+            h.jump_cache_hits,
             h.tlb.fills,
             h.tlb.victim_hits,
             h.tlb.full_flushes,

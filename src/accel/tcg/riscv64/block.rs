@@ -23,7 +23,6 @@ const MAX_BLOCKS: usize = 1 << 16;
 
 /// One translated block.
 pub struct Block {
-    pub paddr: u64,
     pub generation: u32,
     pub insns: Box<[Insn]>,
 }
@@ -93,21 +92,6 @@ impl BlockCache {
         self.blocks.clear();
         self.by_paddr.clear();
         self.jump.fill(EMPTY_JUMP);
-    }
-
-    pub fn len(&self) -> usize {
-        self.blocks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.blocks.is_empty()
-    }
-
-    pub fn get(&self, id: u32) -> Option<&Block> {
-        if id == SCRATCH_BLOCK {
-            return self.scratch.as_ref();
-        }
-        self.blocks.get(id as usize)
     }
 
     fn jump_slot(vpc: u64) -> usize {
@@ -200,7 +184,6 @@ impl Hart {
             }
         }
         let block = Block {
-            paddr,
             generation,
             insns: insns.into_boxed_slice(),
         };

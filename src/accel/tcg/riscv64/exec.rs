@@ -501,21 +501,6 @@ impl Hart {
 
 fn amo32(a: &AtomicI32, op: AmoOp, v: i32) -> u64 {
     let o = Ordering::SeqCst;
-    // The unsigned forms reinterpret the same bits.
-    let au = || {
-        // SAFETY-free: AtomicI32 and AtomicU32 have the same layout, but a
-        // fetch_update on the signed type with unsigned comparison avoids
-        // any cast of the reference.
-        a.fetch_update(o, o, |x| {
-            let (xu, vu) = (x as u32, v as u32);
-            Some(if op == AmoOp::Minu {
-                xu.min(vu)
-            } else {
-                xu.max(vu)
-            } as i32)
-        })
-        .unwrap_or_else(|x| x)
-    };
     let old = match op {
         AmoOp::Swap => a.swap(v, o),
         AmoOp::Add => a.fetch_add(v, o),
@@ -524,8 +509,19 @@ fn amo32(a: &AtomicI32, op: AmoOp, v: i32) -> u64 {
         AmoOp::Or => a.fetch_or(v, o),
         AmoOp::Min => a.fetch_min(v, o),
         AmoOp::Max => a.fetch_max(v, o),
-        AmoOp::Minu | AmoOp::Maxu => au(),
+        // The unsigned forms compare the same bits as unsigned.
+        AmoOp::Minu | AmoOp::Maxu => a
+            .fetch_update(o, o, |x| {
+                let (xu, vu) = (x as u32, v as u32);
+                Some(if op == AmoOp::Minu {
+                    xu.min(vu)
+                } else {
+                    xu.max(vu)
+                } as i32)
+            })
+            .unwrap_or_else(|x| x),
     };
+    // The 32-bit result is sign-extended into rd.
     old as i64 as u64
 }
 

@@ -217,26 +217,6 @@ impl Hart {
         self.sstatus | SSTATUS_UXL_64 | sd
     }
 
-    pub fn satp(&self) -> u64 {
-        self.satp
-    }
-
-    pub fn scause(&self) -> u64 {
-        self.scause
-    }
-
-    pub fn stval(&self) -> u64 {
-        self.stval
-    }
-
-    pub fn sepc(&self) -> u64 {
-        self.sepc
-    }
-
-    pub fn fflags(&self) -> u8 {
-        self.fflags
-    }
-
     pub(super) fn update_mmu_idx(&mut self) {
         self.mmu_idx = match self.prv {
             Priv::User => MMU_USER,

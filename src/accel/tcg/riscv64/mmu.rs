@@ -429,14 +429,7 @@ impl Hart {
             };
         }
         if e.addr_write & TLB_NOTDIRTY != 0 {
-            // Code lives on this page: blocks decoded from it are stale.
-            self.stats.smc_invalidations += 1;
-            self.sys.code.invalidate(e.paddr);
-            // The running block may be one of those made stale: stop
-            // self-chaining it (exec.rs) and look the next block up afresh.
-            self.check = true;
-            let idx = tlb_index(vaddr);
-            self.tlb.modes[self.mmu_idx].table[idx].addr_write &= !TLB_NOTDIRTY;
+            self.code_page_written(vaddr, e.paddr);
         }
         let host = (vaddr as usize).wrapping_add(e.addend) as *mut u8;
         // SAFETY: a writable RAM page of the held view, in bounds.
@@ -449,6 +442,20 @@ impl Hart {
             }
         }
         Ok(())
+    }
+
+    /// A store is about to hit physical page `ppage`, which holds
+    /// translated code: every block decoded from it becomes stale, and the
+    /// current mode's entry for `vaddr` loses its not-dirty flag so the
+    /// following stores take the fast path again.
+    fn code_page_written(&mut self, vaddr: u64, ppage: u64) {
+        self.stats.smc_invalidations += 1;
+        self.sys.code.invalidate(ppage);
+        // The running block may be one of those made stale: stop
+        // self-chaining it (exec.rs) and look the next block up afresh.
+        self.check = true;
+        let idx = tlb_index(vaddr);
+        self.tlb.modes[self.mmu_idx].table[idx].addr_write &= !TLB_NOTDIRTY;
     }
 
     // ---------------------------------------------------------- atomics
@@ -488,13 +495,7 @@ impl Hart {
         }
         let paddr = e.paddr | (vaddr & !PAGE_MASK);
         if cmp & TLB_NOTDIRTY != 0 {
-            self.stats.smc_invalidations += 1;
-            self.sys.code.invalidate(e.paddr);
-            // The running block may be one of those made stale: stop
-            // self-chaining it (exec.rs) and look the next block up afresh.
-            self.check = true;
-            let idx = tlb_index(vaddr);
-            self.tlb.modes[self.mmu_idx].table[idx].addr_write &= !TLB_NOTDIRTY;
+            self.code_page_written(vaddr, e.paddr);
         }
         Ok(((vaddr as usize).wrapping_add(e.addend) as *mut u8, paddr))
     }

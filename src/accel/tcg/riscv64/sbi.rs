@@ -115,11 +115,16 @@ impl Hart {
         let Some(harts) = self.hart_set(mask, base) else {
             return (ERR_INVALID_PARAM, 0);
         };
-        for h in harts {
+        self.send_ipi(&harts);
+        (SUCCESS, 0)
+    }
+
+    /// Raises the supervisor software interrupt on `harts`.
+    fn send_ipi(&mut self, harts: &[usize]) {
+        for &h in harts {
             self.sys.harts[h].signals.raise(IRQ_SSIP);
         }
         self.check = true;
-        (SUCCESS, 0)
     }
 
     /// Carries out `req` on the given harts and waits until every running
@@ -294,12 +299,7 @@ impl Hart {
                     return ERR_INVALID_PARAM;
                 };
                 match ext {
-                    4 => {
-                        for h in harts {
-                            self.sys.harts[h].signals.raise(IRQ_SSIP);
-                        }
-                        self.check = true;
-                    }
+                    4 => self.send_ipi(&harts),
                     5 => self.remote_request(&harts, REQ_FENCE_I),
                     _ => self.remote_request(&harts, REQ_FLUSH_TLB),
                 }

@@ -2,7 +2,6 @@
 //! address space, the code-page tracker, the clock, HSM state and cross-hart
 //! requests (remote fences), and the VM's exit signal.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -100,16 +99,6 @@ impl RiscvSystem {
             timebase: timebase.max(1),
             exit,
             console,
-        })
-    }
-
-    /// A console sink writing to a host stream (stdout by default).
-    pub fn stream_console(out: Box<dyn Write + Send>) -> ConsoleSink {
-        let out = Mutex::new(out);
-        Box::new(move |bytes| {
-            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-            let _ = out.write_all(bytes);
-            let _ = out.flush();
         })
     }
 
