@@ -11,6 +11,7 @@ pub mod plic;
 pub mod port80;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 #[cfg(test)]
 mod test_util;

@@ -1,0 +1,90 @@
+//! The interface between the virtio-mmio transport and a device type.
+
+use std::os::fd::RawFd;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// virtio 1.x devices must offer `VIRTIO_F_VERSION_1` (bit 32); a driver
+/// that does not accept it is refused at `FEATURES_OK`.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device IDs (virtio 1.2, section 5).
+pub mod device_type {
+    pub const NET: u32 = 1;
+    pub const BLOCK: u32 = 2;
+    pub const CONSOLE: u32 = 3;
+    pub const RNG: u32 = 4;
+}
+
+/// Why a device could not be activated or had to stop processing. The
+/// transport answers with `DEVICE_NEEDS_RESET` and a config-change
+/// interrupt, as virtio 1.x asks; the guest must reset the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("queue {0} is not usable: {1}")]
+    BadQueue(usize, String),
+    #[error("malformed descriptor chain on queue {queue}: {reason}")]
+    BadChain { queue: usize, reason: String },
+    #[error("guest memory access failed: {0}")]
+    Memory(String),
+    #[error("host I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An interrupt line as the transport sees it.
+///
+/// The transport calls `set_level(true)` every time it sets a bit in
+/// InterruptStatus (even if one was already set) and `set_level(false)`
+/// when the driver's InterruptACK leaves it at zero. A level-triggered
+/// implementation (the riscv64 PLIC) follows the level; an edge-triggered
+/// one (a KVM irqfd on x86) fires on every `true` and ignores `false`.
+pub trait IrqLine: Send + Sync {
+    fn set_level(&self, asserted: bool);
+}
+
+/// A device type behind the virtio-mmio transport.
+///
+/// The transport calls these with its lock held, from a vCPU thread for
+/// register accesses and from the event loop for queue and host events, so
+/// none of them may block for long (bulk I/O runs only in `process_queue`
+/// and `process_host_event`, which the event loop calls).
+pub trait VirtioDevice: Send {
+    /// The virtio device ID, see [`device_type`].
+    fn device_type(&self) -> u32;
+    /// The maximum size of each queue; the number of queues is its length.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// The features the device offers, including [`VIRTIO_F_VERSION_1`].
+    fn features(&self) -> u64;
+    /// Reads `data.len()` bytes of config space at `offset`. Bytes beyond
+    /// the config space read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes config space; read-only fields ignore it.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK: the queues (already checked against guest
+    /// memory by the transport) and the negotiated features are final.
+    fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), DeviceError>;
+    /// The driver reset the device (status 0): forget queues and features
+    /// and return to the state before `activate`.
+    fn reset(&mut self);
+    /// The driver notified queue `index`. Returns whether the used ring
+    /// changed in a way the driver must be interrupted for.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        mem: &GuestMemoryMmap<()>,
+    ) -> Result<bool, DeviceError>;
+    /// Host descriptors the event loop should poll for this device (a TAP
+    /// device, console input), with readable interest.
+    fn host_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
+    /// `host_fds()[index]` is readable. Returns whether to interrupt.
+    fn process_host_event(
+        &mut self,
+        _index: usize,
+        _mem: &GuestMemoryMmap<()>,
+    ) -> Result<bool, DeviceError> {
+        Ok(false)
+    }
+}
