@@ -9,6 +9,7 @@
 //! priority, everything else in ascending priority, as in QEMU.
 
 use super::flatview::{FlatRange, FlatView};
+use super::ioeventfd::{self, IoEventFd};
 
 /// Receives the changes of one address space's view. Every method has an
 /// empty default, so a listener implements only what it needs.
@@ -27,6 +28,10 @@ pub trait MemoryListener: Send {
     fn log_start(&mut self, _range: &FlatRange, _old_mask: u8, _new_mask: u8) {}
     /// Dirty logging stopped for some clients on an unchanged range.
     fn log_stop(&mut self, _range: &FlatRange, _old_mask: u8, _new_mask: u8) {}
+    /// An ioeventfd now answers for guest writes at `fd.addr`.
+    fn eventfd_add(&mut self, _fd: &IoEventFd) {}
+    /// An ioeventfd no longer answers (removed, or its region moved away).
+    fn eventfd_del(&mut self, _fd: &IoEventFd) {}
 }
 
 /// Names a registered listener, for removing it.
@@ -91,6 +96,7 @@ impl ListenerSet {
         priority: i32,
         mut listener: Box<dyn MemoryListener>,
         view: &FlatView,
+        fds: &[IoEventFd],
     ) {
         listener.begin();
         for range in view.ranges() {
@@ -100,6 +106,9 @@ impl ListenerSet {
             }
         }
         listener.commit();
+        for fd in fds {
+            listener.eventfd_add(fd);
+        }
         let at = self
             .entries
             .iter()
@@ -119,15 +128,38 @@ impl ListenerSet {
         &mut self,
         id: ListenerId,
         view: &FlatView,
+        fds: &[IoEventFd],
     ) -> Option<Box<dyn MemoryListener>> {
         let at = self.entries.iter().position(|e| e.id == id)?;
         let mut listener = self.entries.remove(at).listener;
+        for fd in fds {
+            listener.eventfd_del(fd);
+        }
         listener.begin();
         for range in view.ranges() {
             listener.region_del(range);
         }
         listener.commit();
         Some(listener)
+    }
+
+    /// Tells every listener which ioeventfds went away and which appeared,
+    /// after the topology update (QEMU's `address_space_update_ioeventfds`).
+    pub(crate) fn update_eventfds(&mut self, old: &[IoEventFd], new: &[IoEventFd]) {
+        if self.entries.is_empty() {
+            return;
+        }
+        let (gone, added) = ioeventfd::diff(old, new);
+        for fd in gone {
+            for e in self.entries.iter_mut().rev() {
+                e.listener.eventfd_del(fd);
+            }
+        }
+        for fd in added {
+            for e in &mut self.entries {
+                e.listener.eventfd_add(fd);
+            }
+        }
     }
 
     /// Tells every listener how `old` became `new`.

@@ -9,6 +9,7 @@ mod address_space;
 mod dispatch;
 mod flatview;
 mod guest_ram;
+mod ioeventfd;
 mod listener;
 pub mod map_file;
 mod mtree;
@@ -20,6 +21,7 @@ pub use address_space::{AddressSpace, Unassigned};
 pub use dispatch::MemTxResult;
 pub use flatview::{FlatRange, FlatView};
 pub use guest_ram::{GuestRam, PAGE_SIZE};
+pub use ioeventfd::{IoEventFd, RegionIoEventFd};
 pub use listener::{ListenerId, MemoryListener};
 pub use mtree::{mtree_and_flatviews_text, mtree_text, MtreeOptions};
 pub use ram::{RamBacking, RamBlock};
@@ -51,6 +53,12 @@ pub enum MemoryError {
     RamMap { size: u64, reason: String },
     #[error("RAM access of {len} bytes at offset {offset:#x} is outside the {size:#x}-byte block")]
     RamOutOfBounds { offset: u64, len: u64, size: u64 },
+    #[error("ioeventfd at offset {offset:#x} of '{region}': {reason}")]
+    BadIoEventFd {
+        region: String,
+        offset: u64,
+        reason: String,
+    },
     #[error("region '{child}' is already in '{parent}'; remove it first")]
     AlreadyAdded { child: String, parent: String },
     #[error("region '{child}' is not a child of '{parent}'")]

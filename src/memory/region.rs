@@ -247,6 +247,8 @@ pub(crate) struct Region {
     /// For aliases: the target and the offset within it.
     pub(crate) alias: Option<(RegionId, u64)>,
     pub(crate) backing: Backing,
+    /// ioeventfds on this (io) region, see `ioeventfd.rs`.
+    pub(crate) ioeventfds: Vec<super::ioeventfd::RegionIoEventFd>,
 }
 
 impl Region {
@@ -265,6 +267,7 @@ impl Region {
             children: Vec::new(),
             alias: None,
             backing,
+            ioeventfds: Vec::new(),
         }
     }
 }

@@ -8,8 +8,11 @@
 
 use std::sync::Arc;
 
+use vmm_sys_util::eventfd::EventFd;
+
 use super::address_space::{AddressSpace, Unassigned};
 use super::flatview::{flatview_root, render, FlatView};
+use super::ioeventfd::{self, IoEventFd, RegionIoEventFd};
 use super::listener::{ListenerId, ListenerSet, MemoryListener};
 use super::ram::{RamBacking, RamBlock};
 use super::region::{Backing, IoHandler, Region, RegionId, RegionKind, RegionOps, SIZE_2_64};
@@ -19,6 +22,8 @@ struct SpaceEntry {
     handle: AddressSpace,
     root: RegionId,
     listeners: ListenerSet,
+    /// Where the ioeventfds landed in the current view.
+    ioeventfds: Vec<IoEventFd>,
 }
 
 /// Counters for tests and benchmarks.
@@ -529,6 +534,89 @@ impl MemoryTree {
         Ok(())
     }
 
+    // ----- ioeventfds ---------------------------------------------------------
+
+    /// Makes guest writes of `size` bytes (0: any size) at `offset` of io
+    /// region `id`, of value `datamatch` (None: any value), signal `event`
+    /// (QEMU's `memory_region_add_eventfd`). Takes effect at the next commit.
+    pub fn add_eventfd(
+        &mut self,
+        id: RegionId,
+        offset: u64,
+        size: u32,
+        datamatch: Option<u64>,
+        event: Arc<EventFd>,
+    ) -> Result<(), MemoryError> {
+        let region = self.try_region(id)?;
+        let bad = |reason: &str| MemoryError::BadIoEventFd {
+            region: region.name.clone(),
+            offset,
+            reason: reason.to_string(),
+        };
+        if region.kind != RegionKind::Io {
+            return Err(bad("ioeventfds go on io regions"));
+        }
+        if !matches!(size, 0 | 1 | 2 | 4 | 8) {
+            return Err(bad("size must be 0 (any), 1, 2, 4 or 8"));
+        }
+        if size == 0 && datamatch.is_some() {
+            return Err(bad("matching a value needs an access size"));
+        }
+        if offset as u128 + u128::from(size.max(1)) > region.size {
+            return Err(bad("outside the region"));
+        }
+        if let Some(v) = datamatch {
+            if size < 8 && v >> (size * 8) != 0 {
+                return Err(bad("the value does not fit the access size"));
+            }
+        }
+        let fd = RegionIoEventFd {
+            offset,
+            size,
+            datamatch,
+            event,
+        };
+        if region.ioeventfds.iter().any(|f| f.same(&fd)) {
+            return Err(bad("already registered"));
+        }
+        self.region_mut(id).ioeventfds.push(fd);
+        self.changed();
+        Ok(())
+    }
+
+    /// Removes an ioeventfd added with the same arguments.
+    pub fn del_eventfd(
+        &mut self,
+        id: RegionId,
+        offset: u64,
+        size: u32,
+        datamatch: Option<u64>,
+        event: &Arc<EventFd>,
+    ) -> Result<(), MemoryError> {
+        let region = self.try_region(id)?;
+        let fd = RegionIoEventFd {
+            offset,
+            size,
+            datamatch,
+            event: event.clone(),
+        };
+        let Some(at) = region.ioeventfds.iter().position(|f| f.same(&fd)) else {
+            return Err(MemoryError::BadIoEventFd {
+                region: region.name.clone(),
+                offset,
+                reason: "no such ioeventfd".into(),
+            });
+        };
+        self.region_mut(id).ioeventfds.remove(at);
+        self.changed();
+        Ok(())
+    }
+
+    /// Where the ioeventfds of `space` currently land.
+    pub fn ioeventfds(&self, space: &AddressSpace) -> Result<&[IoEventFd], MemoryError> {
+        Ok(&self.space(space)?.ioeventfds)
+    }
+
     // ----- transactions -----------------------------------------------------
 
     /// Opens a (possibly nested) transaction: views are recomputed once,
@@ -589,10 +677,16 @@ impl MemoryTree {
             };
             views.push(view);
         }
-        for (space, view) in self.spaces.iter_mut().zip(views) {
+        let placed: Vec<Vec<IoEventFd>> = views
+            .iter()
+            .map(|view| ioeventfd::place(self, view))
+            .collect();
+        for ((space, view), fds) in self.spaces.iter_mut().zip(views).zip(placed) {
             let old = space.handle.view();
             space.listeners.update(&old, &view);
             space.handle.publish(view);
+            space.listeners.update_eventfds(&space.ioeventfds, &fds);
+            space.ioeventfds = fds;
         }
     }
 
@@ -623,11 +717,13 @@ impl MemoryTree {
                 Arc::new(render(self, froot))
             }
         };
+        let ioeventfds = ioeventfd::place(self, &view);
         handle.publish(view);
         self.spaces.push(SpaceEntry {
             handle: handle.clone(),
             root,
             listeners: ListenerSet::default(),
+            ioeventfds,
         });
         Ok(handle)
     }
@@ -663,7 +759,9 @@ impl MemoryTree {
         self.next_listener += 1;
         let entry = &mut self.spaces[space.index()];
         let view = entry.handle.view();
-        entry.listeners.add(id, priority, listener, &view);
+        entry
+            .listeners
+            .add(id, priority, listener, &view, &entry.ioeventfds);
         Ok(id)
     }
 
@@ -678,7 +776,7 @@ impl MemoryTree {
         let view = entry.handle.view();
         entry
             .listeners
-            .remove(id, &view)
+            .remove(id, &view, &entry.ioeventfds)
             .ok_or(MemoryError::NoSuchListener)
     }
 }

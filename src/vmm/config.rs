@@ -40,6 +40,165 @@ pub struct VmConfig {
     /// Create KVM's in-kernel interrupt controllers and PIT. Without them a
     /// vCPU's HLT exits to Ember (used by small test guests).
     pub irqchip: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskSpec>,
+    /// virtio-net interfaces on TAP devices.
+    pub nets: Vec<NetSpec>,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// Where the guest console is.
+    pub console: ConsoleKind,
+}
+
+/// `--disk path=FILE[,readonly=on][,id=NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub readonly: bool,
+    /// The serial the guest reads with VIRTIO_BLK_T_GET_ID (at most 20
+    /// bytes).
+    pub id: Option<String>,
+}
+
+/// `--net tap=NAME[,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub mac: Option<[u8; 6]>,
+}
+
+/// `--console serial|virtio`: the 16550 UART (ttyS0) or virtio-console
+/// (hvc0). With `virtio` the UART stays present (earlycon and early boot
+/// messages use it) but console input goes to hvc0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleKind {
+    #[default]
+    Serial,
+    Virtio,
+}
+
+impl std::str::FromStr for ConsoleKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "serial" => Ok(ConsoleKind::Serial),
+            "virtio" => Ok(ConsoleKind::Virtio),
+            _ => Err(format!("'{s}' is not a console (use serial or virtio)")),
+        }
+    }
+}
+
+/// Splits `key=value,key=value` into pairs, refusing empty keys, missing
+/// `=` and repeated keys.
+fn key_values<'a>(what: &str, text: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for part in text.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(format!("{what}: '{part}' is not key=value"));
+        };
+        if k.is_empty() {
+            return Err(format!("{what}: empty key in '{part}'"));
+        }
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(format!("{what}: '{k}' is given twice"));
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+fn on_off(what: &str, key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{what}: {key}='{v}' must be on or off")),
+    }
+}
+
+impl std::str::FromStr for DiskSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut spec = DiskSpec {
+            path: PathBuf::new(),
+            readonly: false,
+            id: None,
+        };
+        let mut have_path = false;
+        for (k, v) in key_values("--disk", text)? {
+            match k {
+                "path" if !v.is_empty() => {
+                    spec.path = PathBuf::from(v);
+                    have_path = true;
+                }
+                "path" => return Err("--disk: path is empty".into()),
+                "readonly" => spec.readonly = on_off("--disk", k, v)?,
+                "id" if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_graphic()) => {
+                    spec.id = Some(v.to_string())
+                }
+                "id" => {
+                    return Err(format!(
+                        "--disk: id '{v}' must be at most 20 printable ASCII characters"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "--disk: unknown key '{k}' (use path, readonly, id)"
+                    ))
+                }
+            }
+        }
+        if !have_path {
+            return Err("--disk needs path=FILE".into());
+        }
+        Ok(spec)
+    }
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`. Multicast addresses are
+/// refused: a NIC cannot own one.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("'{text}' is not a MAC address (use e.g. 52:54:00:12:34:56)");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("'{text}' is a multicast MAC address"));
+    }
+    Ok(mac)
+}
+
+impl std::str::FromStr for NetSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for (k, v) in key_values("--net", text)? {
+            match k {
+                // IFNAMSIZ is 16 including the terminating NUL.
+                "tap" if !v.is_empty() && v.len() < 16 && !v.contains('/') => {
+                    tap = Some(v.to_string())
+                }
+                "tap" => {
+                    return Err(format!(
+                        "--net: '{v}' is not an interface name (1 to 15 characters)"
+                    ))
+                }
+                "mac" => mac = Some(parse_mac(v).map_err(|e| format!("--net: {e}"))?),
+                _ => return Err(format!("--net: unknown key '{k}' (use tap, mac)")),
+            }
+        }
+        let tap = tap.ok_or("--net needs tap=NAME")?;
+        Ok(NetSpec { tap, mac })
+    }
 }
 
 impl Default for VmConfig {
@@ -58,6 +217,10 @@ impl Default for VmConfig {
             console_input: ConsoleInput::Stdin,
             console_output: ConsoleOutput::Stdout,
             irqchip: true,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            rng: false,
+            console: ConsoleKind::Serial,
         }
     }
 }
@@ -95,5 +258,63 @@ mod tests {
         assert!(parse_memory_size("-1M").is_err());
         assert!(parse_memory_size("").is_err());
         assert!(parse_memory_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskSpec = "path=/tmp/a.img,readonly=on,id=root".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskSpec {
+                path: "/tmp/a.img".into(),
+                readonly: true,
+                id: Some("root".into())
+            }
+        );
+        let d: DiskSpec = "path=x.img".parse().unwrap();
+        assert!(!d.readonly && d.id.is_none());
+        for bad in [
+            "",
+            "x.img",
+            "readonly=on",
+            "path=",
+            "path=a,path=b",
+            "path=a,readonly=maybe",
+            "path=a,id=123456789012345678901",
+            "path=a,id=has space",
+            "path=a,cache=none",
+        ] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn net_specs_and_macs() {
+        let n: NetSpec = "tap=tap0,mac=52:54:00:12:34:56".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
+        for bad in [
+            "",
+            "mac=52:54:00:12:34:56",
+            "tap=",
+            "tap=0123456789abcdef",
+            "tap=a,mac=01:00:00:00:00:00",
+            "tap=a,mac=52:54:00:12:34",
+            "tap=a,mac=52:54:00:12:34:56:78",
+            "tap=a,mac=5:54:00:12:34:56",
+            "tap=a,speed=10",
+        ] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mac_round_trip(mut mac in proptest::array::uniform6(0u8..)) {
+            mac[0] &= !1;
+            let text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            proptest::prop_assert_eq!(parse_mac(&text), Ok(mac));
+            proptest::prop_assert_eq!(parse_mac(&text.to_uppercase()), Ok(mac));
+        }
     }
 }

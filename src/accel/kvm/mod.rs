@@ -2,6 +2,7 @@
 //! memory slots from FlatView changes, vCPU threads, and the eventfd
 //! helpers virtio devices use.
 
+pub mod ioeventfd;
 pub mod kick;
 pub mod memory;
 pub mod vcpu;
