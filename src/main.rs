@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use ember::accel::AccelChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
-use ember::vmm::config::{parse_memory_size, VmConfig, DEFAULT_CMDLINE, DEFAULT_CMDLINE_RISCV64};
+use ember::vmm::config::{
+    parse_memory_size, ConsoleKind, DiskSpec, NetSpec, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_CMDLINE_RISCV64,
+};
 use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RiscvOutcome, RiscvVm};
@@ -94,6 +97,21 @@ struct RunArgs {
     /// Write the guest's device tree blob to FILE before running (riscv64).
     #[arg(long, value_name = "FILE")]
     dump_dtb: Option<PathBuf>,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,id=NAME]. Repeat for
+    /// more disks (vda, vdb, ...).
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskSpec>,
+    /// A virtio-net interface on a TAP device: tap=NAME[,mac=MAC]. An
+    /// existing TAP is opened; a missing one is created if permitted.
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetSpec>,
+    /// Add a virtio-rng device (entropy from the host's getrandom).
+    #[arg(long)]
+    rng: bool,
+    /// Guest console: serial (ttyS0) or virtio (hvc0; add console=hvc0 to
+    /// the command line).
+    #[arg(long, default_value = "serial")]
+    console: ConsoleKind,
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -231,6 +249,10 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         console_input: args.serial_input.clone(),
         console_output: args.serial_output.clone(),
         irqchip: true,
+        disks: args.disk.clone(),
+        nets: args.net.clone(),
+        rng: args.rng,
+        console: args.console,
     };
     if arch == GuestArch::Riscv64 {
         return run_riscv(config, &args);

@@ -1,0 +1,351 @@
+/*
+ * The init of Ember's riscv64 device-test guest (built by
+ * tools/riscv-test-guest.sh). The kernel passes unknown command-line
+ * parameters to init as environment variables; `ember_test=NAME` picks what
+ * to do. Every test prints lines starting with "EMBER-TEST:" that the host
+ * test parses, then "EMBER-TEST-DONE", then powers off. Failures print
+ * "EMBER-TEST: error ..." and still power off, so the host never waits for a
+ * timeout to learn about them.
+ *
+ *   blk      mount /dev/vda (ext4), print /mnt/in.txt, write /mnt/out.txt
+ *            (content from `ember_data`), fsync, unmount; then try to write
+ *            to /dev/vdb if present (expected to fail: read-only disk).
+ *   blkbench sequential and 4 KiB random read/write on raw /dev/vda
+ *            (`ember_mib` MiB), printing MiB/s and IOPS.
+ *   rng      read 64 bytes from /dev/hwrng.
+ *   hvc      write a line to /dev/hvc0, read a line back from it, echo it.
+ *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
+ *            `ember_peer`:7777 and wait for the echo, then echo one datagram
+ *            received on port 7778.
+ *   netbench receive `ember_mib` MiB over UDP port 7779 from the peer and
+ *            report the rate; answer `ember_pings` UDP pings on 7780.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("EMBER-TEST: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    fflush(stdout);
+    va_end(ap);
+}
+
+static const char *env(const char *name, const char *dflt) {
+    const char *v = getenv(name);
+    return v ? v : dflt;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+static int test_blk(void) {
+    mkdir("/mnt", 0755);
+    if (mount("/dev/vda", "/mnt", "ext4", 0, NULL) != 0) {
+        say("error mount /dev/vda: %s", strerror(errno));
+        return 1;
+    }
+    char buf[4096];
+    int fd = open("/mnt/in.txt", O_RDONLY);
+    if (fd < 0) {
+        say("error open in.txt: %s", strerror(errno));
+    } else {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n < 0) n = 0;
+        buf[n] = 0;
+        while (n > 0 && buf[n - 1] == '\n') buf[--n] = 0;
+        say("in=%s", buf);
+    }
+    const char *data = env("ember_data", "hello from the guest");
+    fd = open("/mnt/out.txt", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 || write(fd, data, strlen(data)) != (ssize_t)strlen(data) ||
+        write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
+        say("error write out.txt: %s", strerror(errno));
+        return 1;
+    }
+    close(fd);
+    /* Read it back through the page cache and say so. */
+    fd = open("/mnt/out.txt", O_RDONLY);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+    if (fd >= 0) close(fd);
+    say("readback=%zd", n);
+    sync();
+    if (umount("/mnt") != 0) {
+        say("error umount: %s", strerror(errno));
+        return 1;
+    }
+    say("blk ok");
+    /* A read-only second disk: reads work, writes fail. */
+    fd = open("/dev/vdb", O_RDWR);
+    if (fd < 0) {
+        say("vdb open-rw=%s", strerror(errno));
+        fd = open("/dev/vdb", O_RDONLY);
+    }
+    if (fd >= 0) {
+        ssize_t r = pread(fd, buf, 512, 0);
+        say("vdb read=%zd", r);
+        memset(buf, 0xa5, 512);
+        ssize_t w = pwrite(fd, buf, 512, 0);
+        int werr = errno;
+        int s = fsync(fd);
+        say("vdb write=%zd errno=%s fsync=%d", w, w < 0 ? strerror(werr) : "none", s);
+        close(fd);
+    }
+    return 0;
+}
+
+static int test_blkbench(void) {
+    long mib = atol(env("ember_mib", "16"));
+    size_t size = (size_t)mib << 20;
+    int fd = open("/dev/vda", O_RDWR | O_DIRECT);
+    if (fd < 0) {
+        say("error open /dev/vda: %s", strerror(errno));
+        return 1;
+    }
+    size_t chunk = 1 << 20;
+    char *buf = aligned_alloc(4096, chunk);
+    if (!buf) return 1;
+    memset(buf, 0x5a, chunk);
+    double t = now();
+    for (size_t off = 0; off < size; off += chunk)
+        if (pwrite(fd, buf, chunk, off) != (ssize_t)chunk) { say("error seq write"); return 1; }
+    fsync(fd);
+    say("seq_write_mibps=%.1f", mib / (now() - t));
+    t = now();
+    for (size_t off = 0; off < size; off += chunk)
+        if (pread(fd, buf, chunk, off) != (ssize_t)chunk) { say("error seq read"); return 1; }
+    say("seq_read_mibps=%.1f", mib / (now() - t));
+    unsigned long blocks = size / 4096, ops = blocks < 4096 ? blocks : 4096;
+    uint64_t x = 88172645463325252ull;
+    t = now();
+    for (unsigned long i = 0; i < ops; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        if (pwrite(fd, buf, 4096, (x % blocks) * 4096) != 4096) { say("error rand write"); return 1; }
+    }
+    fsync(fd);
+    say("rand_write_iops=%.0f", ops / (now() - t));
+    t = now();
+    for (unsigned long i = 0; i < ops; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        if (pread(fd, buf, 4096, (x % blocks) * 4096) != 4096) { say("error rand read"); return 1; }
+    }
+    say("rand_read_iops=%.0f", ops / (now() - t));
+    close(fd);
+    return 0;
+}
+
+static int test_rng(void) {
+    unsigned char b[64];
+    int fd = open("/dev/hwrng", O_RDONLY);
+    if (fd < 0) {
+        say("error open /dev/hwrng: %s", strerror(errno));
+        return 1;
+    }
+    ssize_t n = read(fd, b, sizeof b);
+    close(fd);
+    if (n <= 0) {
+        say("error read hwrng: %s", n < 0 ? strerror(errno) : "eof");
+        return 1;
+    }
+    char hex[129] = {0};
+    for (ssize_t i = 0; i < n; i++) sprintf(hex + 2 * i, "%02x", b[i]);
+    say("rng=%s", hex);
+    fd = open("/sys/class/misc/hw_random/rng_current", O_RDONLY);
+    if (fd >= 0) {
+        char cur[64] = {0};
+        ssize_t m = read(fd, cur, sizeof cur - 1);
+        close(fd);
+        if (m > 0 && cur[m - 1] == '\n') cur[m - 1] = 0;
+        say("rng_current=%s", cur);
+    }
+    return 0;
+}
+
+static int test_hvc(void) {
+    int fd = open("/dev/hvc0", O_RDWR | O_NOCTTY);
+    if (fd < 0) {
+        say("error open /dev/hvc0: %s", strerror(errno));
+        return 1;
+    }
+    const char *hello = "EMBER-HVC: hello on hvc0\n";
+    if (write(fd, hello, strlen(hello)) < 0) say("error write hvc0: %s", strerror(errno));
+    say("hvc wrote");
+    char line[256];
+    size_t len = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (len < sizeof line - 1) {
+        if (poll(&p, 1, 20000) <= 0) { say("error hvc read timeout"); return 1; }
+        ssize_t n = read(fd, line + len, 1);
+        if (n <= 0) continue;
+        if (line[len] == '\n' || line[len] == '\r') break;
+        len++;
+    }
+    line[len] = 0;
+    say("hvc got=%s", line);
+    close(fd);
+    return 0;
+}
+
+static int set_ip(const char *ifname, const char *ip) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+    struct sockaddr_in *a = (struct sockaddr_in *)&ifr.ifr_addr;
+    a->sin_family = AF_INET;
+    inet_pton(AF_INET, ip, &a->sin_addr);
+    if (ioctl(s, SIOCSIFADDR, &ifr) != 0) { say("error SIOCSIFADDR: %s", strerror(errno)); return -1; }
+    inet_pton(AF_INET, "255.255.255.0", &a->sin_addr);
+    if (ioctl(s, SIOCSIFNETMASK, &ifr) != 0) { say("error SIOCSIFNETMASK: %s", strerror(errno)); return -1; }
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) { say("error SIOCGIFFLAGS: %s", strerror(errno)); return -1; }
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) { say("error SIOCSIFFLAGS: %s", strerror(errno)); return -1; }
+    if (ioctl(s, SIOCGIFHWADDR, &ifr) == 0) {
+        unsigned char *m = (unsigned char *)ifr.ifr_hwaddr.sa_data;
+        say("mac=%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4], m[5]);
+    }
+    close(s);
+    return 0;
+}
+
+static int udp_socket(int port) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(port)};
+    me.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(s, (struct sockaddr *)&me, sizeof me) != 0) {
+        say("error bind %d: %s", port, strerror(errno));
+        return -1;
+    }
+    return s;
+}
+
+static int test_net(void) {
+    if (set_ip("eth0", env("ember_ip", "10.0.2.15")) != 0) return 1;
+    const char *peer = env("ember_peer", "10.0.2.1");
+    say("net up");
+    /* Guest to host: the host echoes on 7777. Retry: the first datagram can
+     * be lost while ARP resolves. */
+    int s = udp_socket(0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(7777)};
+    inet_pton(AF_INET, peer, &to.sin_addr);
+    char buf[2048];
+    int got = 0;
+    for (int attempt = 0; attempt < 20 && !got; attempt++) {
+        const char *msg = "ember-guest-to-host";
+        sendto(s, msg, strlen(msg), 0, (struct sockaddr *)&to, sizeof to);
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 1000) > 0) {
+            ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+            if (n > 0) { buf[n] = 0; say("echo=%s", buf); got = 1; }
+        }
+    }
+    if (!got) say("error no echo from host");
+    close(s);
+    /* Host to guest: echo datagrams on 7778 until one says "done". */
+    s = udp_socket(7778);
+    say("listening 7778");
+    for (;;) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 30000) <= 0) { say("error no datagram from host"); return 1; }
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &fl);
+        if (n <= 0) continue;
+        buf[n] = 0;
+        sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
+        if (strcmp(buf, "done") == 0) break;
+        say("host says=%s", buf);
+    }
+    close(s);
+    return 0;
+}
+
+static int test_netbench(void) {
+    if (set_ip("eth0", env("ember_ip", "10.0.2.15")) != 0) return 1;
+    say("net up");
+    int s = udp_socket(7779);
+    say("listening 7779");
+    char buf[2048];
+    long total = 0;
+    double t0 = 0;
+    for (;;) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 5000) <= 0) break;
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n <= 0) continue;
+        if (n == 3 && memcmp(buf, "end", 3) == 0) {
+            double dt = now() - t0;
+            say("rx_bytes=%ld rx_mibps=%.1f", total, total / dt / 1048576.0);
+            snprintf(buf, sizeof buf, "%ld", total);
+            sendto(s, buf, strlen(buf), 0, (struct sockaddr *)&from, fl);
+            break;
+        }
+        if (total == 0) t0 = now();
+        total += n;
+    }
+    close(s);
+    s = udp_socket(7780);
+    say("listening 7780");
+    for (;;) {
+        struct pollfd p = {.fd = s, .events = POLLIN};
+        if (poll(&p, 1, 10000) <= 0) break;
+        struct sockaddr_in from;
+        socklen_t fl = sizeof from;
+        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+        if (n <= 0) continue;
+        sendto(s, buf, n, 0, (struct sockaddr *)&from, fl);
+        if (n == 4 && memcmp(buf, "done", 4) == 0) break;
+    }
+    close(s);
+    return 0;
+}
+
+int main(void) {
+    mkdir("/dev", 0755);
+    mkdir("/proc", 0755);
+    mkdir("/sys", 0755);
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+    mount("proc", "/proc", "proc", 0, NULL);
+    mount("sysfs", "/sys", "sysfs", 0, NULL);
+    const char *test = env("ember_test", "");
+    say("start %s", test);
+    int rc;
+    if (strcmp(test, "blk") == 0) rc = test_blk();
+    else if (strcmp(test, "blkbench") == 0) rc = test_blkbench();
+    else if (strcmp(test, "rng") == 0) rc = test_rng();
+    else if (strcmp(test, "hvc") == 0) rc = test_hvc();
+    else if (strcmp(test, "net") == 0) rc = test_net();
+    else if (strcmp(test, "netbench") == 0) rc = test_netbench();
+    else { say("error unknown test '%s'", test); rc = 1; }
+    printf("EMBER-TEST-DONE rc=%d\n", rc);
+    fflush(stdout);
+    sync();
+    reboot(RB_POWER_OFF);
+    return 0;
+}
