@@ -31,7 +31,7 @@ enum Command {
     /// Boot a microVM: x86_64 on KVM, or riscv64 on the software CPU. With
     /// no kernel and no firmware, an x86_64 VM boots the small built-in
     /// guest.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a memory map as QEMU's `info mtree` does.
     Mtree {
         /// The memory map, a TOML file (see resources/maps/).
@@ -286,7 +286,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
 
 fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => run_vm(args, started),
+        Command::Run(args) => run_vm(*args, started),
         Command::Mtree {
             map,
             flatview,
