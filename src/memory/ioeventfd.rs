@@ -123,8 +123,11 @@ mod tests {
     use super::*;
     use crate::memory::{MemoryError, MemoryListener, Unassigned, SIZE_2_64};
 
-    /// Records the ioeventfd calls as (added?, addr, size, datamatch).
-    struct Recorder(Arc<Mutex<Vec<(bool, u64, u32, Option<u64>)>>>);
+    /// One ioeventfd call: (added?, addr, size, datamatch).
+    type Call = (bool, u64, u32, Option<u64>);
+
+    /// Records the ioeventfd calls.
+    struct Recorder(Arc<Mutex<Vec<Call>>>);
 
     impl MemoryListener for Recorder {
         fn eventfd_add(&mut self, fd: &IoEventFd) {
