@@ -8,10 +8,13 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
-use super::flatview::FlatView;
+use super::flatview::{FlatRange, FlatView};
+use super::listener::MemoryListener;
 use super::ram::RamBlock;
 use super::region::RegionKind;
 use super::MemoryError;
@@ -29,9 +32,25 @@ pub struct GuestRam {
 impl GuestRam {
     /// Builds the view from the writable RAM ranges of `view`.
     pub fn from_view(view: &FlatView) -> Result<Self, MemoryError> {
+        Self::from_ranges(view.ranges())
+    }
+
+    /// An empty view: every access fails.
+    pub fn empty() -> Self {
+        GuestRam {
+            memory: GuestMemoryMmap::default(),
+            _blocks: Vec::new(),
+        }
+    }
+
+    /// Builds the view from the writable RAM among `ranges` (sorted and
+    /// disjoint, as a FlatView's are).
+    pub fn from_ranges<'a>(
+        ranges: impl IntoIterator<Item = &'a FlatRange>,
+    ) -> Result<Self, MemoryError> {
         let mut regions = Vec::new();
         let mut blocks = Vec::new();
-        for range in view.ranges() {
+        for range in ranges {
             if range.kind != RegionKind::Ram || range.readonly {
                 continue;
             }
@@ -86,6 +105,10 @@ impl GuestRam {
             regions.push(region);
             blocks.push(ram.clone());
         }
+        if regions.is_empty() {
+            // vm-memory refuses to build a view of no regions.
+            return Ok(GuestRam::empty());
+        }
         let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::RamMap {
             size: 0,
             reason: e.to_string(),
@@ -99,6 +122,61 @@ impl GuestRam {
     /// The vm-memory view.
     pub fn memory(&self) -> &GuestMemoryMmap<()> {
         &self.memory
+    }
+}
+
+/// Keeps a [`GuestRam`] in step with an address space: registered as a
+/// listener on `memory`, it rebuilds the view from the new ranges at every
+/// commit and swaps it in, so device DMA (virtio) always sees the current
+/// RAM layout. Readers hold the old view (and its RAM blocks) until they
+/// drop it, so a device in the middle of a request never sees memory
+/// unmapped under it.
+pub struct GuestRamListener {
+    handle: Arc<ArcSwap<GuestRam>>,
+    ranges: Vec<FlatRange>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl GuestRamListener {
+    /// A listener and the handle devices read from (empty until the
+    /// listener is registered and replayed the current view).
+    pub fn new() -> (Self, Arc<ArcSwap<GuestRam>>) {
+        let handle = Arc::new(ArcSwap::from_pointee(GuestRam::empty()));
+        (
+            GuestRamListener {
+                handle: handle.clone(),
+                ranges: Vec::new(),
+                errors: Arc::default(),
+            },
+            handle,
+        )
+    }
+
+    /// How many rebuilds failed (the previous view was then kept).
+    pub fn errors(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.errors.clone()
+    }
+}
+
+impl MemoryListener for GuestRamListener {
+    fn begin(&mut self) {
+        self.ranges.clear();
+    }
+    fn region_add(&mut self, range: &FlatRange) {
+        self.ranges.push(range.clone());
+    }
+    fn region_nop(&mut self, range: &FlatRange) {
+        self.ranges.push(range.clone());
+    }
+    fn commit(&mut self) {
+        match GuestRam::from_ranges(&self.ranges) {
+            Ok(ram) => self.handle.store(Arc::new(ram)),
+            Err(_) => {
+                self.errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.ranges.clear();
     }
 }
 
@@ -136,5 +214,36 @@ mod tests {
             .memory()
             .write_obj(1u8, GuestAddress(0x200000))
             .is_err());
+    }
+
+    #[test]
+    fn the_listener_follows_topology_changes() {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let ram = tree.new_ram("ram", 0x10000).unwrap();
+        tree.add_subregion(sys, 0x8000_0000, ram).unwrap();
+        let mem = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        let (listener, handle) = GuestRamListener::new();
+        tree.add_listener(&mem, 0, Box::new(listener)).unwrap();
+        let at = GuestAddress(0x8000_0010);
+        handle.load().memory().write_obj(7u32, at).unwrap();
+        assert_eq!(mem.read(0x8000_0010, 4).0, 7);
+        // A reader holding the old view keeps working after RAM moves.
+        let old = handle.load_full();
+        tree.set_address(ram, 0x4000_0000).unwrap();
+        assert!(handle.load().memory().read_obj::<u32>(at).is_err());
+        assert_eq!(
+            handle
+                .load()
+                .memory()
+                .read_obj::<u32>(GuestAddress(0x4000_0010))
+                .unwrap(),
+            7
+        );
+        assert_eq!(old.memory().read_obj::<u32>(at).unwrap(), 7);
+        tree.set_enabled(ram, false).unwrap();
+        assert_eq!(handle.load().memory().num_regions(), 0);
     }
 }

@@ -20,7 +20,7 @@ mod tree;
 pub use address_space::{AddressSpace, Unassigned};
 pub use dispatch::MemTxResult;
 pub use flatview::{FlatRange, FlatView};
-pub use guest_ram::{GuestRam, PAGE_SIZE};
+pub use guest_ram::{GuestRam, GuestRamListener, PAGE_SIZE};
 pub use ioeventfd::{IoEventFd, RegionIoEventFd};
 pub use listener::{ListenerId, MemoryListener};
 pub use mtree::{mtree_and_flatviews_text, mtree_text, MtreeOptions};
