@@ -1,5 +1,6 @@
 //! Machine descriptions per guest architecture.
 pub mod riscv64;
+pub mod virtio_mmio;
 pub mod x86_64;
 
 /// The guest architecture (`--arch`).

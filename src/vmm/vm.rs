@@ -360,7 +360,7 @@ impl Vm {
             .map_err(|e| VmError::Arch(e.to_string()))?;
         if boot.is_some() {
             // The tables live in the BIOS area, which firmware occupies.
-            setup_acpi(guest.memory(), self.config.cpus)
+            setup_acpi(guest.memory(), self.config.cpus, &[])
                 .map_err(|e| VmError::Arch(e.to_string()))?;
         }
 

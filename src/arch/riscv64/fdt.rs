@@ -438,7 +438,10 @@ mod tests {
 
     #[test]
     fn soc_plic_uart_and_virtio() {
-        let slots: Vec<_> = VirtioMmioSlot::all().take(2).collect();
+        let slots: Vec<_> = crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW
+            .all()
+            .take(2)
+            .collect();
         let blob = build_fdt(
             &view(64 * MIB),
             &FdtConfig {
@@ -568,7 +571,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, FdtError::Writer(vm_fdt::Error::InvalidString));
         // The largest machine still fits the room reserved for the blob.
-        let slots: Vec<_> = VirtioMmioSlot::all().collect();
+        let slots: Vec<_> = crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW
+            .all()
+            .collect();
         let blob = build_fdt(
             &v,
             &FdtConfig {

@@ -17,6 +17,7 @@
 //! There is no M-mode firmware: the VMM itself answers the guest's SBI
 //! calls, so RAM starts being the kernel's right at [`RAM_BASE`].
 
+pub use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot, VirtioMmioWindow};
 use crate::devices::plic::{plic_mmio_size, PLIC_MAX_CONTEXTS, PLIC_SOURCES};
 
 /// Guest RAM starts here (QEMU `virt`, kvmtool).
@@ -61,6 +62,13 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_MMIO_SLOTS: usize = 8;
 /// The PLIC source of slot 0; slot `i` uses `VIRTIO_MMIO_FIRST_IRQ + i`.
 pub const VIRTIO_MMIO_FIRST_IRQ: u32 = 1;
+/// The virtio-mmio slots, as QEMU's `virt` has them.
+pub const VIRTIO_MMIO_WINDOW: VirtioMmioWindow = VirtioMmioWindow {
+    base: VIRTIO_MMIO_BASE,
+    slot_size: VIRTIO_MMIO_SIZE,
+    slots: VIRTIO_MMIO_SLOTS,
+    first_irq: VIRTIO_MMIO_FIRST_IRQ,
+};
 
 /// The frequency of the `time` CSR (and the SBI timer), as QEMU's `virt`.
 pub const TIMEBASE_FREQ: u32 = 10_000_000;
@@ -79,57 +87,6 @@ pub const FDT_MAX_SIZE: u64 = 64 << 10;
 pub const FDT_ALIGN: u64 = 2 << 20;
 /// riscv Linux's `COMMAND_LINE_SIZE`, the terminating NUL included.
 pub const CMDLINE_MAX_SIZE: usize = 1024;
-
-/// One virtio-mmio slot: where its registers are and which PLIC source
-/// it raises.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VirtioMmioSlot {
-    /// The slot number, 0..[`VIRTIO_MMIO_SLOTS`].
-    pub index: usize,
-    /// First address of its registers.
-    pub base: u64,
-    /// Size of its register window.
-    pub size: u64,
-    /// Its PLIC source.
-    pub irq: u32,
-}
-
-impl VirtioMmioSlot {
-    /// Slot `index`, or `None` past the last slot.
-    pub fn get(index: usize) -> Option<Self> {
-        (index < VIRTIO_MMIO_SLOTS).then(|| VirtioMmioSlot {
-            index,
-            base: VIRTIO_MMIO_BASE + VIRTIO_MMIO_SIZE * index as u64,
-            size: VIRTIO_MMIO_SIZE,
-            irq: VIRTIO_MMIO_FIRST_IRQ + index as u32,
-        })
-    }
-
-    /// Every slot, in order.
-    pub fn all() -> impl Iterator<Item = VirtioMmioSlot> {
-        (0..VIRTIO_MMIO_SLOTS).filter_map(VirtioMmioSlot::get)
-    }
-}
-
-/// Hands out virtio-mmio slots in order, for the devices of one machine.
-#[derive(Clone, Debug, Default)]
-pub struct VirtioMmioAllocator {
-    next: usize,
-}
-
-impl VirtioMmioAllocator {
-    /// An allocator with every slot free.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The next free slot, or `None` when all are taken.
-    pub fn allocate(&mut self) -> Option<VirtioMmioSlot> {
-        let slot = VirtioMmioSlot::get(self.next)?;
-        self.next += 1;
-        Some(slot)
-    }
-}
 
 // The devices must not overlap each other or RAM, and every IRQ must be a
 // valid PLIC source other than 0.
@@ -150,22 +107,14 @@ mod tests {
 
     #[test]
     fn virtio_slots_follow_qemu_virt() {
-        let slots: Vec<_> = VirtioMmioSlot::all().collect();
+        let slots: Vec<_> = VIRTIO_MMIO_WINDOW.all().collect();
         assert_eq!(slots.len(), 8);
         assert_eq!(slots[0].base, 0x1000_1000);
         assert_eq!(slots[0].irq, 1);
         assert_eq!(slots[7].base, 0x1000_8000);
         assert_eq!(slots[7].irq, 8);
         assert!(slots.iter().all(|s| s.size == 0x1000));
-        assert_eq!(VirtioMmioSlot::get(8), None);
-    }
-
-    #[test]
-    fn allocator_hands_out_each_slot_once() {
-        let mut alloc = VirtioMmioAllocator::new();
-        let got: Vec<_> = std::iter::from_fn(|| alloc.allocate()).collect();
-        assert_eq!(got, VirtioMmioSlot::all().collect::<Vec<_>>());
-        assert_eq!(alloc.allocate(), None);
+        assert_eq!(VIRTIO_MMIO_WINDOW.slot(8), None);
     }
 
     #[test]

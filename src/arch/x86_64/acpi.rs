@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{APIC_ADDR, BIOS_AREA_START, HIMEM_START, IOAPIC_ADDR};
 use super::ArchError;
+use crate::arch::virtio_mmio::VirtioMmioSlot;
 
 /// The RSDP, 16-byte aligned inside 0xe0000..0x100000 where Linux scans
 /// for it; the other tables follow it in the reserved BIOS area.
@@ -38,11 +39,48 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: just `Name (_S5_, Package () { 5 })`.
-fn dsdt() -> Vec<u8> {
+/// The DSDT: `Name (_S5_, Package () { 5 })`, and under `\_SB` one
+/// `LNRO0005` device per virtio-mmio transport (the ID Linux's virtio_mmio
+/// driver matches), with its registers and its edge-triggered interrupt,
+/// as Firecracker and QEMU's microvm describe them.
+fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE, OEM_REVISION);
     let s5 = aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE]));
     s5.to_aml_bytes(&mut dsdt);
+    let names: Vec<String> = virtio.iter().map(|s| format!("V{:03}", s.index)).collect();
+    let parts: Vec<_> = virtio
+        .iter()
+        .map(|s| {
+            (
+                s.index as u32,
+                aml::Memory32Fixed::new(true, s.base as u32, s.size as u32),
+                aml::Interrupt::new(true, true, false, false, s.irq),
+            )
+        })
+        .collect();
+    let crs: Vec<_> = parts
+        .iter()
+        .map(|(_, mem, irq)| aml::ResourceTemplate::new(vec![mem, irq]))
+        .collect();
+    // "LNRO0005" is not a 7-character EISA id, so it goes in as a string.
+    let hid_name = aml::Name::new("_HID".into(), &"LNRO0005");
+    let uids: Vec<_> = parts
+        .iter()
+        .map(|(uid, _, _)| aml::Name::new("_UID".into(), uid))
+        .collect();
+    let crs_names: Vec<_> = crs
+        .iter()
+        .map(|c| aml::Name::new("_CRS".into(), c))
+        .collect();
+    let devices: Vec<_> = names
+        .iter()
+        .zip(uids.iter().zip(&crs_names))
+        .map(|(name, (uid, crs))| aml::Device::new(name.as_str().into(), vec![&hid_name, uid, crs]))
+        .collect();
+    if !devices.is_empty() {
+        let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
+        aml::Scope::new("_SB_".into(), children).to_aml_bytes(&mut dsdt);
+    }
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -86,10 +124,10 @@ fn madt(cpus: u8) -> Vec<u8> {
 
 /// The tables for `cpus` CPUs, laid out from `RSDP_ADDR`: returns the
 /// bytes to write there.
-pub fn build(cpus: u8) -> Vec<u8> {
+pub fn build(cpus: u8, virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let align = |n: usize| n.next_multiple_of(16);
     let rsdp_len = align(36);
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
     let dsdt_addr = RSDP_ADDR + rsdp_len as u64;
     let fadt_addr = dsdt_addr + align(dsdt.len()) as u64;
     let fadt = fadt(dsdt_addr);
@@ -116,8 +154,12 @@ pub fn build(cpus: u8) -> Vec<u8> {
 }
 
 /// Writes the tables into guest memory (the reserved BIOS area).
-pub fn setup_acpi(mem: &GuestMemoryMmap<()>, cpus: u8) -> Result<GuestAddress, ArchError> {
-    let tables = build(cpus);
+pub fn setup_acpi(
+    mem: &GuestMemoryMmap<()>,
+    cpus: u8,
+    virtio: &[VirtioMmioSlot],
+) -> Result<GuestAddress, ArchError> {
+    let tables = build(cpus, virtio);
     if RSDP_ADDR + tables.len() as u64 > HIMEM_START {
         return Err(ArchError::GuestMemory {
             what: "ACPI tables",
@@ -140,6 +182,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap<()>, cpus: u8) -> Result<GuestAddress, A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
 
     fn sum(b: &[u8]) -> u8 {
         b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
@@ -158,7 +201,7 @@ mod tests {
     #[test]
     fn tables_link_up_with_valid_checksums() {
         let cpus = 3;
-        let t = build(cpus);
+        let t = build(cpus, &[]);
         let table = |addr: u64| -> &[u8] {
             let at = (addr - RSDP_ADDR) as usize;
             let len = u32_at(&t, at + 4) as usize;
@@ -205,13 +248,35 @@ mod tests {
         assert!(RSDP_ADDR + t.len() as u64 <= HIMEM_START);
     }
 
+    #[test]
+    fn the_dsdt_lists_each_virtio_transport() {
+        let slots: Vec<_> = VIRTIO_MMIO_WINDOW.all().take(2).collect();
+        let d = dsdt(&slots);
+        assert_eq!(sum(&d), 0, "checksum");
+        assert_eq!(u32_at(&d, 4) as usize, d.len());
+        let count = d.windows(8).filter(|w| w == b"LNRO0005").count();
+        assert_eq!(count, 2);
+        for s in &slots {
+            // Memory32Fixed: tag 0x86, length 9, read/write, base, size.
+            let mut mem = vec![0x86, 9, 0, 1];
+            mem.extend_from_slice(&(s.base as u32).to_le_bytes());
+            mem.extend_from_slice(&(s.size as u32).to_le_bytes());
+            assert!(d.windows(mem.len()).any(|w| w == mem), "{s:?}");
+            // Extended interrupt: consumer, edge, active high, exclusive.
+            let mut irq = vec![0x89, 6, 0, 0b0011, 1];
+            irq.extend_from_slice(&s.irq.to_le_bytes());
+            assert!(d.windows(irq.len()).any(|w| w == irq), "{s:?}");
+        }
+        assert!(!dsdt(&[]).windows(4).any(|w| w == b"_SB_"));
+    }
+
     /// Writes each table to $EMBER_ACPI_DUMP (when set) for `iasl -d`.
     #[test]
     fn dump_for_iasl() {
         let Ok(dir) = std::env::var("EMBER_ACPI_DUMP") else {
             return;
         };
-        let t = build(2);
+        let t = build(2, &VIRTIO_MMIO_WINDOW.all().take(3).collect::<Vec<_>>());
         let xsdt_at = (u64_at(&t, 24) - RSDP_ADDR) as usize;
         let mut addrs = vec![u64_at(&t, 24)];
         let xlen = u32_at(&t, xsdt_at + 4) as usize;
@@ -228,6 +293,7 @@ mod tests {
 
     #[test]
     fn the_largest_machine_fits() {
-        assert!(RSDP_ADDR + build(254).len() as u64 <= HIMEM_START);
+        let all: Vec<_> = VIRTIO_MMIO_WINDOW.all().collect();
+        assert!(RSDP_ADDR + build(254, &all).len() as u64 <= HIMEM_START);
     }
 }

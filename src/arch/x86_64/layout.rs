@@ -107,6 +107,18 @@ pub const MAX_RAM_SIZE: u64 = 64 << 40;
 pub const IO_SPACE_SIZE: u64 = 0x10000;
 
 /// The IOAPIC's registers (where KVM's in-kernel irqchip puts them).
+/// virtio-mmio transports: 4 KiB slots at the start of the MMIO hole, on
+/// IOAPIC pins 5..=23 (0-4 are the timer, keyboard, cascade and COM1/2 in
+/// the PC's legacy assignment; the IOAPIC has 24 pins). Firecracker uses
+/// the same pins.
+pub const VIRTIO_MMIO_WINDOW: crate::arch::virtio_mmio::VirtioMmioWindow =
+    crate::arch::virtio_mmio::VirtioMmioWindow {
+        base: 0xd000_0000,
+        slot_size: 0x1000,
+        slots: 19,
+        first_irq: 5,
+    };
+
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APICs' registers.
 pub const APIC_ADDR: u64 = 0xfee0_0000;
@@ -138,3 +150,6 @@ const _: () = assert!(MP_FLOATING_POINTER_START + 16 <= BASE_MEMORY_END);
 const _: () = assert!(KVM_TSS_ADDRESS + 0x3000 <= HIGH_RAM_START - FIRMWARE_MAX_SIZE);
 const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
 const _: () = assert!(APIC_ADDR + 0x1000 <= KVM_IDENTITY_MAP_ADDRESS);
+const _: () = assert!(VIRTIO_MMIO_WINDOW.base >= MMIO_HOLE_START);
+const _: () = assert!(VIRTIO_MMIO_WINDOW.end() <= IOAPIC_ADDR);
+const _: () = assert!(VIRTIO_MMIO_WINDOW.first_irq + VIRTIO_MMIO_WINDOW.slots as u32 <= 24);
