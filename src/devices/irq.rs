@@ -73,6 +73,18 @@ impl vm_superio::Trigger for EventFdTrigger {
     }
 }
 
+/// As a virtio interrupt line: an edge per interrupt (x86 virtio-mmio
+/// interrupts are edge-triggered, see the DSDT), nothing on deassert.
+impl crate::devices::virtio::IrqLine for EventFdTrigger {
+    fn set_level(&self, asserted: bool) {
+        if asserted {
+            // EAGAIN means the counter is saturated: an interrupt is
+            // already pending, so nothing is lost.
+            let _ = self.event.write(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +98,16 @@ mod tests {
         line.trigger().unwrap();
         assert_eq!(line.drain().unwrap(), 2);
         assert_eq!(line.drain().unwrap(), 0);
+    }
+
+    #[test]
+    fn as_a_virtio_line_it_fires_on_assert_only() {
+        use crate::devices::virtio::IrqLine;
+        let line = EventFdTrigger::new().unwrap();
+        line.set_level(true);
+        line.set_level(false);
+        line.set_level(true);
+        assert_eq!(line.drain().unwrap(), 2);
     }
 
     #[test]

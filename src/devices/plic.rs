@@ -24,7 +24,7 @@
 //! to sources or contexts that do not exist, and writes to read-only
 //! registers are ignored; such reads return 0.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::memory::{AccessRules, Endianness, RegionOps};
 
@@ -251,6 +251,25 @@ fn decode(offset: u64, contexts: usize) -> Register {
         Register::Priority(((offset - PRIORITY_BASE) / 4) as usize)
     } else {
         Register::None
+    }
+}
+
+/// One PLIC source as a level-triggered line for a device (virtio-mmio
+/// on riscv64): the device's interrupt status drives the source's level.
+pub struct PlicLine {
+    plic: Arc<Plic>,
+    source: u32,
+}
+
+impl PlicLine {
+    pub fn new(plic: Arc<Plic>, source: u32) -> Self {
+        PlicLine { plic, source }
+    }
+}
+
+impl crate::devices::virtio::IrqLine for PlicLine {
+    fn set_level(&self, asserted: bool) {
+        self.plic.set_irq(self.source, asserted);
     }
 }
 

@@ -1,31 +1,44 @@
 //! The VMM thread's event loop, shared by every machine: it waits for the
-//! exit signal and feeds console input to the serial port, whatever runs
-//! the guest (KVM vCPU threads or software harts).
+//! exit signal, feeds console input to the guest's console (the serial port
+//! or virtio-console), and runs the virtio devices' queue work, whatever
+//! runs the guest (KVM vCPU threads or software harts).
 
 use std::sync::Arc;
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 
-use crate::devices::serial::Serial;
-use crate::vmm::console::{ConsoleInput, ConsoleReader, ExitWatcher, InputSource, RawTerminal};
+use crate::vmm::console::{
+    ConsoleInput, ConsoleReader, DeliverInput, ExitWatcher, InputSource, RawTerminal,
+};
 use crate::vmm::exit::ExitSignal;
 use crate::vmm::vm::VmError;
 
+/// What the event loop serves besides the exit signal.
+pub struct EventLoopParts {
+    /// Where console input comes from.
+    pub input: ConsoleInput,
+    /// Where it goes (the UART's or virtio-console's input buffer).
+    pub deliver: DeliverInput,
+    /// Device subscribers (virtio transports).
+    pub devices: Vec<Box<dyn MutEventSubscriber + Send>>,
+}
+
 /// Runs until `exit` is requested. Puts the terminal in raw mode while
 /// reading stdin.
-pub fn run_event_loop(
-    exit: &Arc<ExitSignal>,
-    input: &ConsoleInput,
-    serial: &Arc<Serial>,
-) -> Result<(), VmError> {
+pub fn run_event_loop(exit: &Arc<ExitSignal>, parts: EventLoopParts) -> Result<(), VmError> {
     let mut events: EventManager<Box<dyn MutEventSubscriber + Send>> =
         EventManager::new().map_err(VmError::EventLoop)?;
     events.add_subscriber(Box::new(ExitWatcher::new(exit.clone())));
-    let _raw = if let Some(source) = InputSource::open(input).map_err(VmError::Console)? {
+    for device in parts.devices {
+        events.add_subscriber(device);
+    }
+    let _raw = if let Some(source) = InputSource::open(&parts.input).map_err(VmError::Console)? {
         let raw = matches!(source, InputSource::Stdin).then(RawTerminal::enter);
-        let serial = serial.clone();
-        let deliver = Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes));
-        events.add_subscriber(Box::new(ConsoleReader::new(source, deliver, exit.clone())));
+        events.add_subscriber(Box::new(ConsoleReader::new(
+            source,
+            parts.deliver,
+            exit.clone(),
+        )));
         raw
     } else {
         None
@@ -38,4 +51,10 @@ pub fn run_event_loop(
         }
     }
     Ok(())
+}
+
+/// Console input for the UART.
+pub fn serial_input(serial: &Arc<crate::devices::serial::Serial>) -> DeliverInput {
+    let serial = serial.clone();
+    Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes))
 }

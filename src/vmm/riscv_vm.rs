@@ -17,7 +17,7 @@ use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
 use crate::devices::serial::Serial;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::event_loop::run_event_loop;
+use crate::vmm::event_loop::{run_event_loop, serial_input, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::vm::VmError;
 
@@ -52,6 +52,7 @@ impl RiscvVm {
             cmdline: config.cmdline.clone(),
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
+            virtio: Vec::new(),
         };
         if config.firmware.is_some() {
             return Err(VmError::Arch(
@@ -157,7 +158,14 @@ impl RiscvVm {
                 }
             }
         }
-        let result = run_event_loop(&self.exit, &self.config.console_input, &self.serial);
+        let result = run_event_loop(
+            &self.exit,
+            EventLoopParts {
+                input: self.config.console_input.clone(),
+                deliver: serial_input(&self.serial),
+                devices: Vec::new(),
+            },
+        );
         self.system.stop_all();
         let mut harts = Vec::new();
         let mut panicked = false;

@@ -37,7 +37,7 @@ use crate::memory::{
     Unassigned,
 };
 use crate::vmm::config::VmConfig;
-use crate::vmm::event_loop::run_event_loop;
+use crate::vmm::event_loop::{run_event_loop, serial_input, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -445,6 +445,13 @@ impl Vm {
     }
 
     fn event_loop(&self) -> Result<(), VmError> {
-        run_event_loop(&self.exit, &self.config.console_input, &self.serial)
+        run_event_loop(
+            &self.exit,
+            EventLoopParts {
+                input: self.config.console_input.clone(),
+                deliver: serial_input(&self.serial),
+                devices: Vec::new(),
+            },
+        )
     }
 }

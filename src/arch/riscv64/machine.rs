@@ -20,6 +20,7 @@ use super::layout::{
     RAM_BASE, UART0_BASE, UART0_IRQ, UART0_SIZE,
 };
 use crate::accel::tcg::signals::{HartSignals, IRQ_SEIP};
+use crate::arch::virtio_mmio::VirtioMmioSlot;
 use crate::devices::irq::EventFdTrigger;
 use crate::devices::plic::{Plic, PlicOutput};
 use crate::devices::serial::Serial;
@@ -45,6 +46,9 @@ pub struct RiscvMachineConfig {
     pub kernel: Option<PathBuf>,
     /// An initrd to load with it.
     pub initrd: Option<PathBuf>,
+    /// The virtio-mmio slots the VMM will put devices in (the device tree
+    /// lists them; the devices themselves are added to the tree later).
+    pub virtio: Vec<VirtioMmioSlot>,
 }
 
 /// A built machine, ready for harts to run.
@@ -212,7 +216,7 @@ pub fn build_machine(
             cmdline: &config.cmdline,
             harts: config.cpus as u32,
             initrd: boot.and_then(|b| b.initrd),
-            virtio: &[],
+            virtio: &config.virtio,
             rng_seed: seed.as_ref().map(|s| &s[..]),
         },
     )?;
@@ -304,6 +308,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             kernel: None,
             initrd: None,
+            virtio: Vec::new(),
         }
     }
 
