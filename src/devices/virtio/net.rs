@@ -630,3 +630,546 @@ pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         data[..n].copy_from_slice(&src[..n]);
     }
 }
+
+/// Driver-side rings in test guest memory, shared by the device tests.
+#[cfg(test)]
+pub(crate) mod test_ring {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// 1 MiB of guest RAM at 0; rings live below 0x1_0000, buffers above.
+    pub const RAM_SIZE: u64 = 0x10_0000;
+
+    pub fn mem() -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
+            .expect("test guest memory")
+    }
+
+    pub struct Ring<'a> {
+        vq: MockSplitQueue<'a, GuestMemoryMmap<()>>,
+        mem: &'a GuestMemoryMmap<()>,
+        size: u16,
+        next_desc: u16,
+    }
+
+    impl<'a> Ring<'a> {
+        pub fn new(mem: &'a GuestMemoryMmap<()>, start: u64, size: u16) -> Self {
+            Ring {
+                vq: MockSplitQueue::create(mem, GuestAddress(start), size),
+                mem,
+                size,
+                next_desc: 0,
+            }
+        }
+
+        pub fn queue(&self) -> Queue {
+            self.vq.create_queue().expect("valid mock queue")
+        }
+
+        /// Adds a chain of `(addr, len, device_writable)` buffers; returns
+        /// its head index.
+        pub fn add(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+            let head = self.next_desc;
+            let descs: Vec<RawDescriptor> = bufs
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, writable))| {
+                    let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
+                    if i + 1 < bufs.len() {
+                        flags |= VRING_DESC_F_NEXT as u16;
+                    }
+                    let next = (head + i as u16 + 1) % self.size;
+                    RawDescriptor::from(Descriptor::new(addr, len, flags, next))
+                })
+                .collect();
+            self.add_raw(&descs)
+        }
+
+        /// Stores descriptors verbatim (next fields and all) at the next
+        /// free slots and makes the first one available.
+        pub fn add_raw(&mut self, descs: &[RawDescriptor]) -> u16 {
+            let head = self.next_desc;
+            self.vq
+                .add_desc_chains(descs, head)
+                .expect("room in the table");
+            self.next_desc = (head + descs.len() as u16) % self.size;
+            head
+        }
+
+        /// Puts an arbitrary head index into the available ring.
+        pub fn add_head(&mut self, head: u16) {
+            let avail = self.vq.avail_addr();
+            let idx: u16 = self
+                .mem
+                .read_obj(avail.unchecked_add(2))
+                .expect("avail idx");
+            let slot = avail.unchecked_add(4 + 2 * u64::from(idx % self.size));
+            self.mem.write_obj(head, slot).expect("avail slot");
+            self.set_avail_idx(idx.wrapping_add(1));
+        }
+
+        pub fn set_avail_idx(&self, idx: u16) {
+            self.mem
+                .write_obj(idx, self.vq.avail_addr().unchecked_add(2))
+                .expect("avail idx");
+        }
+
+        /// All `(head, len)` entries of the used ring so far.
+        pub fn used(&self) -> Vec<(u32, u32)> {
+            let n = self.vq.used().idx().load();
+            (0..n)
+                .map(|i| {
+                    let e = self
+                        .vq
+                        .used()
+                        .ring()
+                        .ref_at(usize::from(i % self.size))
+                        .expect("in ring")
+                        .load();
+                    (e.id(), e.len())
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use proptest::prelude::*;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+
+    use super::test_ring::{mem, Ring, RAM_SIZE};
+    use super::*;
+
+    #[derive(Default)]
+    struct FakeState {
+        rx: VecDeque<Vec<u8>>,
+        tx: Vec<Vec<u8>>,
+        tx_would_block: bool,
+        tx_fail: bool,
+    }
+
+    /// An in-memory backend; the test keeps a clone to feed and inspect it.
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<FakeState>>);
+
+    impl Fake {
+        fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            self.0.lock().expect("fake backend lock")
+        }
+        fn push_rx(&self, frame: &[u8]) {
+            self.state().rx.push_back(frame.to_vec());
+        }
+    }
+
+    impl NetBackend for Fake {
+        fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let frame = self
+                .state()
+                .rx
+                .pop_front()
+                .ok_or(io::ErrorKind::WouldBlock)?;
+            // Like a datagram socket: a frame longer than `buf` is cut.
+            let n = frame.len().min(buf.len());
+            buf[..n].copy_from_slice(&frame[..n]);
+            Ok(n)
+        }
+        fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+            let mut s = self.state();
+            if s.tx_would_block {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if s.tx_fail {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            s.tx.push(frame.to_vec());
+            Ok(())
+        }
+        fn raw_fd(&self) -> RawFd {
+            77
+        }
+    }
+
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+    const RX_RING: u64 = 0;
+    const TX_RING: u64 = 0x2000;
+
+    struct Setup<'a> {
+        mem: &'a GuestMemoryMmap<()>,
+        net: Net<Fake>,
+        fake: Fake,
+        rx: Ring<'a>,
+        tx: Ring<'a>,
+    }
+
+    fn setup(mem: &GuestMemoryMmap<()>) -> Setup<'_> {
+        let fake = Fake::default();
+        let mut net = Net::with_backend(fake.clone(), MAC);
+        let rx = Ring::new(mem, RX_RING, 16);
+        let tx = Ring::new(mem, TX_RING, 16);
+        net.activate(vec![rx.queue(), tx.queue()], net.features())
+            .expect("activate");
+        Setup {
+            mem,
+            net,
+            fake,
+            rx,
+            tx,
+        }
+    }
+
+    fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect()
+    }
+
+    fn read(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).expect("read");
+        v
+    }
+
+    fn write(mem: &GuestMemoryMmap<()>, addr: u64, data: &[u8]) {
+        mem.write_slice(data, GuestAddress(addr)).expect("write");
+    }
+
+    fn expected_hdr() -> [u8; NET_HDR_LEN] {
+        let mut h = [0; NET_HDR_LEN];
+        h[10] = 1; // num_buffers = 1, little endian
+        h
+    }
+
+    #[test]
+    fn tx_sends_frame_without_header() {
+        let m = mem();
+        let mut s = setup(&m);
+        let f = frame(100, 1);
+        // Header alone, then the frame split over two descriptors.
+        write(s.mem, 0x1_0000, &[0xaa; NET_HDR_LEN]);
+        write(s.mem, 0x1_1000, &f[..40]);
+        write(s.mem, 0x1_2000, &f[40..]);
+        let h1 = s.tx.add(&[
+            (0x1_0000, NET_HDR_LEN as u32, false),
+            (0x1_1000, 40, false),
+            (0x1_2000, 60, false),
+        ]);
+        // Header and frame in one descriptor.
+        let g = frame(60, 2);
+        write(s.mem, 0x1_3000, &[0; NET_HDR_LEN]);
+        write(s.mem, 0x1_3000 + NET_HDR_LEN as u64, &g);
+        let h2 =
+            s.tx.add(&[(0x1_3000, (NET_HDR_LEN + g.len()) as u32, false)]);
+
+        assert!(s.net.process_queue(TX_QUEUE, s.mem).expect("tx"));
+        assert_eq!(s.fake.state().tx, vec![f, g]);
+        assert_eq!(s.tx.used(), vec![(h1.into(), 0), (h2.into(), 0)]);
+        let c = s.net.counters();
+        assert_eq!((c.tx_frames, c.tx_bytes, c.tx_bad_chains), (2, 160, 0));
+    }
+
+    #[test]
+    fn rx_delivers_frame_with_zeroed_header() {
+        let m = mem();
+        let mut s = setup(&m);
+        let f = frame(1514, 3);
+        s.fake.push_rx(&f);
+        // Header and the start of the frame in a short first buffer.
+        let head = s.rx.add(&[(0x1_0000, 20, true), (0x2_0000, 2048, true)]);
+
+        assert!(s.net.process_host_event(0, s.mem).expect("rx"));
+        assert_eq!(
+            s.rx.used(),
+            vec![(head.into(), (NET_HDR_LEN + f.len()) as u32)]
+        );
+        assert_eq!(read(s.mem, 0x1_0000, NET_HDR_LEN), expected_hdr());
+        let mut got = read(s.mem, 0x1_0000 + NET_HDR_LEN as u64, 8);
+        got.extend(read(s.mem, 0x2_0000, f.len() - 8));
+        assert_eq!(got, f);
+        let c = s.net.counters();
+        assert_eq!((c.rx_frames, c.rx_bytes), (1, 1514));
+        assert!(s.fake.state().rx.is_empty());
+    }
+
+    #[test]
+    fn rx_frame_larger_than_chain_is_dropped_and_chain_reused() {
+        let m = mem();
+        let mut s = setup(&m);
+        s.fake.push_rx(&frame(100, 4));
+        let small = frame(30, 5);
+        s.fake.push_rx(&small);
+        // Fits header + 38 bytes: the first frame is 12 + 100 bytes.
+        let head = s.rx.add(&[(0x1_0000, 50, true)]);
+        write(s.mem, 0x1_0000, &[0xee; 50]);
+
+        assert!(s.net.process_host_event(0, s.mem).expect("rx"));
+        assert_eq!(s.net.counters().rx_dropped_too_big, 1);
+        // The same chain got the next frame; nothing past it was touched.
+        assert_eq!(s.rx.used(), vec![(head.into(), 42)]);
+        assert_eq!(read(s.mem, 0x1_0000 + 12, 30), small);
+        assert_eq!(read(s.mem, 0x1_0000 + 42, 8), vec![0xee; 8]);
+        assert_eq!(s.net.counters().rx_frames, 1);
+    }
+
+    #[test]
+    fn rx_without_buffers_keeps_frames_until_guest_adds_some() {
+        let m = mem();
+        let mut s = setup(&m);
+        let (f1, f2) = (frame(64, 6), frame(65, 7));
+        s.fake.push_rx(&f1);
+        s.fake.push_rx(&f2);
+
+        // No buffers: one frame is read and held, the other stays queued
+        // in the backend, and no interrupt is due.
+        assert!(!s.net.process_host_event(0, s.mem).expect("rx"));
+        assert_eq!(s.fake.state().rx.len(), 1);
+        assert!(s.rx.used().is_empty());
+
+        // One buffer, announced by a notification: only the held frame
+        // fits, the second waits again.
+        s.rx.add(&[(0x1_0000, 2048, true)]);
+        assert!(s.net.process_queue(RX_QUEUE, s.mem).expect("rx"));
+        assert_eq!(read(s.mem, 0x1_0000 + 12, 64), f1);
+        assert!(s.fake.state().rx.is_empty());
+
+        s.rx.add(&[(0x2_0000, 2048, true)]);
+        assert!(s.net.process_queue(RX_QUEUE, s.mem).expect("rx"));
+        assert_eq!(read(s.mem, 0x2_0000 + 12, 65), f2);
+        assert_eq!(
+            s.rx.used().iter().map(|e| e.1).collect::<Vec<_>>(),
+            [76, 77]
+        );
+        assert_eq!(s.net.counters().rx_frames, 2);
+    }
+
+    #[test]
+    fn tx_would_block_keeps_chain_for_retry() {
+        let m = mem();
+        let mut s = setup(&m);
+        let f = frame(80, 8);
+        write(s.mem, 0x1_0000 + 12, &f);
+        let head = s.tx.add(&[(0x1_0000, 92, false)]);
+        s.fake.state().tx_would_block = true;
+
+        assert!(!s.net.process_queue(TX_QUEUE, s.mem).expect("tx"));
+        assert!(s.tx.used().is_empty(), "chain must stay with the device");
+
+        // Any later event of the device retries it: here the backend
+        // becoming readable.
+        s.fake.state().tx_would_block = false;
+        assert!(s.net.process_host_event(0, s.mem).expect("retry"));
+        assert_eq!(s.fake.state().tx, vec![f]);
+        assert_eq!(s.tx.used(), vec![(head.into(), 0)]);
+    }
+
+    #[test]
+    fn tx_backend_error_drops_frame_and_counts() {
+        let m = mem();
+        let mut s = setup(&m);
+        s.tx.add(&[(0x1_0000, 60, false)]);
+        s.fake.state().tx_fail = true;
+        assert!(s.net.process_queue(TX_QUEUE, s.mem).expect("tx"));
+        assert_eq!(s.tx.used().len(), 1);
+        assert_eq!(s.net.counters().tx_errors, 1);
+        assert_eq!(s.net.counters().tx_frames, 0);
+    }
+
+    #[test]
+    fn malformed_tx_chains_are_returned_and_counted() {
+        let m = mem();
+        let mut s = setup(&m);
+        let mut expect_used = Vec::new();
+        // Shorter than the header.
+        expect_used.push(s.tx.add(&[(0x1_0000, 8, false)]));
+        // A device-writable descriptor.
+        expect_used.push(s.tx.add(&[(0x1_0000, 12, false), (0x1_1000, 64, true)]));
+        // Past the end of RAM, and straddling it.
+        expect_used.push(s.tx.add(&[(RAM_SIZE, 100, false)]));
+        expect_used.push(s.tx.add(&[(RAM_SIZE - 0x10, 100, false)]));
+        // A descriptor whose next is itself.
+        let looped = s.tx.add_raw(&[RawDescriptor::from(Descriptor::new(
+            0x1_0000,
+            64,
+            VRING_DESC_F_NEXT as u16,
+            5,
+        ))]);
+        assert_eq!(looped, 5, "the loop descriptor must point at itself");
+        expect_used.push(looped);
+        // Larger than header plus the largest frame.
+        expect_used.push(s.tx.add(&[(0x2_0000, (NET_HDR_LEN + MAX_FRAME_LEN + 1) as u32, false)]));
+        // Oversized in total, from descriptors each below the limit.
+        expect_used.push(s.tx.add(&[(0x2_0000, 40000, false), (0x4_0000, 40000, false)]));
+        // A head index beyond the table: nothing to return.
+        s.tx.add_head(200);
+        // A good frame after all that still goes out.
+        let f = frame(50, 9);
+        write(s.mem, 0x5_0000 + 12, &f);
+        expect_used.push(s.tx.add(&[(0x5_0000, 62, false)]));
+
+        assert!(s
+            .net
+            .process_queue(TX_QUEUE, s.mem)
+            .expect("tx survives bad chains"));
+        assert_eq!(s.fake.state().tx, vec![f]);
+        let used: Vec<(u32, u32)> = expect_used.iter().map(|&h| (h.into(), 0)).collect();
+        assert_eq!(s.tx.used(), used);
+        let c = s.net.counters();
+        assert_eq!((c.tx_bad_chains, c.tx_frames), (8, 1));
+    }
+
+    #[test]
+    fn malformed_rx_chain_is_returned_empty_and_frame_kept() {
+        let m = mem();
+        let mut s = setup(&m);
+        let f = frame(60, 10);
+        s.fake.push_rx(&f);
+        let bad = s.rx.add(&[(0x1_0000, 2048, false)]);
+        let outside = s.rx.add(&[(RAM_SIZE - 8, 2048, true)]);
+        let good = s.rx.add(&[(0x2_0000, 2048, true)]);
+        assert!(s.net.process_host_event(0, s.mem).expect("rx"));
+        assert_eq!(
+            s.rx.used(),
+            vec![(bad.into(), 0), (outside.into(), 0), (good.into(), 72)]
+        );
+        assert_eq!(read(s.mem, 0x2_0000 + 12, 60), f);
+        assert_eq!(s.net.counters().rx_bad_chains, 2);
+    }
+
+    #[test]
+    fn avail_index_beyond_ring_is_a_queue_error() {
+        let m = mem();
+        let mut s = setup(&m);
+        s.tx.set_avail_idx(100);
+        assert!(matches!(
+            s.net.process_queue(TX_QUEUE, s.mem),
+            Err(DeviceError::BadQueue(TX_QUEUE, _))
+        ));
+    }
+
+    #[test]
+    fn idle_and_reset_device_does_nothing() {
+        let m = mem();
+        let fake = Fake::default();
+        fake.push_rx(&frame(60, 11));
+        let mut net = Net::with_backend(fake.clone(), MAC);
+        assert!(!net.process_host_event(0, &m).expect("inactive"));
+        assert!(!net.process_queue(RX_QUEUE, &m).expect("inactive"));
+        assert_eq!(fake.state().rx.len(), 1, "no read before activation");
+        assert!(net.activate(vec![Ring::new(&m, 0, 16).queue()], 0).is_err());
+        assert!(net.process_queue(2, &m).is_err());
+        assert_eq!(net.host_fds(), vec![77]);
+    }
+
+    #[test]
+    fn config_space_has_mac_and_link_up() {
+        let net = Net::with_backend(Fake::default(), MAC);
+        let mut buf = [0xffu8; 10];
+        net.read_config(0, &mut buf);
+        assert_eq!(buf, [0x52, 0x54, 0, 0x12, 0x34, 0x56, 1, 0, 0, 0]);
+        let mut two = [0u8; 2];
+        net.read_config(4, &mut two);
+        assert_eq!(two, [0x34, 0x56]);
+        net.read_config(u64::MAX, &mut two);
+        assert_eq!(two, [0, 0]);
+        let f = net.features();
+        assert_eq!(
+            f,
+            VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS,
+            "no offloads, no mergeable buffers"
+        );
+        assert_eq!(net.device_type(), device_type::NET);
+        assert_eq!(net.queue_max_sizes().len(), 2);
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!(parse_mac("52:54:00:12:34:56"), Ok(MAC));
+        assert_eq!(
+            parse_mac("02:AB:cd:ef:00:01"),
+            Ok([2, 0xab, 0xcd, 0xef, 0, 1])
+        );
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:567",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:5g",
+            "52:54:00:12:34:+5",
+            "52:54:00:12:34:56:",
+        ] {
+            assert!(
+                matches!(parse_mac(bad), Err(MacParseError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            parse_mac("01:00:5e:00:00:01"),
+            Err(MacParseError::Multicast(_))
+        ));
+        assert!(matches!(
+            parse_mac("00:00:00:00:00:00"),
+            Err(MacParseError::Zero(_))
+        ));
+    }
+
+    #[test]
+    fn random_macs_are_local_unicast_and_differ() {
+        let a = random_mac();
+        let b = random_mac();
+        for m in [a, b] {
+            assert_eq!(m[0] & 0b11, 0b10, "{}", format_mac(&m));
+            assert_eq!(parse_mac(&format_mac(&m)), Ok(m));
+        }
+        assert_ne!(a, b);
+    }
+
+    proptest! {
+        #[test]
+        fn mac_round_trip(mut mac in any::<[u8; 6]>()) {
+            mac[0] &= !1;
+            prop_assume!(mac != [0; 6]);
+            prop_assert_eq!(parse_mac(&format_mac(&mac)), Ok(mac));
+            prop_assert_eq!(parse_mac(&format_mac(&mac).to_uppercase()), Ok(mac));
+        }
+
+        /// Arbitrary descriptor lists never panic the parser, and an
+        /// accepted one yields exactly the bytes past the header.
+        #[test]
+        fn tx_parser_accepts_only_sane_chains(
+            descs in proptest::collection::vec(
+                (0u64..RAM_SIZE + 0x1000, 0u32..0x2_0000, any::<bool>(), any::<bool>()),
+                0..6,
+            )
+        ) {
+            let m = mem();
+            let list: Vec<Descriptor> = descs
+                .iter()
+                .map(|&(addr, len, write, next)| {
+                    let mut flags = 0u16;
+                    if write { flags |= VRING_DESC_F_WRITE as u16; }
+                    if next { flags |= VRING_DESC_F_NEXT as u16; }
+                    Descriptor::new(addr, len, flags, 0)
+                })
+                .collect();
+            let mut out = Vec::new();
+            let total: u64 = descs.iter().map(|d| u64::from(d.1)).sum();
+            match parse_tx_chain(&m, list.clone(), &mut out) {
+                Ok(()) => {
+                    prop_assert_eq!(out.len() as u64, total - NET_HDR_LEN as u64);
+                    prop_assert!(total <= (NET_HDR_LEN + MAX_FRAME_LEN) as u64);
+                    prop_assert!(list.iter().all(|d| !d.is_write_only()));
+                    prop_assert!(!list.last().is_some_and(|d| d.has_next()));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
