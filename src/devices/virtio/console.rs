@@ -357,3 +357,189 @@ impl VirtioDevice for Console {
         self.process_rx(mem)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::net::test_ring::{mem, Ring, RAM_SIZE};
+    use super::*;
+
+    /// Output sink the test can inspect.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("sink").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Broken;
+    impl Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    fn activated<'a>(
+        mem: &'a GuestMemoryMmap<()>,
+        output: Box<dyn Write + Send>,
+        capacity: usize,
+    ) -> (Console, Ring<'a>, Ring<'a>) {
+        let input = Arc::new(ConsoleInput::new(capacity).expect("eventfd"));
+        let mut c = Console::with_input(output, input);
+        let rx = Ring::new(mem, 0, 16);
+        let tx = Ring::new(mem, 0x2000, 16);
+        c.activate(vec![rx.queue(), tx.queue()], VIRTIO_F_VERSION_1)
+            .expect("activate");
+        (c, rx, tx)
+    }
+
+    fn read(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        mem.read_slice(&mut v, GuestAddress(addr)).expect("read");
+        v
+    }
+
+    #[test]
+    fn tx_writes_guest_output() {
+        let m = mem();
+        let sink = Sink::default();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(sink.clone()), 64);
+        m.write_slice(b"hello ", GuestAddress(0x1_0000)).expect("w");
+        let big: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        m.write_slice(&big, GuestAddress(0x2_0000)).expect("w");
+        let h1 = tx.add(&[(0x1_0000, 6, false), (0x2_0000, big.len() as u32, false)]);
+        m.write_slice(b"!\n", GuestAddress(0x3_0000)).expect("w");
+        let h2 = tx.add(&[(0x3_0000, 2, false)]);
+
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        let mut want = b"hello ".to_vec();
+        want.extend(&big);
+        want.extend(b"!\n");
+        assert_eq!(*sink.0.lock().expect("sink"), want);
+        assert_eq!(tx.used(), vec![(h1.into(), 0), (h2.into(), 0)]);
+        assert_eq!(c.counters().tx_bytes, want.len() as u64);
+    }
+
+    #[test]
+    fn malformed_tx_chains_write_nothing() {
+        let m = mem();
+        let sink = Sink::default();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(sink.clone()), 64);
+        m.write_slice(b"secret", GuestAddress(0x1_0000)).expect("w");
+        tx.add(&[(0x1_0000, 6, false), (0x1_1000, 6, true)]);
+        tx.add(&[(RAM_SIZE - 2, 6, false)]);
+        tx.add_head(100);
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        assert!(sink.0.lock().expect("sink").is_empty());
+        assert_eq!(tx.used().len(), 2);
+        assert_eq!(c.counters().bad_chains, 3);
+    }
+
+    #[test]
+    fn output_errors_are_counted_not_fatal() {
+        let m = mem();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(Broken), 64);
+        tx.add(&[(0x1_0000, 6, false)]);
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        assert_eq!(tx.used().len(), 1);
+        assert!(c.counters().output_errors >= 1);
+    }
+
+    #[test]
+    fn input_fills_receive_buffers_in_order() {
+        let m = mem();
+        let (mut c, mut rx, _tx) = activated(&m, Box::new(Sink::default()), 64);
+        let input = c.input();
+        assert_eq!(c.host_fds(), vec![input.event_fd()]);
+
+        // No buffer yet: the bytes wait.
+        assert_eq!(input.enqueue_input(b"hello, world"), 12);
+        assert!(!c.process_host_event(0, &m).expect("rx"));
+        assert_eq!(input.len(), 12);
+
+        // A 5-byte buffer split in two, then a large one.
+        let h1 = rx.add(&[(0x1_0000, 2, true), (0x1_1000, 3, true)]);
+        let h2 = rx.add(&[(0x2_0000, 100, true)]);
+        assert!(c.process_queue(RECEIVE_QUEUE, &m).expect("rx"));
+        assert_eq!(rx.used(), vec![(h1.into(), 5), (h2.into(), 7)]);
+        let mut got = read(&m, 0x1_0000, 2);
+        got.extend(read(&m, 0x1_1000, 3));
+        got.extend(read(&m, 0x2_0000, 7));
+        assert_eq!(got, b"hello, world");
+        assert!(input.is_empty());
+        assert_eq!(c.counters().rx_bytes, 12);
+
+        // With nothing to deliver, buffers are left with the device.
+        rx.add(&[(0x3_0000, 100, true)]);
+        assert!(!c.process_queue(RECEIVE_QUEUE, &m).expect("rx"));
+        assert_eq!(rx.used().len(), 2);
+    }
+
+    #[test]
+    fn enqueue_signals_the_eventfd() {
+        let input = ConsoleInput::new(16).expect("eventfd");
+        assert!(input.event.read().is_err(), "nothing signalled yet");
+        input.enqueue_input(b"x");
+        assert_eq!(input.event.read().expect("signalled"), 1);
+        // Nothing accepted, nothing signalled.
+        input.enqueue_input(b"");
+        assert!(input.event.read().is_err());
+    }
+
+    #[test]
+    fn input_buffer_is_bounded_and_counts_drops() {
+        let input = ConsoleInput::new(8).expect("eventfd");
+        assert_eq!(input.enqueue_input(b"12345"), 5);
+        assert_eq!(input.enqueue_input(b"6789abc"), 3);
+        assert_eq!(input.enqueue_input(b"d"), 0);
+        assert_eq!(input.len(), 8);
+        assert_eq!(input.dropped(), 5);
+        assert_eq!(
+            input.lock().iter().copied().collect::<Vec<_>>(),
+            b"12345678"
+        );
+    }
+
+    #[test]
+    fn malformed_receive_chain_does_not_lose_input() {
+        let m = mem();
+        let (mut c, mut rx, _tx) = activated(&m, Box::new(Sink::default()), 64);
+        c.enqueue_input(b"abc");
+        let bad = rx.add(&[(0x1_0000, 10, false)]);
+        let outside = rx.add(&[(RAM_SIZE - 1, 10, true)]);
+        let good = rx.add(&[(0x2_0000, 10, true)]);
+        assert!(c.process_host_event(0, &m).expect("rx"));
+        assert_eq!(
+            rx.used(),
+            vec![(bad.into(), 0), (outside.into(), 0), (good.into(), 3)]
+        );
+        assert_eq!(read(&m, 0x2_0000, 3), b"abc");
+        assert_eq!(c.counters().bad_chains, 2);
+    }
+
+    #[test]
+    fn config_reads_zero_and_reset_keeps_input() {
+        let m = mem();
+        let (mut c, mut rx, _tx) = activated(&m, Box::new(Sink::default()), 64);
+        let mut cfg = [0xffu8; 16];
+        c.read_config(0, &mut cfg);
+        assert_eq!(cfg, [0; 16]);
+        assert_eq!(c.features(), VIRTIO_F_VERSION_1);
+        assert_eq!(c.device_type(), device_type::CONSOLE);
+
+        c.enqueue_input(b"z");
+        c.reset();
+        rx.add(&[(0x1_0000, 4, true)]);
+        assert!(!c.process_host_event(0, &m).expect("reset device idles"));
+        assert_eq!(c.input().len(), 1);
+        assert!(c.activate(Vec::new(), 0).is_err());
+    }
+}

@@ -984,14 +984,15 @@ mod tests {
     fn malformed_tx_chains_are_returned_and_counted() {
         let m = mem();
         let mut s = setup(&m);
-        let mut expect_used = Vec::new();
-        // Shorter than the header.
-        expect_used.push(s.tx.add(&[(0x1_0000, 8, false)]));
-        // A device-writable descriptor.
-        expect_used.push(s.tx.add(&[(0x1_0000, 12, false), (0x1_1000, 64, true)]));
-        // Past the end of RAM, and straddling it.
-        expect_used.push(s.tx.add(&[(RAM_SIZE, 100, false)]));
-        expect_used.push(s.tx.add(&[(RAM_SIZE - 0x10, 100, false)]));
+        let mut expect_used = vec![
+            // Shorter than the header.
+            s.tx.add(&[(0x1_0000, 8, false)]),
+            // A device-writable descriptor.
+            s.tx.add(&[(0x1_0000, 12, false), (0x1_1000, 64, true)]),
+            // Past the end of RAM, and straddling it.
+            s.tx.add(&[(RAM_SIZE, 100, false)]),
+            s.tx.add(&[(RAM_SIZE - 0x10, 100, false)]),
+        ];
         // A descriptor whose next is itself.
         let looped = s.tx.add_raw(&[RawDescriptor::from(Descriptor::new(
             0x1_0000,
@@ -1161,14 +1162,18 @@ mod tests {
                 .collect();
             let mut out = Vec::new();
             let total: u64 = descs.iter().map(|d| u64::from(d.1)).sum();
-            match parse_tx_chain(&m, list.clone(), &mut out) {
-                Ok(()) => {
-                    prop_assert_eq!(out.len() as u64, total - NET_HDR_LEN as u64);
-                    prop_assert!(total <= (NET_HDR_LEN + MAX_FRAME_LEN) as u64);
-                    prop_assert!(list.iter().all(|d| !d.is_write_only()));
-                    prop_assert!(!list.last().is_some_and(|d| d.has_next()));
-                }
-                Err(_) => {}
+            let in_range = descs
+                .iter()
+                .all(|&(addr, len, _, _)| len == 0 || addr + u64::from(len) <= RAM_SIZE);
+            let valid = !list.is_empty()
+                && list.iter().all(|d| !d.is_write_only())
+                && !list.last().is_some_and(|d| d.has_next())
+                && (NET_HDR_LEN as u64..=(NET_HDR_LEN + MAX_FRAME_LEN) as u64).contains(&total)
+                && in_range;
+            let result = parse_tx_chain(&m, list, &mut out);
+            prop_assert_eq!(result.is_ok(), valid, "{:?}", result);
+            if valid {
+                prop_assert_eq!(out.len() as u64, total - NET_HDR_LEN as u64);
             }
         }
     }

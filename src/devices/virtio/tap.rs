@@ -182,7 +182,9 @@ fn check(rc: libc::c_int, name: &str, op: &'static str) -> Result<(), TapError> 
              CAP_NET_ADMIN or being its owner)"
         }
         Some(libc::EBUSY) => " (the interface is already attached to another process)",
-        Some(libc::EINVAL) => " (an interface of that name exists but is not a single-queue TAP)",
+        Some(libc::EINVAL) if op == "TUNSETIFF" => {
+            " (an interface of that name exists but is not a single-queue TAP)"
+        }
         _ => "",
     };
     Err(TapError::Ioctl {
