@@ -304,16 +304,8 @@ mod tests {
         }
 
         let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-        let mut req = Vec::new();
-        req.extend_from_slice(&[0xff; 6]);
-        req.extend_from_slice(&guest_mac);
-        req.extend_from_slice(&[0x08, 0x06]); // ARP
-        req.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
-        req.extend_from_slice(&guest_mac);
-        req.extend_from_slice(&[192, 0, 2, 2]);
-        req.extend_from_slice(&[0; 6]);
-        req.extend_from_slice(&[192, 0, 2, 1]);
-        tap.write_frame(&req).expect("write ARP request");
+        tap.write_frame(&arp_request(guest_mac, 2))
+            .expect("write ARP request");
 
         // Other frames (IPv6 router solicitations, MLD) may come first;
         // wait for the ARP reply with poll(), bounded by a deadline.
@@ -322,27 +314,113 @@ mod tests {
         loop {
             match tap.read_frame(&mut buf) {
                 Ok(n) => {
-                    let f = &buf[..n];
-                    if n >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
-                        assert_eq!(&f[0..6], &guest_mac, "reply goes to the requester");
-                        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 1], "reply from the tap's MAC");
-                        assert_eq!(&f[28..32], &[192, 0, 2, 1], "sender IP");
-                        return Ok(());
+                    if is_arp_reply(&buf[..n], guest_mac, 2) {
+                        break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    assert!(!left.is_zero(), "no ARP reply from the TAP");
-                    let mut pfd = libc::pollfd {
-                        fd: tap.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd, borrowed for the call.
-                    unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_readable(&tap, deadline),
                 Err(e) => panic!("TAP read failed: {e}"),
             }
         }
+
+        // The same exchange through the virtio-net device and its rings.
+        use super::super::net::test_ring::{mem, Ring};
+        use super::super::net::{Net, RX_QUEUE, TX_QUEUE};
+        use super::super::VirtioDevice;
+        use vm_memory::{Bytes, GuestAddress};
+
+        let guest_mac = [0x52, 0x54, 0, 0x12, 0x34, 0x57];
+        let m = mem();
+        let mut rx = Ring::new(&m, 0, 16);
+        let mut tx = Ring::new(&m, 0x2000, 16);
+        let fd = tap.as_raw_fd();
+        let mut net = Net::with_backend(tap, guest_mac);
+        net.activate(vec![rx.queue(), tx.queue()], net.features())
+            .expect("activate");
+        assert_eq!(net.host_fds(), vec![fd]);
+        let bufs: Vec<u64> = (0..8).map(|i| 0x1_0000 + i * 0x1000).collect();
+        for &b in &bufs {
+            rx.add(&[(b, 0x1000, true)]);
+        }
+        // Drain whatever the kernel already queued, as after EPOLLET.
+        net.process_queue(RX_QUEUE, &m).expect("rx");
+        let seen = rx.used().len();
+
+        let req = arp_request(guest_mac, 3);
+        m.write_slice(&req, GuestAddress(0x4_0000 + 12))
+            .expect("frame");
+        tx.add(&[(0x4_0000, 12, false), (0x4_000c, req.len() as u32, false)]);
+        assert!(net.process_queue(TX_QUEUE, &m).expect("tx"));
+        assert_eq!(net.counters().tx_frames, 1);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut checked = seen;
+        loop {
+            let used = rx.used();
+            for &(head, len) in &used[checked..] {
+                let mut f = vec![0u8; len as usize];
+                m.read_slice(&mut f, GuestAddress(bufs[head as usize]))
+                    .expect("rx buffer");
+                assert_eq!(
+                    &f[..12],
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                    "virtio header"
+                );
+                if is_arp_reply(&f[12..], guest_mac, 3) {
+                    return Ok(());
+                }
+            }
+            checked = used.len();
+            assert!(
+                checked < bufs.len(),
+                "receive buffers used up without an ARP reply"
+            );
+            wait_fd_readable(fd, deadline);
+            net.process_host_event(0, &m).expect("rx");
+        }
+    }
+
+    /// An ARP request from `mac`/192.0.2.`host` for 192.0.2.1.
+    fn arp_request(mac: [u8; 6], host: u8) -> Vec<u8> {
+        let mut req = Vec::new();
+        req.extend_from_slice(&[0xff; 6]);
+        req.extend_from_slice(&mac);
+        req.extend_from_slice(&[0x08, 0x06]); // ARP
+        req.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]); // Ethernet/IPv4, request
+        req.extend_from_slice(&mac);
+        req.extend_from_slice(&[192, 0, 2, host]);
+        req.extend_from_slice(&[0; 6]);
+        req.extend_from_slice(&[192, 0, 2, 1]);
+        req
+    }
+
+    /// Whether `f` is the tap's ARP reply to [`arp_request`]`(mac, host)`.
+    fn is_arp_reply(f: &[u8], mac: [u8; 6], host: u8) -> bool {
+        if f.len() < 42 || f[12..14] != [0x08, 0x06] || f[20..22] != [0, 2] {
+            return false;
+        }
+        assert_eq!(&f[0..6], &mac, "reply goes to the requester");
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 1], "reply from the tap's MAC");
+        assert_eq!(&f[28..32], &[192, 0, 2, 1], "sender IP");
+        assert_eq!(&f[38..42], &[192, 0, 2, host], "target IP");
+        true
+    }
+
+    fn wait_readable(tap: &Tap, deadline: std::time::Instant) {
+        wait_fd_readable(tap.as_raw_fd(), deadline)
+    }
+
+    /// Blocks in poll() until `fd` is readable; fails the test at the
+    /// deadline.
+    fn wait_fd_readable(fd: RawFd, deadline: std::time::Instant) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no ARP reply from the TAP");
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, borrowed for the call.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
     }
 }
