@@ -14,6 +14,9 @@
 //! [`GuestRam`](crate::memory::GuestRam) snapshot of the `memory` view that
 //! is replaced on every topology commit.
 
+pub mod console;
 pub mod device;
+pub mod net;
+pub mod tap;
 
 pub use device::{DeviceError, IrqLine, VirtioDevice};
