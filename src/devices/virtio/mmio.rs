@@ -670,3 +670,454 @@ impl RegionOps for VirtioMmio {
         Self::valid(offset, size)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::testing::{RecordingIrq, TestQueue};
+    use crate::memory::{GuestRam, MemoryTree, Unassigned, SIZE_2_64};
+    use arc_swap::ArcSwap;
+    use std::sync::Mutex;
+
+    const FEATURE_A: u64 = 1 << 3;
+
+    /// What the fake device saw, shared with the test.
+    #[derive(Default)]
+    struct Log {
+        activations: Vec<(Vec<(bool, u16, u64, u64, u64)>, u64)>,
+        resets: usize,
+        processed: Vec<usize>,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct Fake {
+        log: Arc<Mutex<Log>>,
+        config: [u8; 8],
+        /// What `process_queue` answers.
+        answer: fn() -> Result<bool, DeviceError>,
+        fail_activate: bool,
+    }
+
+    impl VirtioDevice for Fake {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | FEATURE_A
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = self.config.get(offset as usize + i).copied().unwrap_or(0);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.log
+                .lock()
+                .unwrap()
+                .config_writes
+                .push((offset, data.to_vec()));
+        }
+        fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), DeviceError> {
+            let qs = queues
+                .iter()
+                .map(|q| {
+                    (
+                        q.ready(),
+                        q.size(),
+                        q.desc_table(),
+                        q.avail_ring(),
+                        q.used_ring(),
+                    )
+                })
+                .collect();
+            self.log.lock().unwrap().activations.push((qs, features));
+            if self.fail_activate {
+                return Err(DeviceError::BadQueue(0, "refused".into()));
+            }
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().resets += 1;
+        }
+        fn process_queue(
+            &mut self,
+            index: usize,
+            _mem: &GuestMemoryMmap<()>,
+        ) -> Result<bool, DeviceError> {
+            self.log.lock().unwrap().processed.push(index);
+            (self.answer)()
+        }
+    }
+
+    /// 1 MiB of guest RAM at 0 as a handle, as the VMM builds it.
+    pub(crate) fn ram_handle(size: u64) -> (MemoryTree, GuestMemoryHandle) {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).unwrap();
+        let ram = tree.new_ram("ram", size).unwrap();
+        tree.add_subregion(sys, 0, ram).unwrap();
+        let space = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .unwrap();
+        let guest = GuestRam::from_view(&space.view()).unwrap();
+        (tree, Arc::new(ArcSwap::from_pointee(guest)))
+    }
+
+    struct Rig {
+        mmio: VirtioMmio,
+        irq: Arc<RecordingIrq>,
+        log: Arc<Mutex<Log>>,
+        mem: GuestMemoryHandle,
+        _tree: MemoryTree,
+    }
+
+    fn rig_with(answer: fn() -> Result<bool, DeviceError>, fail_activate: bool) -> Rig {
+        let (tree, mem) = ram_handle(0x100000);
+        let log = Arc::new(Mutex::new(Log::default()));
+        let irq = Arc::new(RecordingIrq::default());
+        let dev = Fake {
+            log: log.clone(),
+            config: [1, 2, 3, 4, 5, 6, 7, 8],
+            answer,
+            fail_activate,
+        };
+        let mmio = VirtioMmio::new(Box::new(dev), irq.clone(), mem.clone()).unwrap();
+        Rig {
+            mmio,
+            irq,
+            log,
+            mem,
+            _tree: tree,
+        }
+    }
+
+    fn rig() -> Rig {
+        rig_with(|| Ok(true), false)
+    }
+
+    impl Rig {
+        fn r(&self, offset: u64) -> u32 {
+            self.mmio.read(offset, 4) as u32
+        }
+        fn w(&self, offset: u64, value: u32) {
+            self.mmio.write(offset, 4, value as u64)
+        }
+        /// Negotiates VERSION_1 and sets FEATURES_OK.
+        fn negotiate(&self) {
+            self.w(REG_STATUS, status::ACKNOWLEDGE);
+            self.w(REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+            self.w(REG_DRIVER_FEATURES_SEL, 1);
+            self.w(REG_DRIVER_FEATURES, 1);
+            self.w(REG_STATUS, 0xb);
+            assert_eq!(self.r(REG_STATUS), 0xb);
+        }
+        fn setup_queue(&self, sel: u32, num: u32, desc: u64, driver: u64, device: u64) {
+            self.w(REG_QUEUE_SEL, sel);
+            self.w(REG_QUEUE_NUM, num);
+            self.w(REG_QUEUE_DESC_LOW, desc as u32);
+            self.w(REG_QUEUE_DESC_HIGH, (desc >> 32) as u32);
+            self.w(REG_QUEUE_DRIVER_LOW, driver as u32);
+            self.w(REG_QUEUE_DRIVER_HIGH, (driver >> 32) as u32);
+            self.w(REG_QUEUE_DEVICE_LOW, device as u32);
+            self.w(REG_QUEUE_DEVICE_HIGH, (device >> 32) as u32);
+            self.w(REG_QUEUE_READY, 1);
+        }
+        fn driver_ok(&self) {
+            self.w(REG_STATUS, 0xf);
+        }
+    }
+
+    #[test]
+    fn identity_registers() {
+        let rig = rig();
+        assert_eq!(rig.r(REG_MAGIC), MAGIC_VALUE);
+        assert_eq!(rig.r(REG_VERSION), 2);
+        assert_eq!(rig.r(REG_DEVICE_ID), 42);
+        assert_eq!(rig.r(REG_VENDOR_ID), VENDOR_ID);
+        assert_eq!(rig.r(REG_CONFIG_GENERATION), 0);
+        assert_eq!(rig.r(REG_SHM_LEN_LOW), u32::MAX);
+        assert_eq!(rig.r(0x0f8), 0, "unknown register");
+        // Registers take 32-bit accesses only.
+        assert_eq!(rig.mmio.read(REG_MAGIC, 1), 0);
+        assert_eq!(rig.mmio.read(REG_MAGIC, 2), 0);
+        assert_eq!(rig.mmio.read(REG_MAGIC, 8), 0);
+        assert_eq!(rig.mmio.read(REG_MAGIC + 2, 4), 0, "misaligned");
+        assert!(!rig.mmio.accepts(REG_MAGIC, 2, false));
+        assert!(rig.mmio.accepts(REG_MAGIC, 4, false));
+        rig.mmio.write(REG_STATUS, 1, 1);
+        assert_eq!(rig.r(REG_STATUS), 0, "a byte write to Status is dropped");
+        assert_eq!(rig.mmio.queue_events().len(), 2);
+        assert_eq!(rig.mmio.notify_address_offset(), 0x50);
+    }
+
+    #[test]
+    fn device_features_by_selector() {
+        let rig = rig();
+        assert_eq!(rig.r(REG_DEVICE_FEATURES), FEATURE_A as u32);
+        rig.w(REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rig.r(REG_DEVICE_FEATURES), 1);
+        rig.w(REG_DEVICE_FEATURES_SEL, 2);
+        assert_eq!(rig.r(REG_DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn features_ok_is_refused_for_bad_feature_sets() {
+        for (low, high, accepted) in [
+            (FEATURE_A as u32, 1, true),
+            (0, 1, true),
+            (FEATURE_A as u32, 0, false),     // no VERSION_1
+            (1 << 4, 1, false),               // not offered
+            (FEATURE_A as u32, 1 | 2, false), // high bit not offered
+        ] {
+            let rig = rig();
+            rig.w(REG_STATUS, 1);
+            rig.w(REG_STATUS, 3);
+            rig.w(REG_DRIVER_FEATURES_SEL, 0);
+            rig.w(REG_DRIVER_FEATURES, low);
+            rig.w(REG_DRIVER_FEATURES_SEL, 1);
+            rig.w(REG_DRIVER_FEATURES, high);
+            rig.w(REG_STATUS, 0xb);
+            let expected = if accepted { 0xb } else { 0x3 };
+            assert_eq!(rig.r(REG_STATUS), expected, "{low:#x}/{high:#x}");
+            if accepted {
+                // Features are frozen after FEATURES_OK.
+                rig.w(REG_DRIVER_FEATURES_SEL, 0);
+                rig.w(REG_DRIVER_FEATURES, 0xffff_ffff);
+                rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+                rig.driver_ok();
+                let log = rig.log.lock().unwrap();
+                assert_eq!(log.activations[0].1, (high as u64) << 32 | low as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn status_transitions() {
+        let rig = rig();
+        // FEATURES_OK without DRIVER: ignored.
+        rig.w(REG_STATUS, 1);
+        rig.w(REG_STATUS, 1 | 8);
+        assert_eq!(rig.r(REG_STATUS), 1);
+        // Clearing a bit: ignored.
+        rig.w(REG_STATUS, 3);
+        rig.w(REG_STATUS, 2);
+        assert_eq!(rig.r(REG_STATUS), 3);
+        // The driver cannot set DEVICE_NEEDS_RESET.
+        rig.w(REG_STATUS, 3 | 0x40);
+        assert_eq!(rig.r(REG_STATUS), 3);
+        // Reset.
+        rig.w(REG_STATUS, 0);
+        assert_eq!(rig.r(REG_STATUS), 0);
+        assert_eq!(rig.log.lock().unwrap().resets, 1);
+        // Several steps in one write.
+        rig.w(REG_DRIVER_FEATURES_SEL, 1);
+        rig.w(REG_DRIVER_FEATURES, 1);
+        rig.w(REG_STATUS, 0xb);
+        assert_eq!(rig.r(REG_STATUS), 0xb);
+        // FAILED sticks until a reset; nothing else is accepted meanwhile.
+        rig.w(REG_STATUS, 0xb | 0x80);
+        assert_eq!(rig.r(REG_STATUS), 0x8b);
+        rig.w(REG_STATUS, 0x8f);
+        assert_eq!(rig.r(REG_STATUS), 0x8b);
+        assert!(rig.log.lock().unwrap().activations.is_empty());
+        rig.w(REG_STATUS, 0);
+        assert_eq!(rig.r(REG_STATUS), 0);
+        assert_eq!(rig.mmio.stats().resets, 2);
+    }
+
+    #[test]
+    fn driver_ok_activates_with_the_programmed_queues() {
+        let rig = rig();
+        rig.negotiate();
+        assert_eq!(rig.r(REG_QUEUE_NUM_MAX), 16);
+        rig.w(REG_QUEUE_SEL, 1);
+        assert_eq!(rig.r(REG_QUEUE_NUM_MAX), 8);
+        rig.w(REG_QUEUE_SEL, 2);
+        assert_eq!(rig.r(REG_QUEUE_NUM_MAX), 0, "no queue 2");
+        rig.setup_queue(0, 8, 0x1_0000, 0x1_1000, 0x1_2000);
+        assert_eq!(rig.r(REG_QUEUE_READY), 1);
+        // Writes to a ready queue are ignored.
+        rig.w(REG_QUEUE_NUM, 4);
+        rig.w(REG_QUEUE_DESC_LOW, 0x5000);
+        rig.driver_ok();
+        assert_eq!(rig.r(REG_STATUS), 0xf);
+        assert!(rig.mmio.is_active());
+        // And so are queue writes after DRIVER_OK.
+        rig.w(REG_QUEUE_SEL, 1);
+        rig.w(REG_QUEUE_READY, 1);
+        assert_eq!(rig.r(REG_QUEUE_READY), 0);
+        let log = rig.log.lock().unwrap();
+        assert_eq!(
+            log.activations,
+            vec![(
+                vec![(true, 8, 0x1_0000, 0x1_1000, 0x1_2000), (false, 8, 0, 0, 0)],
+                VIRTIO_F_VERSION_1
+            )]
+        );
+        assert!(rig.irq.take().is_empty());
+    }
+
+    fn assert_needs_reset(rig: &Rig) {
+        assert_eq!(rig.r(REG_STATUS), 0xf | 0x40);
+        assert!(!rig.mmio.is_active());
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), interrupt::CONFIG_CHANGE);
+        assert_eq!(rig.irq.take(), vec![true]);
+        assert_eq!(rig.mmio.stats().device_errors, 1);
+    }
+
+    #[test]
+    fn bad_queues_set_needs_reset() {
+        let cases: [(u32, u64, u64, u64); 6] = [
+            (12, 0x1000, 0x2000, 0x3000),        // not a power of two
+            (32, 0x1000, 0x2000, 0x3000),        // above the maximum
+            (0, 0x1000, 0x2000, 0x3000),         // zero
+            (16, 0x1008, 0x2000, 0x3000),        // descriptor table misaligned
+            (16, 0x1000, 0x2000, 0x3002),        // used ring misaligned
+            (16, 0x1000, 0x2000, 0x10_0000 - 8), // used ring past the end of RAM
+        ];
+        for (num, desc, driver, device) in cases {
+            let rig = rig();
+            rig.negotiate();
+            rig.setup_queue(0, num, desc, driver, device);
+            rig.driver_ok();
+            assert_needs_reset(&rig);
+            assert!(rig.log.lock().unwrap().activations.is_empty());
+        }
+        // Outside RAM altogether, through the high halves.
+        let rig = rig();
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1_0000_1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        assert_needs_reset(&rig);
+    }
+
+    #[test]
+    fn failed_activation_sets_needs_reset_and_reset_recovers() {
+        let rig = rig_with(|| Ok(true), true);
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        assert_needs_reset(&rig);
+        // Only a reset gets out of it.
+        rig.w(REG_STATUS, 0x4f);
+        assert_eq!(rig.r(REG_STATUS), 0x4f);
+        rig.w(REG_STATUS, 0);
+        assert_eq!(rig.r(REG_STATUS), 0);
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 0);
+        assert_eq!(rig.irq.take(), vec![false]);
+        rig.w(REG_QUEUE_SEL, 0);
+        assert_eq!(rig.r(REG_QUEUE_READY), 0, "queues are cleared");
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let rig = rig();
+        rig.mmio.signal_used_ring();
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 1);
+        rig.mmio.signal_config_change();
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 3);
+        assert_eq!(rig.r(REG_CONFIG_GENERATION), 1);
+        assert_eq!(rig.irq.take(), vec![true, true]);
+        rig.w(REG_INTERRUPT_ACK, 1);
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 2);
+        assert!(rig.irq.take().is_empty(), "still pending: line stays up");
+        rig.w(REG_INTERRUPT_ACK, 2);
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 0);
+        assert_eq!(rig.irq.take(), vec![false]);
+        rig.w(REG_INTERRUPT_ACK, 3);
+        assert!(rig.irq.take().is_empty(), "nothing to acknowledge");
+        let stats = rig.mmio.stats();
+        assert_eq!((stats.used_interrupts, stats.config_interrupts), (1, 1));
+    }
+
+    #[test]
+    fn notify_writes_the_queue_eventfd() {
+        let rig = rig();
+        rig.w(NOTIFY_OFFSET, 1);
+        rig.w(NOTIFY_OFFSET, 1);
+        rig.w(NOTIFY_OFFSET, 7);
+        assert_eq!(rig.mmio.queue_events()[1].read().unwrap(), 2);
+        assert!(rig.mmio.queue_events()[0].read().is_err(), "not signalled");
+        assert_eq!(rig.mmio.stats().notify_writes, 3);
+    }
+
+    #[test]
+    fn config_space_accesses() {
+        let rig = rig();
+        assert_eq!(rig.mmio.read(0x100, 1), 1);
+        assert_eq!(rig.mmio.read(0x101, 1), 2);
+        assert_eq!(rig.mmio.read(0x102, 2), 0x0403);
+        assert_eq!(rig.mmio.read(0x104, 4), 0x0807_0605);
+        assert_eq!(rig.mmio.read(0x100, 8), 0x0807_0605_0403_0201);
+        assert_eq!(rig.mmio.read(0x101, 2), 0, "misaligned");
+        assert_eq!(rig.mmio.read(0x108, 4), 0, "past the device's config");
+        assert_eq!(rig.mmio.read(0x1fc, 8), 0, "past the window");
+        assert_eq!(rig.mmio.read(0x200, 1), 0);
+        rig.mmio.write(0x102, 2, 0xbeef);
+        rig.mmio.write(0x103, 2, 0xbeef); // misaligned: dropped
+        rig.mmio.write(0x100, 3, 0xbeef); // bad size: dropped
+        assert_eq!(
+            rig.log.lock().unwrap().config_writes,
+            vec![(2, vec![0xef, 0xbe])]
+        );
+    }
+
+    #[test]
+    fn queue_events_reach_only_an_active_device_and_ready_queues() {
+        let rig = rig();
+        rig.mmio.process_queue_event(0);
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.mmio.process_queue_event(0);
+        assert!(rig.log.lock().unwrap().processed.is_empty());
+        rig.driver_ok();
+        rig.mmio.process_queue_event(1); // not ready
+        rig.mmio.process_queue_event(5); // no such queue
+        rig.mmio.process_queue_event(0);
+        assert_eq!(rig.log.lock().unwrap().processed, vec![0]);
+        assert_eq!(rig.r(REG_INTERRUPT_STATUS), 1);
+        assert_eq!(rig.irq.take(), vec![true]);
+        assert_eq!(rig.mmio.stats().queue_events, 5);
+    }
+
+    #[test]
+    fn processing_error_sets_needs_reset_and_stops_processing() {
+        let rig = rig_with(|| Err(DeviceError::Memory("boom".into())), false);
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        rig.mmio.process_queue_event(0);
+        assert_needs_reset(&rig);
+        rig.mmio.process_queue_event(0);
+        assert_eq!(rig.log.lock().unwrap().processed, vec![0]);
+        // Reset and bring it up again: processing resumes.
+        rig.w(REG_STATUS, 0);
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        assert!(rig.mmio.is_active());
+        rig.mmio.process_queue_event(0);
+        assert_eq!(rig.log.lock().unwrap().processed, vec![0, 0]);
+    }
+
+    #[test]
+    fn driver_ok_checks_against_the_current_guest_memory() {
+        let rig = rig();
+        // The VMM commits a smaller RAM: the queue at 0x80000 is now outside.
+        let (_tree, small) = ram_handle(0x40000);
+        rig.mem.store(small.load_full());
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x8_0000, 0x8_1000, 0x8_2000);
+        rig.driver_ok();
+        assert_needs_reset(&rig);
+        // A queue that fits is fine once reset.
+        rig.w(REG_STATUS, 0);
+        rig.negotiate();
+        let tq = TestQueue::new(rig.mem.load().memory(), 0x1000, 16);
+        rig.setup_queue(0, 16, tq.desc, tq.avail, tq.used);
+        rig.driver_ok();
+        assert!(rig.mmio.is_active());
+    }
+}
