@@ -170,7 +170,12 @@ impl std::str::FromStr for NetSpec {
                         "--net: '{v}' is not an interface name (1 to 15 characters)"
                     ))
                 }
-                "mac" => mac = Some(crate::devices::virtio::net::parse_mac(v).map_err(|e| format!("--net: {e}"))?),
+                "mac" => {
+                    mac = Some(
+                        crate::devices::virtio::net::parse_mac(v)
+                            .map_err(|e| format!("--net: {e}"))?,
+                    )
+                }
                 _ => return Err(format!("--net: unknown key '{k}' (use tap, mac)")),
             }
         }

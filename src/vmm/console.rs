@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::signal::register_signal_handler;
@@ -52,6 +52,29 @@ impl std::str::FromStr for ConsoleOutput {
             "stdout" | "-" => ConsoleOutput::Stdout,
             path => ConsoleOutput::File(PathBuf::from(path)),
         })
+    }
+}
+
+/// One output sink shared by several devices (the UART and
+/// virtio-console both write to the same stdout or file); each write goes
+/// through whole under a lock, so their bytes never interleave mid-write.
+#[derive(Clone)]
+pub struct SharedOutput(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedOutput {
+    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        SharedOutput(Arc::new(Mutex::new(sink)))
+    }
+}
+
+impl Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut sink = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        sink.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
     }
 }
 

@@ -58,3 +58,13 @@ pub fn serial_input(serial: &Arc<crate::devices::serial::Serial>) -> DeliverInpu
     let serial = serial.clone();
     Arc::new(move |bytes: &[u8]| serial.enqueue_input(bytes))
 }
+
+/// Console input for virtio-console (hvc0).
+pub fn virtio_console_input(
+    input: &Arc<crate::devices::virtio::console::ConsoleInput>,
+) -> DeliverInput {
+    let input = input.clone();
+    Arc::new(move |bytes: &[u8]| {
+        input.enqueue_input(bytes);
+    })
+}

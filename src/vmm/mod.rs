@@ -6,4 +6,5 @@ pub mod console;
 pub mod event_loop;
 pub mod exit;
 pub mod riscv_vm;
+pub mod virtio;
 pub mod vm;

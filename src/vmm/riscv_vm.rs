@@ -13,12 +13,18 @@ use std::time::{Duration, Instant};
 
 use crate::accel::tcg::riscv64::{Hart, HartStats, RiscvSystem, TcgMemoryListener};
 use crate::arch::riscv64::layout::TIMEBASE_FREQ;
+use crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW;
 use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
+use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
+use crate::devices::plic::PlicLine;
 use crate::devices::serial::Serial;
+use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::event_loop::{run_event_loop, serial_input, EventLoopParts};
+use crate::vmm::console::SharedOutput;
+use crate::vmm::event_loop::{run_event_loop, serial_input, virtio_console_input, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
 
 /// How a riscv64 run ended.
@@ -41,6 +47,7 @@ pub struct RiscvVm {
     boot: Option<RiscvBoot>,
     fdt: Vec<u8>,
     exit: Arc<ExitSignal>,
+    virtio: VirtioDevices,
 }
 
 impl RiscvVm {
@@ -52,7 +59,12 @@ impl RiscvVm {
             cmdline: config.cmdline.clone(),
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
-            virtio: Vec::new(),
+            virtio: {
+                let mut alloc = VirtioMmioAllocator::new(VIRTIO_MMIO_WINDOW);
+                (0..device_count(&config))
+                    .map_while(|_| alloc.allocate())
+                    .collect()
+            },
         };
         if config.firmware.is_some() {
             return Err(VmError::Arch(
@@ -60,9 +72,9 @@ impl RiscvVm {
                     .into(),
             ));
         }
-        let output = config.console_output.open().map_err(VmError::Console)?;
-        let machine =
-            build_machine(&machine_config, output).map_err(|e| VmError::Arch(e.to_string()))?;
+        let output = SharedOutput::new(config.console_output.open().map_err(VmError::Console)?);
+        let machine = build_machine(&machine_config, Box::new(output.clone()))
+            .map_err(|e| VmError::Arch(e.to_string()))?;
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let serial = machine.serial.clone();
         let console_serial = serial.clone();
@@ -79,6 +91,19 @@ impl RiscvVm {
             0,
             Box::new(TcgMemoryListener::new(&system)),
         )?;
+        let plic = machine.plic.clone();
+        let irq_for = |slot: &VirtioMmioSlot| -> Result<Arc<dyn IrqLine>, VmError> {
+            Ok(Arc::new(PlicLine::new(plic.clone(), slot.irq)))
+        };
+        let virtio = build_virtio_devices(
+            &config,
+            &mut tree,
+            machine.system,
+            &machine.memory,
+            &machine_config.virtio,
+            &irq_for,
+            Box::new(output),
+        )?;
         Ok(RiscvVm {
             config,
             tree: Arc::new(Mutex::new(tree)),
@@ -88,6 +113,7 @@ impl RiscvVm {
             boot: machine.boot,
             fdt: machine.fdt,
             exit,
+            virtio,
         })
     }
 
@@ -122,6 +148,11 @@ impl RiscvVm {
     /// The `memory` address space.
     pub fn memory(&self) -> &AddressSpace {
         &self.memory
+    }
+
+    /// The virtio devices.
+    pub fn virtio(&self) -> &VirtioDevices {
+        &self.virtio
     }
 
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
@@ -162,8 +193,11 @@ impl RiscvVm {
             &self.exit,
             EventLoopParts {
                 input: self.config.console_input.clone(),
-                deliver: serial_input(&self.serial),
-                devices: Vec::new(),
+                deliver: match &self.virtio.console_input {
+                    Some(hvc) => virtio_console_input(hvc),
+                    None => serial_input(&self.serial),
+                },
+                devices: self.virtio.subscribers(),
             },
         );
         self.system.stop_all();

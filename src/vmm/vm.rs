@@ -10,15 +10,18 @@ use std::time::Instant;
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VcpuFd;
 
+use crate::accel::kvm::ioeventfd::{IoEventBus, IoEventFdState, KvmIoEventFdListener};
 use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
 use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
+use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
 use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::boot::{check_cmdline, load_linux};
 use crate::arch::x86_64::cpuid::setup_cpuid;
 use crate::arch::x86_64::lapic::setup_lapic;
+use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
 use crate::arch::x86_64::mptable::setup_mptable;
@@ -32,13 +35,16 @@ use crate::devices::power::{
     PowerControl, SleepControl, PM1A_CNT_LEN, PM1A_CNT_PORT, SLEEP_CONTROL_LEN,
 };
 use crate::devices::serial::Serial;
+use crate::devices::virtio::IrqLine;
 use crate::memory::{
     mtree_and_flatviews_text, AddressSpace, GuestRam, MemoryError, MemoryTree, RegionOps,
     Unassigned,
 };
 use crate::vmm::config::VmConfig;
-use crate::vmm::event_loop::{run_event_loop, serial_input, EventLoopParts};
+use crate::vmm::console::SharedOutput;
+use crate::vmm::event_loop::{run_event_loop, serial_input, virtio_console_input, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
 /// image: resources/guests/hello.s, assembled by build.rs.
@@ -83,6 +89,8 @@ pub enum VmError {
     EventLoop(event_manager::Error),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Device(String),
 }
 
 /// The KVM side of a prepared VM.
@@ -117,6 +125,12 @@ pub struct Vm {
     control: Arc<VcpuControl>,
     first_run: Arc<OnceLock<Instant>>,
     kvm: Option<KvmParts>,
+    /// The kernel command line with the virtio-mmio entries appended.
+    cmdline: String,
+    virtio: VirtioDevices,
+    /// Each virtio transport's interrupt eventfd and its GSI, for irqfds.
+    virtio_irqs: Vec<(EventFdTrigger, u32)>,
+    ioeventfds: Option<Arc<IoEventFdState>>,
 }
 
 fn file_error<'a>(
@@ -141,17 +155,14 @@ impl Vm {
         if config.accel == AccelChoice::Tcg {
             return Err(VmError::NoTcg);
         }
-        if config.kernel.is_some() {
-            check_cmdline(&config.cmdline).map_err(|e| VmError::Cmdline(e.to_string()))?;
-        }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
+        let output = SharedOutput::new(config.console_output.open().map_err(VmError::Console)?);
         let mut tree = MemoryTree::new();
         let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
             let pc =
                 build_pc_memory(tree, config.memory).map_err(|e| VmError::Arch(e.to_string()))?;
-            let output = config.console_output.open().map_err(VmError::Console)?;
             let trigger = EventFdTrigger::new().map_err(VmError::Console)?;
-            let serial = Arc::new(Serial::new(trigger, output));
+            let serial = Arc::new(Serial::new(trigger, Box::new(output.clone())));
             let io_devices: Vec<(&str, u64, u128, Arc<dyn RegionOps>)> = vec![
                 ("serial", SERIAL_PORT, 8, serial.clone()),
                 (
@@ -205,6 +216,40 @@ impl Vm {
         })?;
         let memory = tree.add_address_space("memory", pc.system, Unassigned::Zero)?;
         let io = tree.add_address_space("I/O", pc.io, Unassigned::AllOnes)?;
+
+        let mut alloc = VirtioMmioAllocator::new(VIRTIO_MMIO_WINDOW);
+        let slots: Vec<_> = (0..device_count(&config))
+            .map_while(|_| alloc.allocate())
+            .collect();
+        let triggers = slots
+            .iter()
+            .map(|_| EventFdTrigger::new())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VmError::Console)?;
+        let irq_for = |slot: &VirtioMmioSlot| -> Result<Arc<dyn IrqLine>, VmError> {
+            Ok(Arc::new(triggers[slot.index].clone()))
+        };
+        let virtio = build_virtio_devices(
+            &config,
+            &mut tree,
+            pc.system,
+            &memory,
+            &slots,
+            &irq_for,
+            Box::new(output),
+        )?;
+        let virtio_irqs = triggers
+            .into_iter()
+            .zip(&slots)
+            .map(|(t, s)| (t, s.irq))
+            .collect();
+        let mut cmdline = config.cmdline.clone();
+        if !virtio.devices.is_empty() {
+            cmdline = format!("{} {}", cmdline.trim_end(), virtio.cmdline_entries());
+        }
+        if config.kernel.is_some() {
+            check_cmdline(&cmdline).map_err(|e| VmError::Cmdline(e.to_string()))?;
+        }
         Ok(Vm {
             config,
             created,
@@ -217,6 +262,10 @@ impl Vm {
             control: Arc::new(VcpuControl::new()),
             first_run: Arc::new(OnceLock::new()),
             kvm: None,
+            cmdline,
+            virtio,
+            virtio_irqs,
+            ioeventfds: None,
         })
     }
 
@@ -261,6 +310,16 @@ impl Vm {
         self.exit.clone()
     }
 
+    /// The virtio devices.
+    pub fn virtio(&self) -> &VirtioDevices {
+        &self.virtio
+    }
+
+    /// ioeventfds registered with KVM, once [`Vm::prepare`] ran.
+    pub fn ioeventfds_registered(&self) -> Option<u64> {
+        self.ioeventfds.as_ref().map(|s| s.registered())
+    }
+
     /// The KVM slot manager, once [`Vm::prepare`] ran.
     pub fn kvm_memory(&self) -> Option<KvmMemory> {
         self.kvm.as_ref().map(|k| k.slots.clone())
@@ -301,13 +360,20 @@ impl Vm {
             accel.max_slots,
             Some(self.control.clone()),
         );
+        let (ioevents, ioevent_state) =
+            KvmIoEventFdListener::new(accel.vm.clone(), IoEventBus::Mmio);
         {
             let mut tree = self.lock_tree();
             tree.add_listener(&self.memory, 0, Box::new(listener))?;
+            tree.add_listener(&self.memory, 1, Box::new(ioevents))?;
         }
         if let Some(e) = slots.take_error() {
             return Err(VmError::Slots(e));
         }
+        if let Some(e) = ioevent_state.take_error() {
+            return Err(VmError::Device(format!("virtio notifications: {e}")));
+        }
+        self.ioeventfds = Some(ioevent_state);
         let ioctl = |what| move |source| VmError::Ioctl { what, source };
         // Intel VMX needs three pages for a real-mode TSS and one for an
         // identity page table, in guest-physical space nothing else uses.
@@ -333,6 +399,9 @@ impl Vm {
                 .create_pit2(pit)
                 .map_err(ioctl("KVM_CREATE_PIT2"))?;
             accel.register_irqfd(self.serial.irq_event(), SERIAL_IRQ)?;
+            for (trigger, gsi) in &self.virtio_irqs {
+                accel.register_irqfd(trigger.event(), *gsi)?;
+            }
         }
 
         let guest = GuestRam::from_view(&self.memory.view())?;
@@ -349,7 +418,7 @@ impl Vm {
                     &e820,
                     &mut kernel,
                     initrd.as_mut(),
-                    &self.config.cmdline,
+                    &self.cmdline,
                 )
                 .map_err(|e| VmError::Arch(e.to_string()))?;
                 Some(boot)
@@ -360,7 +429,8 @@ impl Vm {
             .map_err(|e| VmError::Arch(e.to_string()))?;
         if boot.is_some() {
             // The tables live in the BIOS area, which firmware occupies.
-            setup_acpi(guest.memory(), self.config.cpus, &[])
+            let slots: Vec<_> = self.virtio.devices.iter().map(|d| d.slot).collect();
+            setup_acpi(guest.memory(), self.config.cpus, &slots)
                 .map_err(|e| VmError::Arch(e.to_string()))?;
         }
 
@@ -449,8 +519,11 @@ impl Vm {
             &self.exit,
             EventLoopParts {
                 input: self.config.console_input.clone(),
-                deliver: serial_input(&self.serial),
-                devices: Vec::new(),
+                deliver: match &self.virtio.console_input {
+                    Some(hvc) => virtio_console_input(hvc),
+                    None => serial_input(&self.serial),
+                },
+                devices: self.virtio.subscribers(),
             },
         )
     }

@@ -49,6 +49,22 @@ pub trait IrqLine: Send + Sync {
 /// register accesses and from the event loop for queue and host events, so
 /// none of them may block for long (bulk I/O runs only in `process_queue`
 /// and `process_host_event`, which the event loop calls).
+///
+/// Life cycle: `process_queue` and `process_host_event` are only called
+/// while the device is active, i.e. after an `activate` that returned `Ok`
+/// and before the next `reset`. A device whose processing returns `Err` is
+/// marked `DEVICE_NEEDS_RESET` and is not called again until the driver
+/// resets it.
+///
+/// Host descriptors from [`VirtioDevice::host_fds`] are registered
+/// edge-triggered (`EPOLLET`): the event loop is woken once per edge, not
+/// for as long as the descriptor stays readable. A device that cannot take
+/// more host input (the guest's receive ring is full) therefore simply
+/// stops reading and leaves the rest in the descriptor; it must retry in
+/// `process_queue` when the driver notifies the receive queue (new buffers).
+/// The same rule covers input that arrived before activation, whose edge
+/// was not delivered to the device: the driver's first notification of the
+/// receive queue after DRIVER_OK is the device's cue to read.
 pub trait VirtioDevice: Send {
     /// The virtio device ID, see [`device_type`].
     fn device_type(&self) -> u32;
@@ -63,6 +79,12 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver set DRIVER_OK: the queues (already checked against guest
     /// memory by the transport) and the negotiated features are final.
+    ///
+    /// `queues` has one entry per [`VirtioDevice::queue_max_sizes`], in
+    /// order. A queue the driver did not set up has `ready() == false`; the
+    /// device must not use it (the transport never calls `process_queue`
+    /// for it). `features` is the subset of [`VirtioDevice::features`] the
+    /// driver accepted; it always contains [`VIRTIO_F_VERSION_1`].
     fn activate(&mut self, queues: Vec<Queue>, features: u64) -> Result<(), DeviceError>;
     /// The driver reset the device (status 0): forget queues and features
     /// and return to the state before `activate`.
@@ -75,11 +97,16 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemoryMmap<()>,
     ) -> Result<bool, DeviceError>;
     /// Host descriptors the event loop should poll for this device (a TAP
-    /// device, console input), with readable interest.
+    /// device, console input), with readable interest, edge-triggered
+    /// (`EPOLLET`; see the trait documentation for what that asks of the
+    /// device). Read once, when the event-loop subscriber is registered;
+    /// the descriptors must stay open for the device's lifetime.
     fn host_fds(&self) -> Vec<RawFd> {
         Vec::new()
     }
-    /// `host_fds()[index]` is readable. Returns whether to interrupt.
+    /// `host_fds()[index]` became readable (or reported an error or hang
+    /// up, which the device sees when it reads). Returns whether to
+    /// interrupt for the used ring.
     fn process_host_event(
         &mut self,
         _index: usize,
