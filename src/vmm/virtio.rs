@@ -58,6 +58,9 @@ pub struct VirtioDevices {
     pub memory: GuestMemoryHandle,
 }
 
+/// Gives the interrupt line of a slot.
+pub type IrqFor<'a> = dyn Fn(&VirtioMmioSlot) -> Result<Arc<dyn IrqLine>, VmError> + 'a;
+
 /// How many transports `config` needs (disks, nets, rng, console).
 pub fn device_count(config: &VmConfig) -> usize {
     config.disks.len()
@@ -91,7 +94,7 @@ pub fn build_virtio_devices(
     system: RegionId,
     memory: &AddressSpace,
     slots: &[VirtioMmioSlot],
-    irq_for: &dyn Fn(&VirtioMmioSlot) -> Result<Arc<dyn IrqLine>, VmError>,
+    irq_for: &IrqFor<'_>,
     console_output: Box<dyn Write + Send>,
 ) -> Result<VirtioDevices, VmError> {
     let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
