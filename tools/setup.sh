@@ -16,6 +16,8 @@ fi
 # The riscv64 instruction tests assemble their programs with the Debian
 # cross binutils (the guest kernel script installs its own packages).
 command -v riscv64-linux-gnu-as >/dev/null 2>&1 || need_apt+=(binutils-riscv64-linux-gnu)
+command -v mkfs.ext4 >/dev/null 2>&1 && command -v debugfs >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 
 if ((${#need_apt[@]})); then
     echo "== installing ${need_apt[*]}"
