@@ -5,7 +5,9 @@
 //! vCPU threads), the event loop gets another inside a
 //! [`VirtioSubscriber`](super::subscriber::VirtioSubscriber). All mutable
 //! state, the device included, sits behind one mutex, so a register access
-//! and queue processing never interleave.
+//! and queue processing never interleave (a vCPU touching the registers
+//! waits for the request batch in progress; drivers do not touch them on
+//! their I/O path, which only notifies).
 //!
 //! The driver-visible rules this transport enforces, beyond the register
 //! layout:

@@ -21,7 +21,7 @@
 //!
 //! ```ignore
 //! let mem: GuestMemoryHandle = Arc::new(ArcSwap::from_pointee(GuestRam::from_view(&view)?));
-//! let mmio = VirtioMmio::new(Box::new(Block::new(config)?), irq_line, mem.clone())?;
+//! let mmio = VirtioMmio::new(Box::new(Block::new(&config)?), irq_line, mem.clone())?;
 //! let region = tree.new_io("virtio-blk", WINDOW_SIZE as u128, Some(Arc::new(mmio.clone())))?;
 //! tree.add_subregion(system, base, region)?;
 //! // KVM only: let notifications bypass the vCPU exit.
