@@ -740,35 +740,10 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::testing::{guest_memory, TestQueue, NEXT, R, W};
+    use crate::devices::virtio::testing::{
+        guest_memory, TempFile as TempDisk, TestQueue, NEXT, R, W,
+    };
     use proptest::prelude::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    static UNIQUE: AtomicUsize = AtomicUsize::new(0);
-
-    /// A disk image in the temp directory, removed on drop.
-    struct TempDisk(PathBuf);
-
-    impl TempDisk {
-        fn new(contents: &[u8]) -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "ember-virtio-blk-{}-{}.img",
-                std::process::id(),
-                UNIQUE.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::write(&path, contents).unwrap();
-            TempDisk(path)
-        }
-        fn contents(&self) -> Vec<u8> {
-            std::fs::read(&self.0).unwrap()
-        }
-    }
-
-    impl Drop for TempDisk {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 
     const HDR: u64 = 0x10000;
     const STATUS: u64 = 0x18000;
@@ -1117,6 +1092,9 @@ mod tests {
         assert_eq!(f.disk.contents(), after);
     }
 
+    /// `(addr, len, flags)` per descriptor.
+    type Chain = Vec<(u64, u32, u16)>;
+
     /// Pushes a raw chain, processes it, returns the used length.
     fn raw(f: &mut Fixture, descs: &[(u64, u32, u16)]) -> u32 {
         f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
@@ -1135,7 +1113,7 @@ mod tests {
         f.mem.write_slice(&[0x11; 512], GuestAddress(DATA)).unwrap();
         let end = MEM_SIZE as u64;
         // (chain, used length, status byte afterwards)
-        let cases: Vec<(&str, Vec<(u64, u32, u16)>, u32, u8)> = vec![
+        let cases: Vec<(&str, Chain, u32, u8)> = vec![
             ("header only", vec![(hdr_in, 16, R)], 0, 0xff),
             (
                 "readable status",

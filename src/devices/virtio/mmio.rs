@@ -5,7 +5,9 @@
 //! vCPU threads), the event loop gets another inside a
 //! [`VirtioSubscriber`](super::subscriber::VirtioSubscriber). All mutable
 //! state, the device included, sits behind one mutex, so a register access
-//! and queue processing never interleave.
+//! and queue processing never interleave (a vCPU touching the registers
+//! waits for the request batch in progress; drivers do not touch them on
+//! their I/O path, which only notifies).
 //!
 //! The driver-visible rules this transport enforces, beyond the register
 //! layout:
@@ -674,17 +676,19 @@ impl RegionOps for VirtioMmio {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::testing::{RecordingIrq, TestQueue};
-    use crate::memory::{GuestRam, MemoryTree, Unassigned, SIZE_2_64};
-    use arc_swap::ArcSwap;
+    use crate::devices::virtio::testing::{ram_handle, RecordingIrq, TestQueue};
+    use crate::memory::MemoryTree;
     use std::sync::Mutex;
 
     const FEATURE_A: u64 = 1 << 3;
 
+    /// (ready, size, descriptor table, driver area, device area).
+    type QueueSeen = (bool, u16, u64, u64, u64);
+
     /// What the fake device saw, shared with the test.
     #[derive(Default)]
     struct Log {
-        activations: Vec<(Vec<(bool, u16, u64, u64, u64)>, u64)>,
+        activations: Vec<(Vec<QueueSeen>, u64)>,
         resets: usize,
         processed: Vec<usize>,
         config_writes: Vec<(u64, Vec<u8>)>,
@@ -752,19 +756,6 @@ mod tests {
         }
     }
 
-    /// 1 MiB of guest RAM at 0 as a handle, as the VMM builds it.
-    pub(crate) fn ram_handle(size: u64) -> (MemoryTree, GuestMemoryHandle) {
-        let mut tree = MemoryTree::new();
-        let sys = tree.new_container("system", SIZE_2_64).unwrap();
-        let ram = tree.new_ram("ram", size).unwrap();
-        tree.add_subregion(sys, 0, ram).unwrap();
-        let space = tree
-            .add_address_space("memory", sys, Unassigned::Zero)
-            .unwrap();
-        let guest = GuestRam::from_view(&space.view()).unwrap();
-        (tree, Arc::new(ArcSwap::from_pointee(guest)))
-    }
-
     struct Rig {
         mmio: VirtioMmio,
         irq: Arc<RecordingIrq>,
@@ -774,7 +765,7 @@ mod tests {
     }
 
     fn rig_with(answer: fn() -> Result<bool, DeviceError>, fail_activate: bool) -> Rig {
-        let (tree, mem) = ram_handle(0x100000);
+        let (tree, _, mem) = ram_handle(0x100000);
         let log = Arc::new(Mutex::new(Log::default()));
         let irq = Arc::new(RecordingIrq::default());
         let dev = Fake {
@@ -1106,7 +1097,7 @@ mod tests {
     fn driver_ok_checks_against_the_current_guest_memory() {
         let rig = rig();
         // The VMM commits a smaller RAM: the queue at 0x80000 is now outside.
-        let (_tree, small) = ram_handle(0x40000);
+        let (_tree, _, small) = ram_handle(0x40000);
         rig.mem.store(small.load_full());
         rig.negotiate();
         rig.setup_queue(0, 16, 0x8_0000, 0x8_1000, 0x8_2000);

@@ -21,7 +21,7 @@
 //!
 //! ```ignore
 //! let mem: GuestMemoryHandle = Arc::new(ArcSwap::from_pointee(GuestRam::from_view(&view)?));
-//! let mmio = VirtioMmio::new(Box::new(Block::new(config)?), irq_line, mem.clone())?;
+//! let mmio = VirtioMmio::new(Box::new(Block::new(&config)?), irq_line, mem.clone())?;
 //! let region = tree.new_io("virtio-blk", WINDOW_SIZE as u128, Some(Arc::new(mmio.clone())))?;
 //! tree.add_subregion(system, base, region)?;
 //! // KVM only: let notifications bypass the vCPU exit.
@@ -105,13 +105,17 @@ pub type GuestMemoryHandle = Arc<ArcSwap<GuestRam>>;
 /// that tests can also build the malformed ones a real driver never would.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::sync::Mutex;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
+    use arc_swap::ArcSwap;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::{Queue, QueueT};
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-    use super::IrqLine;
+    use super::{GuestMemoryHandle, IrqLine};
+    use crate::memory::{AddressSpace, GuestRam, MemoryTree, Unassigned, SIZE_2_64};
 
     /// Device-readable (`false`) or device-writable (`true`) descriptor.
     pub const R: u16 = 0;
@@ -154,11 +158,6 @@ pub(crate) mod testing {
             mem.write_obj(0u32, GuestAddress(avail)).expect("avail");
             mem.write_obj(0u32, GuestAddress(used)).expect("used");
             q
-        }
-
-        /// The end of the rings, where tests may put buffers.
-        pub fn end(&self) -> u64 {
-            self.used + 6 + 8 * self.size as u64
         }
 
         /// The device's side of this queue, ready to use.
@@ -243,6 +242,47 @@ pub(crate) mod testing {
             }
             out
         }
+    }
+
+    /// A file in the temp directory, removed on drop.
+    pub struct TempFile(pub PathBuf);
+
+    static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+    impl TempFile {
+        pub fn new(contents: &[u8]) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "ember-virtio-{}-{}.img",
+                std::process::id(),
+                UNIQUE.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::write(&path, contents).expect("temp file");
+            TempFile(path)
+        }
+
+        pub fn contents(&self) -> Vec<u8> {
+            std::fs::read(&self.0).expect("temp file")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// `size` bytes of RAM at guest address 0 in a memory tree, and a
+    /// handle on its GuestRam, as the VMM builds them.
+    pub fn ram_handle(size: u64) -> (MemoryTree, AddressSpace, GuestMemoryHandle) {
+        let mut tree = MemoryTree::new();
+        let sys = tree.new_container("system", SIZE_2_64).expect("root");
+        let ram = tree.new_ram("ram", size).expect("ram");
+        tree.add_subregion(sys, 0, ram).expect("place ram");
+        let space = tree
+            .add_address_space("memory", sys, Unassigned::Zero)
+            .expect("address space");
+        let guest = GuestRam::from_view(&space.view()).expect("guest ram");
+        (tree, space, Arc::new(ArcSwap::from_pointee(guest)))
     }
 
     /// An [`IrqLine`] that records every level change.
