@@ -518,7 +518,19 @@ impl VirtioMmio {
         let features = st.driver_features;
         let result = queues.and_then(|queues| st.device.activate(queues, features));
         match result {
-            Ok(()) => st.active = true,
+            Ok(()) => {
+                st.active = true;
+                // One catch-up pass over every ready queue on the event
+                // loop: notifications sent before DRIVER_OK were dropped
+                // (Linux's virtio-console fills and kicks its receive queue
+                // during probe), and host input that arrived before
+                // activation is only pulled in when its queue is processed.
+                for (q, event) in st.queues.iter().zip(&self.inner.queue_events) {
+                    if q.ready {
+                        let _ = event.write(1);
+                    }
+                }
+            }
             Err(e) => self.fail(st, &e),
         }
     }
