@@ -226,6 +226,10 @@ pub struct Insn {
     pub rm: u8,
     /// 2 or 4.
     pub len: u8,
+    /// Byte offset from the start of the block (set when the block is
+    /// translated; at most 63 * 4), so the interpreter need not track the
+    /// pc instruction by instruction.
+    pub off: u8,
     pub imm: i64,
 }
 
@@ -239,6 +243,7 @@ impl Insn {
             rs3: 0,
             rm: 0,
             len: 4,
+            off: 0,
             imm: 0,
         }
     }
