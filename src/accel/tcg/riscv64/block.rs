@@ -180,7 +180,7 @@ impl Hart {
                 cacheable = false;
                 decode_parts(lo, hi)
             };
-            insn.off = (offset - first) as u8;
+            insn.rebase((offset - first) as u8);
             offset += insn.len as u64;
             insns.push(insn);
             if insn.ends_block() {

@@ -230,6 +230,10 @@ pub struct Insn {
     /// translated; at most 63 * 4), so the interpreter need not track the
     /// pc instruction by instruction.
     pub off: u8,
+    /// The immediate. For the pc-relative operations (`auipc`, `jal` and
+    /// the conditional branches) a translated block holds it rebased onto
+    /// the block's start (`imm + off`, see [`Insn::rebase`]), so the
+    /// interpreter adds it to the block's start pc.
     pub imm: i64,
 }
 
@@ -245,6 +249,18 @@ impl Insn {
             len: 4,
             off: 0,
             imm: 0,
+        }
+    }
+
+    /// Places the instruction at byte `off` of its block, rebasing a
+    /// pc-relative immediate onto the block's start.
+    pub fn rebase(&mut self, off: u8) {
+        self.off = off;
+        if matches!(
+            self.op,
+            Op::Auipc | Op::Jal | Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu
+        ) {
+            self.imm = self.imm.wrapping_add(off as i64);
         }
     }
 

@@ -59,32 +59,33 @@ impl Hart {
             .last()
             .map_or(start, |l| start.wrapping_add(l.off as u64 + l.len as u64));
         self.stats.blocks += 1;
-        let mut idx = 0usize;
+        let mut it = insns.iter();
         loop {
-            let Some(i) = insns.get(idx) else {
+            let Some(i) = it.next() else {
                 // Fell off the end of the block.
-                self.stats.instructions += idx as u64;
+                self.stats.instructions += insns.len() as u64;
                 self.pc = end;
                 return Ok(());
             };
-            let pc = start.wrapping_add(i.off as u64);
-            // Masking the indices lets the compiler drop the bounds checks
-            // (the register file has 64 slots; decoding never produces
-            // more than 33).
-            let rs1 = self.x[i.rs1 as usize & 63];
-            let rs2 = self.x[i.rs2 as usize & 63];
+            // The register file has 256 slots, so `u8` indices need no
+            // bounds checks (decoding never produces more than 33).
+            let rs1 = self.x[i.rs1 as usize];
+            let rs2 = self.x[i.rs2 as usize];
             let imm = i.imm as u64;
-            let rd = i.rd as usize & 63;
+            let rd = i.rd as usize;
+            // Only for the rarer paths; pc-relative operations have their
+            // immediate rebased onto the block start (see `Insn::imm`).
+            let pc = || start.wrapping_add(i.off as u64);
+            // Instructions retired before this one, in this pass.
+            let before = |it: &std::slice::Iter<Insn>| (insns.len() - it.len() - 1) as u64;
             macro_rules! set {
                 ($v:expr) => {{
                     self.x[rd] = $v;
-                    idx += 1;
                     continue;
                 }};
             }
             macro_rules! next {
                 () => {{
-                    idx += 1;
                     continue;
                 }};
             }
@@ -95,8 +96,8 @@ impl Hart {
                     match $e {
                         Ok(v) => v,
                         Err(e) => {
-                            self.stats.instructions += idx as u64;
-                            self.pc = pc;
+                            self.stats.instructions += before(&it);
+                            self.pc = pc();
                             return Err(e);
                         }
                     }
@@ -105,7 +106,7 @@ impl Hart {
             macro_rules! branch {
                 ($cond:expr) => {{
                     if $cond {
-                        pc.wrapping_add(imm)
+                        start.wrapping_add(imm)
                     } else {
                         next!()
                     }
@@ -113,14 +114,14 @@ impl Hart {
             }
             let target = match i.op {
                 Op::Lui => set!(imm),
-                Op::Auipc => set!(pc.wrapping_add(imm)),
+                Op::Auipc => set!(start.wrapping_add(imm)),
                 Op::Jal => {
-                    self.x[rd] = pc.wrapping_add(i.len as u64);
-                    pc.wrapping_add(imm)
+                    self.x[rd] = start.wrapping_add(i.off as u64 + i.len as u64);
+                    start.wrapping_add(imm)
                 }
                 Op::Jalr => {
                     let target = rs1.wrapping_add(imm) & !1;
-                    self.x[rd] = pc.wrapping_add(i.len as u64);
+                    self.x[rd] = start.wrapping_add(i.off as u64 + i.len as u64);
                     target
                 }
                 Op::Beq => branch!(rs1 == rs2),
@@ -234,18 +235,39 @@ impl Hart {
                         sext32((a % b) as u64)
                     })
                 }
-                _ => match self.step_cold(i, pc, rs1, rs2) {
+                Op::Illegal
+                | Op::Fence
+                | Op::FenceI
+                | Op::Ecall
+                | Op::Ebreak
+                | Op::Sret
+                | Op::Wfi
+                | Op::SfenceVma
+                | Op::Csrrw
+                | Op::Csrrs
+                | Op::Csrrc
+                | Op::Csrrwi
+                | Op::Csrrsi
+                | Op::Csrrci
+                | Op::Lr
+                | Op::Sc
+                | Op::Amo
+                | Op::Flw
+                | Op::Fld
+                | Op::Fsw
+                | Op::Fsd
+                | Op::Fp => match self.step_cold(i, pc(), rs1, rs2) {
                     Ok(Flow::Next) => next!(),
                     Ok(Flow::Jump(target)) => target,
                     Err(e) => {
-                        self.stats.instructions += idx as u64;
-                        self.pc = pc;
+                        self.stats.instructions += before(&it);
+                        self.pc = pc();
                         return Err(e);
                     }
                 },
             };
-            // The instruction at `idx` jumped: the block ends here.
-            self.stats.instructions += idx as u64 + 1;
+            // The instruction just run jumped: the block ends here.
+            self.stats.instructions += before(&it) + 1;
             if target == start && self.budget > 0 && !self.check && !self.signals.needs_attention()
             {
                 // Run the block again. `stats.instructions` is kept exact
@@ -253,7 +275,7 @@ impl Hart {
                 // `Hart::inflight`).
                 self.budget -= 1;
                 self.stats.blocks += 1;
-                idx = 0;
+                it = insns.iter();
                 continue;
             }
             self.pc = target;
@@ -267,7 +289,7 @@ impl Hart {
     #[inline(never)]
     fn step_cold(&mut self, i: &Insn, pc: u64, rs1: u64, rs2: u64) -> Result<Flow, Exception> {
         let imm = i.imm as u64;
-        let rd = i.rd as usize & 63;
+        let rd = i.rd as usize;
         let next = pc.wrapping_add(i.len as u64);
         macro_rules! set {
             ($v:expr) => {{
