@@ -67,12 +67,25 @@ impl Hart {
                 self.pc = end;
                 return Ok(());
             };
-            // The register file has 256 slots, so `u8` indices need no
-            // bounds checks (decoding never produces more than 33).
-            let rs1 = self.x[i.rs1 as usize];
-            let rs2 = self.x[i.rs2 as usize];
-            let imm = i.imm as u64;
-            let rd = i.rd as usize;
+            // Operands are read in the arms that use them, not before the
+            // dispatch, so each operation loads only what it needs. The
+            // register file has 256 slots, so `u8` indices need no bounds
+            // checks (decoding never produces more than 33).
+            macro_rules! rs1 {
+                () => {
+                    self.x[i.rs1 as usize]
+                };
+            }
+            macro_rules! rs2 {
+                () => {
+                    self.x[i.rs2 as usize]
+                };
+            }
+            macro_rules! imm {
+                () => {
+                    (i.imm as u64)
+                };
+            }
             // Only for the rarer paths; pc-relative operations have their
             // immediate rebased onto the block start (see `Insn::imm`).
             let pc = || start.wrapping_add(i.off as u64);
@@ -80,7 +93,7 @@ impl Hart {
             let before = |it: &std::slice::Iter<Insn>| (insns.len() - it.len() - 1) as u64;
             macro_rules! set {
                 ($v:expr) => {{
-                    self.x[rd] = $v;
+                    self.x[i.rd as usize] = $v;
                     continue;
                 }};
             }
@@ -106,109 +119,111 @@ impl Hart {
             macro_rules! branch {
                 ($cond:expr) => {{
                     if $cond {
-                        start.wrapping_add(imm)
+                        start.wrapping_add(imm!())
                     } else {
                         next!()
                     }
                 }};
             }
             let target = match i.op {
-                Op::Lui => set!(imm),
-                Op::Auipc => set!(start.wrapping_add(imm)),
+                Op::Lui => set!(imm!()),
+                Op::Auipc => set!(start.wrapping_add(imm!())),
                 Op::Jal => {
-                    self.x[rd] = start.wrapping_add(i.off as u64 + i.len as u64);
-                    start.wrapping_add(imm)
+                    self.x[i.rd as usize] = start.wrapping_add(i.off as u64 + i.len as u64);
+                    start.wrapping_add(imm!())
                 }
                 Op::Jalr => {
-                    let target = rs1.wrapping_add(imm) & !1;
-                    self.x[rd] = start.wrapping_add(i.off as u64 + i.len as u64);
+                    let target = rs1!().wrapping_add(imm!()) & !1;
+                    self.x[i.rd as usize] = start.wrapping_add(i.off as u64 + i.len as u64);
                     target
                 }
-                Op::Beq => branch!(rs1 == rs2),
-                Op::Bne => branch!(rs1 != rs2),
-                Op::Blt => branch!((rs1 as i64) < (rs2 as i64)),
-                Op::Bge => branch!((rs1 as i64) >= (rs2 as i64)),
-                Op::Bltu => branch!(rs1 < rs2),
-                Op::Bgeu => branch!(rs1 >= rs2),
+                Op::Beq => branch!(rs1!() == rs2!()),
+                Op::Bne => branch!(rs1!() != rs2!()),
+                Op::Blt => branch!((rs1!() as i64) < (rs2!() as i64)),
+                Op::Bge => branch!((rs1!() as i64) >= (rs2!() as i64)),
+                Op::Bltu => branch!(rs1!() < rs2!()),
+                Op::Bgeu => branch!(rs1!() >= rs2!()),
                 Op::Lb => {
-                    let v = mem!(self.load::<1>(rs1.wrapping_add(imm)));
+                    let v = mem!(self.load::<1>(rs1!().wrapping_add(imm!())));
                     set!(v as u8 as i8 as i64 as u64)
                 }
                 Op::Lh => {
-                    let v = mem!(self.load::<2>(rs1.wrapping_add(imm)));
+                    let v = mem!(self.load::<2>(rs1!().wrapping_add(imm!())));
                     set!(v as u16 as i16 as i64 as u64)
                 }
                 Op::Lw => {
-                    let v = mem!(self.load::<4>(rs1.wrapping_add(imm)));
+                    let v = mem!(self.load::<4>(rs1!().wrapping_add(imm!())));
                     set!(sext32(v))
                 }
-                Op::Ld => set!(mem!(self.load::<8>(rs1.wrapping_add(imm)))),
-                Op::Lbu => set!(mem!(self.load::<1>(rs1.wrapping_add(imm)))),
-                Op::Lhu => set!(mem!(self.load::<2>(rs1.wrapping_add(imm)))),
-                Op::Lwu => set!(mem!(self.load::<4>(rs1.wrapping_add(imm)))),
+                Op::Ld => set!(mem!(self.load::<8>(rs1!().wrapping_add(imm!())))),
+                Op::Lbu => set!(mem!(self.load::<1>(rs1!().wrapping_add(imm!())))),
+                Op::Lhu => set!(mem!(self.load::<2>(rs1!().wrapping_add(imm!())))),
+                Op::Lwu => set!(mem!(self.load::<4>(rs1!().wrapping_add(imm!())))),
                 Op::Sb => {
-                    mem!(self.store::<1>(rs1.wrapping_add(imm), rs2));
+                    mem!(self.store::<1>(rs1!().wrapping_add(imm!()), rs2!()));
                     next!()
                 }
                 Op::Sh => {
-                    mem!(self.store::<2>(rs1.wrapping_add(imm), rs2));
+                    mem!(self.store::<2>(rs1!().wrapping_add(imm!()), rs2!()));
                     next!()
                 }
                 Op::Sw => {
-                    mem!(self.store::<4>(rs1.wrapping_add(imm), rs2));
+                    mem!(self.store::<4>(rs1!().wrapping_add(imm!()), rs2!()));
                     next!()
                 }
                 Op::Sd => {
-                    mem!(self.store::<8>(rs1.wrapping_add(imm), rs2));
+                    mem!(self.store::<8>(rs1!().wrapping_add(imm!()), rs2!()));
                     next!()
                 }
-                Op::Addi => set!(rs1.wrapping_add(imm)),
-                Op::Slti => set!(((rs1 as i64) < (imm as i64)) as u64),
-                Op::Sltiu => set!((rs1 < imm) as u64),
-                Op::Xori => set!(rs1 ^ imm),
-                Op::Ori => set!(rs1 | imm),
-                Op::Andi => set!(rs1 & imm),
-                Op::Slli => set!(rs1 << (imm & 63)),
-                Op::Srli => set!(rs1 >> (imm & 63)),
-                Op::Srai => set!(((rs1 as i64) >> (imm & 63)) as u64),
-                Op::Addiw => set!(sext32(rs1.wrapping_add(imm))),
-                Op::Slliw => set!(sext32(rs1 << (imm & 31))),
-                Op::Srliw => set!(sext32(((rs1 as u32) >> (imm & 31)) as u64)),
-                Op::Sraiw => set!(((rs1 as i32) >> (imm & 31)) as i64 as u64),
-                Op::Add => set!(rs1.wrapping_add(rs2)),
-                Op::Sub => set!(rs1.wrapping_sub(rs2)),
-                Op::Sll => set!(rs1 << (rs2 & 63)),
-                Op::Slt => set!(((rs1 as i64) < (rs2 as i64)) as u64),
-                Op::Sltu => set!((rs1 < rs2) as u64),
-                Op::Xor => set!(rs1 ^ rs2),
-                Op::Srl => set!(rs1 >> (rs2 & 63)),
-                Op::Sra => set!(((rs1 as i64) >> (rs2 & 63)) as u64),
-                Op::Or => set!(rs1 | rs2),
-                Op::And => set!(rs1 & rs2),
-                Op::Addw => set!(sext32(rs1.wrapping_add(rs2))),
-                Op::Subw => set!(sext32(rs1.wrapping_sub(rs2))),
-                Op::Sllw => set!(sext32(rs1 << (rs2 & 31))),
-                Op::Srlw => set!(sext32(((rs1 as u32) >> (rs2 & 31)) as u64)),
-                Op::Sraw => set!(((rs1 as i32) >> (rs2 & 31)) as i64 as u64),
-                Op::Mul => set!(rs1.wrapping_mul(rs2)),
-                Op::Mulh => set!(((rs1 as i64 as i128 * rs2 as i64 as i128) >> 64) as u64),
-                Op::Mulhsu => set!(((rs1 as i64 as i128).wrapping_mul(rs2 as i128) >> 64) as u64),
-                Op::Mulhu => set!(((rs1 as u128 * rs2 as u128) >> 64) as u64),
-                Op::Div => set!(if rs2 == 0 {
+                Op::Addi => set!(rs1!().wrapping_add(imm!())),
+                Op::Slti => set!(((rs1!() as i64) < (imm!() as i64)) as u64),
+                Op::Sltiu => set!((rs1!() < imm!()) as u64),
+                Op::Xori => set!(rs1!() ^ imm!()),
+                Op::Ori => set!(rs1!() | imm!()),
+                Op::Andi => set!(rs1!() & imm!()),
+                Op::Slli => set!(rs1!() << (imm!() & 63)),
+                Op::Srli => set!(rs1!() >> (imm!() & 63)),
+                Op::Srai => set!(((rs1!() as i64) >> (imm!() & 63)) as u64),
+                Op::Addiw => set!(sext32(rs1!().wrapping_add(imm!()))),
+                Op::Slliw => set!(sext32(rs1!() << (imm!() & 31))),
+                Op::Srliw => set!(sext32(((rs1!() as u32) >> (imm!() & 31)) as u64)),
+                Op::Sraiw => set!(((rs1!() as i32) >> (imm!() & 31)) as i64 as u64),
+                Op::Add => set!(rs1!().wrapping_add(rs2!())),
+                Op::Sub => set!(rs1!().wrapping_sub(rs2!())),
+                Op::Sll => set!(rs1!() << (rs2!() & 63)),
+                Op::Slt => set!(((rs1!() as i64) < (rs2!() as i64)) as u64),
+                Op::Sltu => set!((rs1!() < rs2!()) as u64),
+                Op::Xor => set!(rs1!() ^ rs2!()),
+                Op::Srl => set!(rs1!() >> (rs2!() & 63)),
+                Op::Sra => set!(((rs1!() as i64) >> (rs2!() & 63)) as u64),
+                Op::Or => set!(rs1!() | rs2!()),
+                Op::And => set!(rs1!() & rs2!()),
+                Op::Addw => set!(sext32(rs1!().wrapping_add(rs2!()))),
+                Op::Subw => set!(sext32(rs1!().wrapping_sub(rs2!()))),
+                Op::Sllw => set!(sext32(rs1!() << (rs2!() & 31))),
+                Op::Srlw => set!(sext32(((rs1!() as u32) >> (rs2!() & 31)) as u64)),
+                Op::Sraw => set!(((rs1!() as i32) >> (rs2!() & 31)) as i64 as u64),
+                Op::Mul => set!(rs1!().wrapping_mul(rs2!())),
+                Op::Mulh => set!(((rs1!() as i64 as i128 * rs2!() as i64 as i128) >> 64) as u64),
+                Op::Mulhsu => {
+                    set!(((rs1!() as i64 as i128).wrapping_mul(rs2!() as i128) >> 64) as u64)
+                }
+                Op::Mulhu => set!(((rs1!() as u128 * rs2!() as u128) >> 64) as u64),
+                Op::Div => set!(if rs2!() == 0 {
                     u64::MAX
                 } else {
-                    (rs1 as i64).wrapping_div(rs2 as i64) as u64
+                    (rs1!() as i64).wrapping_div(rs2!() as i64) as u64
                 }),
-                Op::Divu => set!(rs1.checked_div(rs2).unwrap_or(u64::MAX)),
-                Op::Rem => set!(if rs2 == 0 {
-                    rs1
+                Op::Divu => set!(rs1!().checked_div(rs2!()).unwrap_or(u64::MAX)),
+                Op::Rem => set!(if rs2!() == 0 {
+                    rs1!()
                 } else {
-                    (rs1 as i64).wrapping_rem(rs2 as i64) as u64
+                    (rs1!() as i64).wrapping_rem(rs2!() as i64) as u64
                 }),
-                Op::Remu => set!(if rs2 == 0 { rs1 } else { rs1 % rs2 }),
-                Op::Mulw => set!(sext32(rs1.wrapping_mul(rs2))),
+                Op::Remu => set!(if rs2!() == 0 { rs1!() } else { rs1!() % rs2!() }),
+                Op::Mulw => set!(sext32(rs1!().wrapping_mul(rs2!()))),
                 Op::Divw => {
-                    let (a, b) = (rs1 as i32, rs2 as i32);
+                    let (a, b) = (rs1!() as i32, rs2!() as i32);
                     set!(if b == 0 {
                         u64::MAX
                     } else {
@@ -216,11 +231,11 @@ impl Hart {
                     })
                 }
                 Op::Divuw => {
-                    let (a, b) = (rs1 as u32, rs2 as u32);
+                    let (a, b) = (rs1!() as u32, rs2!() as u32);
                     set!(a.checked_div(b).map_or(u64::MAX, |q| sext32(q as u64)))
                 }
                 Op::Remw => {
-                    let (a, b) = (rs1 as i32, rs2 as i32);
+                    let (a, b) = (rs1!() as i32, rs2!() as i32);
                     set!(if b == 0 {
                         a as i64 as u64
                     } else {
@@ -228,7 +243,7 @@ impl Hart {
                     })
                 }
                 Op::Remuw => {
-                    let (a, b) = (rs1 as u32, rs2 as u32);
+                    let (a, b) = (rs1!() as u32, rs2!() as u32);
                     set!(if b == 0 {
                         sext32(a as u64)
                     } else {
@@ -256,7 +271,7 @@ impl Hart {
                 | Op::Fld
                 | Op::Fsw
                 | Op::Fsd
-                | Op::Fp => match self.step_cold(i, pc(), rs1, rs2) {
+                | Op::Fp => match self.step_cold(i, pc(), rs1!(), rs2!()) {
                     Ok(Flow::Next) => next!(),
                     Ok(Flow::Jump(target)) => target,
                     Err(e) => {
