@@ -16,6 +16,8 @@ use super::hart::{Exception, Hart};
 
 /// Longest block, in instructions.
 const MAX_BLOCK_INSNS: usize = 64;
+// Instruction offsets within a block are kept in a `u8` (`Insn::off`).
+const _: () = assert!((MAX_BLOCK_INSNS - 1) * 4 <= u8::MAX as usize);
 /// Jump-cache entries (direct-mapped by virtual PC).
 const JUMP_CACHE: usize = 4096;
 /// Beyond this many blocks the cache starts over (bounded memory).
@@ -148,7 +150,8 @@ impl Hart {
         }
         let generation = self.sys.code.mark_code(ppage);
         let mut insns = Vec::with_capacity(16);
-        let mut offset = vpc & !PAGE_MASK;
+        let first = vpc & !PAGE_MASK;
+        let mut offset = first;
         let mut cacheable = true;
         let read_half = |off: u64| -> u16 {
             // SAFETY: `host_page` maps a whole guest page of RAM or ROM
@@ -160,7 +163,7 @@ impl Hart {
         };
         while insns.len() < MAX_BLOCK_INSNS && offset < PAGE_SIZE {
             let lo = read_half(offset);
-            let insn = if is_compressed(lo) {
+            let mut insn = if is_compressed(lo) {
                 decode_parts(lo, 0)
             } else if offset + 4 <= PAGE_SIZE {
                 decode_parts(lo, read_half(offset + 2))
@@ -177,6 +180,7 @@ impl Hart {
                 cacheable = false;
                 decode_parts(lo, hi)
             };
+            insn.rebase((offset - first) as u8);
             offset += insn.len as u64;
             insns.push(insn);
             if insn.ends_block() {

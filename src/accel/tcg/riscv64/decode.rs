@@ -226,6 +226,14 @@ pub struct Insn {
     pub rm: u8,
     /// 2 or 4.
     pub len: u8,
+    /// Byte offset from the start of the block (set when the block is
+    /// translated; at most 63 * 4), so the interpreter need not track the
+    /// pc instruction by instruction.
+    pub off: u8,
+    /// The immediate. For the pc-relative operations (`auipc`, `jal` and
+    /// the conditional branches) a translated block holds it rebased onto
+    /// the block's start (`imm + off`, see [`Insn::rebase`]), so the
+    /// interpreter adds it to the block's start pc.
     pub imm: i64,
 }
 
@@ -239,7 +247,20 @@ impl Insn {
             rs3: 0,
             rm: 0,
             len: 4,
+            off: 0,
             imm: 0,
+        }
+    }
+
+    /// Places the instruction at byte `off` of its block, rebasing a
+    /// pc-relative immediate onto the block's start.
+    pub fn rebase(&mut self, off: u8) {
+        self.off = off;
+        if matches!(
+            self.op,
+            Op::Auipc | Op::Jal | Op::Beq | Op::Bne | Op::Blt | Op::Bge | Op::Bltu | Op::Bgeu
+        ) {
+            self.imm = self.imm.wrapping_add(off as i64);
         }
     }
 

@@ -38,196 +38,281 @@ impl Hart {
             Some(i) => i,
             None => return Ok(()),
         };
-        let start = self.pc;
         self.inflight = insns.len().saturating_sub(1) as u64;
-        let mut result = Ok(());
-        let mut executed = 0u64;
-        let mut pc;
-        'chain: loop {
-            pc = start;
-            self.stats.blocks += 1;
-            for insn in insns.iter() {
-                executed += 1;
-                match self.step(insn, pc) {
-                    Ok(Flow::Next) => pc = pc.wrapping_add(insn.len as u64),
-                    Ok(Flow::Jump(target)) => {
-                        pc = target;
-                        if target == start
-                            && self.budget > 0
-                            && !self.check
-                            && !self.signals.needs_attention()
-                        {
-                            self.budget -= 1;
-                            // Keep instret exact for a CSR read later in
-                            // this block (see `Hart::inflight`).
-                            self.stats.instructions += executed;
-                            executed = 0;
-                            continue 'chain;
-                        }
-                        break 'chain;
-                    }
-                    Err(e) => {
-                        executed -= 1;
-                        result = Err(e);
-                        break 'chain;
-                    }
-                }
-            }
-            break;
-        }
-        self.pc = pc;
-        self.stats.instructions += executed;
+        let result = self.run_insns(&insns);
         self.blocks_put_back(id, insns);
         result
     }
 
-    #[inline(always)]
-    fn step(&mut self, i: &Insn, pc: u64) -> Result<Flow, Exception> {
-        // Masking the indices lets the compiler drop the bounds checks
-        // (the register file has 64 slots; decoding never produces more
-        // than 33).
-        let rs1 = self.x[i.rs1 as usize & 63];
-        let rs2 = self.x[i.rs2 as usize & 63];
+    /// The interpreter loop over one block's instructions, from `self.pc`
+    /// (the block's start); leaves `self.pc` at the next instruction to run
+    /// (or the faulting one) and counts the instructions retired.
+    ///
+    /// The common integer operations are handled inline; everything else
+    /// goes through [`Hart::step_cold`]. The pc of an instruction is the
+    /// block start plus its `off`, so nothing is tracked per instruction but
+    /// the index.
+    #[inline(never)]
+    fn run_insns(&mut self, insns: &[Insn]) -> Result<(), Exception> {
+        let start = self.pc;
+        let end = insns
+            .last()
+            .map_or(start, |l| start.wrapping_add(l.off as u64 + l.len as u64));
+        self.stats.blocks += 1;
+        let mut it = insns.iter();
+        loop {
+            let Some(i) = it.next() else {
+                // Fell off the end of the block.
+                self.stats.instructions += insns.len() as u64;
+                self.pc = end;
+                return Ok(());
+            };
+            // Operands are read in the arms that use them, not before the
+            // dispatch, so each operation loads only what it needs. The
+            // register file has 256 slots, so `u8` indices need no bounds
+            // checks (decoding never produces more than 33).
+            macro_rules! rs1 {
+                () => {
+                    self.x[i.rs1 as usize]
+                };
+            }
+            macro_rules! rs2 {
+                () => {
+                    self.x[i.rs2 as usize]
+                };
+            }
+            macro_rules! imm {
+                () => {
+                    (i.imm as u64)
+                };
+            }
+            // Only for the rarer paths; pc-relative operations have their
+            // immediate rebased onto the block start (see `Insn::imm`).
+            let pc = || start.wrapping_add(i.off as u64);
+            // Instructions retired before this one, in this pass.
+            let before = |it: &std::slice::Iter<Insn>| (insns.len() - it.len() - 1) as u64;
+            macro_rules! set {
+                ($v:expr) => {{
+                    self.x[i.rd as usize] = $v;
+                    continue;
+                }};
+            }
+            macro_rules! next {
+                () => {{
+                    continue;
+                }};
+            }
+            // Unwraps a memory access; a fault leaves the pc at the
+            // instruction and counts only the ones before it.
+            macro_rules! mem {
+                ($e:expr) => {
+                    match $e {
+                        Ok(v) => v,
+                        Err(e) => {
+                            self.stats.instructions += before(&it);
+                            self.pc = pc();
+                            return Err(e);
+                        }
+                    }
+                };
+            }
+            macro_rules! branch {
+                ($cond:expr) => {{
+                    if $cond {
+                        start.wrapping_add(imm!())
+                    } else {
+                        next!()
+                    }
+                }};
+            }
+            let target = match i.op {
+                Op::Lui => set!(imm!()),
+                Op::Auipc => set!(start.wrapping_add(imm!())),
+                Op::Jal => {
+                    self.x[i.rd as usize] = start.wrapping_add(i.off as u64 + i.len as u64);
+                    start.wrapping_add(imm!())
+                }
+                Op::Jalr => {
+                    let target = rs1!().wrapping_add(imm!()) & !1;
+                    self.x[i.rd as usize] = start.wrapping_add(i.off as u64 + i.len as u64);
+                    target
+                }
+                Op::Beq => branch!(rs1!() == rs2!()),
+                Op::Bne => branch!(rs1!() != rs2!()),
+                Op::Blt => branch!((rs1!() as i64) < (rs2!() as i64)),
+                Op::Bge => branch!((rs1!() as i64) >= (rs2!() as i64)),
+                Op::Bltu => branch!(rs1!() < rs2!()),
+                Op::Bgeu => branch!(rs1!() >= rs2!()),
+                Op::Lb => {
+                    let v = mem!(self.load::<1>(rs1!().wrapping_add(imm!())));
+                    set!(v as u8 as i8 as i64 as u64)
+                }
+                Op::Lh => {
+                    let v = mem!(self.load::<2>(rs1!().wrapping_add(imm!())));
+                    set!(v as u16 as i16 as i64 as u64)
+                }
+                Op::Lw => {
+                    let v = mem!(self.load::<4>(rs1!().wrapping_add(imm!())));
+                    set!(sext32(v))
+                }
+                Op::Ld => set!(mem!(self.load::<8>(rs1!().wrapping_add(imm!())))),
+                Op::Lbu => set!(mem!(self.load::<1>(rs1!().wrapping_add(imm!())))),
+                Op::Lhu => set!(mem!(self.load::<2>(rs1!().wrapping_add(imm!())))),
+                Op::Lwu => set!(mem!(self.load::<4>(rs1!().wrapping_add(imm!())))),
+                Op::Sb => {
+                    mem!(self.store::<1>(rs1!().wrapping_add(imm!()), rs2!()));
+                    next!()
+                }
+                Op::Sh => {
+                    mem!(self.store::<2>(rs1!().wrapping_add(imm!()), rs2!()));
+                    next!()
+                }
+                Op::Sw => {
+                    mem!(self.store::<4>(rs1!().wrapping_add(imm!()), rs2!()));
+                    next!()
+                }
+                Op::Sd => {
+                    mem!(self.store::<8>(rs1!().wrapping_add(imm!()), rs2!()));
+                    next!()
+                }
+                Op::Addi => set!(rs1!().wrapping_add(imm!())),
+                Op::Slti => set!(((rs1!() as i64) < (imm!() as i64)) as u64),
+                Op::Sltiu => set!((rs1!() < imm!()) as u64),
+                Op::Xori => set!(rs1!() ^ imm!()),
+                Op::Ori => set!(rs1!() | imm!()),
+                Op::Andi => set!(rs1!() & imm!()),
+                Op::Slli => set!(rs1!() << (imm!() & 63)),
+                Op::Srli => set!(rs1!() >> (imm!() & 63)),
+                Op::Srai => set!(((rs1!() as i64) >> (imm!() & 63)) as u64),
+                Op::Addiw => set!(sext32(rs1!().wrapping_add(imm!()))),
+                Op::Slliw => set!(sext32(rs1!() << (imm!() & 31))),
+                Op::Srliw => set!(sext32(((rs1!() as u32) >> (imm!() & 31)) as u64)),
+                Op::Sraiw => set!(((rs1!() as i32) >> (imm!() & 31)) as i64 as u64),
+                Op::Add => set!(rs1!().wrapping_add(rs2!())),
+                Op::Sub => set!(rs1!().wrapping_sub(rs2!())),
+                Op::Sll => set!(rs1!() << (rs2!() & 63)),
+                Op::Slt => set!(((rs1!() as i64) < (rs2!() as i64)) as u64),
+                Op::Sltu => set!((rs1!() < rs2!()) as u64),
+                Op::Xor => set!(rs1!() ^ rs2!()),
+                Op::Srl => set!(rs1!() >> (rs2!() & 63)),
+                Op::Sra => set!(((rs1!() as i64) >> (rs2!() & 63)) as u64),
+                Op::Or => set!(rs1!() | rs2!()),
+                Op::And => set!(rs1!() & rs2!()),
+                Op::Addw => set!(sext32(rs1!().wrapping_add(rs2!()))),
+                Op::Subw => set!(sext32(rs1!().wrapping_sub(rs2!()))),
+                Op::Sllw => set!(sext32(rs1!() << (rs2!() & 31))),
+                Op::Srlw => set!(sext32(((rs1!() as u32) >> (rs2!() & 31)) as u64)),
+                Op::Sraw => set!(((rs1!() as i32) >> (rs2!() & 31)) as i64 as u64),
+                Op::Mul => set!(rs1!().wrapping_mul(rs2!())),
+                Op::Mulh => set!(((rs1!() as i64 as i128 * rs2!() as i64 as i128) >> 64) as u64),
+                Op::Mulhsu => {
+                    set!(((rs1!() as i64 as i128).wrapping_mul(rs2!() as i128) >> 64) as u64)
+                }
+                Op::Mulhu => set!(((rs1!() as u128 * rs2!() as u128) >> 64) as u64),
+                Op::Div => set!(if rs2!() == 0 {
+                    u64::MAX
+                } else {
+                    (rs1!() as i64).wrapping_div(rs2!() as i64) as u64
+                }),
+                Op::Divu => set!(rs1!().checked_div(rs2!()).unwrap_or(u64::MAX)),
+                Op::Rem => set!(if rs2!() == 0 {
+                    rs1!()
+                } else {
+                    (rs1!() as i64).wrapping_rem(rs2!() as i64) as u64
+                }),
+                Op::Remu => set!(if rs2!() == 0 { rs1!() } else { rs1!() % rs2!() }),
+                Op::Mulw => set!(sext32(rs1!().wrapping_mul(rs2!()))),
+                Op::Divw => {
+                    let (a, b) = (rs1!() as i32, rs2!() as i32);
+                    set!(if b == 0 {
+                        u64::MAX
+                    } else {
+                        a.wrapping_div(b) as i64 as u64
+                    })
+                }
+                Op::Divuw => {
+                    let (a, b) = (rs1!() as u32, rs2!() as u32);
+                    set!(a.checked_div(b).map_or(u64::MAX, |q| sext32(q as u64)))
+                }
+                Op::Remw => {
+                    let (a, b) = (rs1!() as i32, rs2!() as i32);
+                    set!(if b == 0 {
+                        a as i64 as u64
+                    } else {
+                        a.wrapping_rem(b) as i64 as u64
+                    })
+                }
+                Op::Remuw => {
+                    let (a, b) = (rs1!() as u32, rs2!() as u32);
+                    set!(if b == 0 {
+                        sext32(a as u64)
+                    } else {
+                        sext32((a % b) as u64)
+                    })
+                }
+                Op::Illegal
+                | Op::Fence
+                | Op::FenceI
+                | Op::Ecall
+                | Op::Ebreak
+                | Op::Sret
+                | Op::Wfi
+                | Op::SfenceVma
+                | Op::Csrrw
+                | Op::Csrrs
+                | Op::Csrrc
+                | Op::Csrrwi
+                | Op::Csrrsi
+                | Op::Csrrci
+                | Op::Lr
+                | Op::Sc
+                | Op::Amo
+                | Op::Flw
+                | Op::Fld
+                | Op::Fsw
+                | Op::Fsd
+                | Op::Fp => match self.step_cold(i, pc(), rs1!(), rs2!()) {
+                    Ok(Flow::Next) => next!(),
+                    Ok(Flow::Jump(target)) => target,
+                    Err(e) => {
+                        self.stats.instructions += before(&it);
+                        self.pc = pc();
+                        return Err(e);
+                    }
+                },
+            };
+            // The instruction just run jumped: the block ends here.
+            self.stats.instructions += before(&it) + 1;
+            if target == start && self.budget > 0 && !self.check && !self.signals.needs_attention()
+            {
+                // Run the block again. `stats.instructions` is kept exact
+                // for a CSR read later in this block (see
+                // `Hart::inflight`).
+                self.budget -= 1;
+                self.stats.blocks += 1;
+                it = insns.iter();
+                continue;
+            }
+            self.pc = target;
+            return Ok(());
+        }
+    }
+
+    /// The operations [`Hart::run_insns`] does not handle inline: system
+    /// instructions, atomics and floating point. `rs1` and `rs2` are the
+    /// values of the source registers.
+    #[inline(never)]
+    fn step_cold(&mut self, i: &Insn, pc: u64, rs1: u64, rs2: u64) -> Result<Flow, Exception> {
         let imm = i.imm as u64;
-        let rd = i.rd as usize & 63;
+        let rd = i.rd as usize;
         let next = pc.wrapping_add(i.len as u64);
         macro_rules! set {
             ($v:expr) => {{
                 self.x[rd] = $v;
             }};
         }
-        macro_rules! branch {
-            ($cond:expr) => {{
-                if $cond {
-                    return Ok(Flow::Jump(pc.wrapping_add(imm)));
-                }
-                return Ok(Flow::Next);
-            }};
-        }
         match i.op {
             Op::Illegal => return Err(Exception::illegal(imm)),
-            Op::Lui => set!(imm),
-            Op::Auipc => set!(pc.wrapping_add(imm)),
-            Op::Jal => {
-                set!(next);
-                return Ok(Flow::Jump(pc.wrapping_add(imm)));
-            }
-            Op::Jalr => {
-                let target = rs1.wrapping_add(imm) & !1;
-                set!(next);
-                return Ok(Flow::Jump(target));
-            }
-            Op::Beq => branch!(rs1 == rs2),
-            Op::Bne => branch!(rs1 != rs2),
-            Op::Blt => branch!((rs1 as i64) < (rs2 as i64)),
-            Op::Bge => branch!((rs1 as i64) >= (rs2 as i64)),
-            Op::Bltu => branch!(rs1 < rs2),
-            Op::Bgeu => branch!(rs1 >= rs2),
-            Op::Lb => {
-                let v = self.load::<1>(rs1.wrapping_add(imm))?;
-                set!(v as u8 as i8 as i64 as u64)
-            }
-            Op::Lh => {
-                let v = self.load::<2>(rs1.wrapping_add(imm))?;
-                set!(v as u16 as i16 as i64 as u64)
-            }
-            Op::Lw => {
-                let v = self.load::<4>(rs1.wrapping_add(imm))?;
-                set!(sext32(v))
-            }
-            Op::Ld => {
-                let v = self.load::<8>(rs1.wrapping_add(imm))?;
-                set!(v)
-            }
-            Op::Lbu => {
-                let v = self.load::<1>(rs1.wrapping_add(imm))?;
-                set!(v)
-            }
-            Op::Lhu => {
-                let v = self.load::<2>(rs1.wrapping_add(imm))?;
-                set!(v)
-            }
-            Op::Lwu => {
-                let v = self.load::<4>(rs1.wrapping_add(imm))?;
-                set!(v)
-            }
-            Op::Sb => self.store::<1>(rs1.wrapping_add(imm), rs2)?,
-            Op::Sh => self.store::<2>(rs1.wrapping_add(imm), rs2)?,
-            Op::Sw => self.store::<4>(rs1.wrapping_add(imm), rs2)?,
-            Op::Sd => self.store::<8>(rs1.wrapping_add(imm), rs2)?,
-            Op::Addi => set!(rs1.wrapping_add(imm)),
-            Op::Slti => set!(((rs1 as i64) < (imm as i64)) as u64),
-            Op::Sltiu => set!((rs1 < imm) as u64),
-            Op::Xori => set!(rs1 ^ imm),
-            Op::Ori => set!(rs1 | imm),
-            Op::Andi => set!(rs1 & imm),
-            Op::Slli => set!(rs1 << (imm & 63)),
-            Op::Srli => set!(rs1 >> (imm & 63)),
-            Op::Srai => set!(((rs1 as i64) >> (imm & 63)) as u64),
-            Op::Addiw => set!(sext32(rs1.wrapping_add(imm))),
-            Op::Slliw => set!(sext32(rs1 << (imm & 31))),
-            Op::Srliw => set!(sext32(((rs1 as u32) >> (imm & 31)) as u64)),
-            Op::Sraiw => set!(((rs1 as i32) >> (imm & 31)) as i64 as u64),
-            Op::Add => set!(rs1.wrapping_add(rs2)),
-            Op::Sub => set!(rs1.wrapping_sub(rs2)),
-            Op::Sll => set!(rs1 << (rs2 & 63)),
-            Op::Slt => set!(((rs1 as i64) < (rs2 as i64)) as u64),
-            Op::Sltu => set!((rs1 < rs2) as u64),
-            Op::Xor => set!(rs1 ^ rs2),
-            Op::Srl => set!(rs1 >> (rs2 & 63)),
-            Op::Sra => set!(((rs1 as i64) >> (rs2 & 63)) as u64),
-            Op::Or => set!(rs1 | rs2),
-            Op::And => set!(rs1 & rs2),
-            Op::Addw => set!(sext32(rs1.wrapping_add(rs2))),
-            Op::Subw => set!(sext32(rs1.wrapping_sub(rs2))),
-            Op::Sllw => set!(sext32(rs1 << (rs2 & 31))),
-            Op::Srlw => set!(sext32(((rs1 as u32) >> (rs2 & 31)) as u64)),
-            Op::Sraw => set!(((rs1 as i32) >> (rs2 & 31)) as i64 as u64),
-            Op::Mul => set!(rs1.wrapping_mul(rs2)),
-            Op::Mulh => set!(((rs1 as i64 as i128 * rs2 as i64 as i128) >> 64) as u64),
-            Op::Mulhsu => set!(((rs1 as i64 as i128).wrapping_mul(rs2 as i128) >> 64) as u64),
-            Op::Mulhu => set!(((rs1 as u128 * rs2 as u128) >> 64) as u64),
-            Op::Div => set!(if rs2 == 0 {
-                u64::MAX
-            } else {
-                (rs1 as i64).wrapping_div(rs2 as i64) as u64
-            }),
-            Op::Divu => set!(rs1.checked_div(rs2).unwrap_or(u64::MAX)),
-            Op::Rem => set!(if rs2 == 0 {
-                rs1
-            } else {
-                (rs1 as i64).wrapping_rem(rs2 as i64) as u64
-            }),
-            Op::Remu => set!(if rs2 == 0 { rs1 } else { rs1 % rs2 }),
-            Op::Mulw => set!(sext32(rs1.wrapping_mul(rs2))),
-            Op::Divw => {
-                let (a, b) = (rs1 as i32, rs2 as i32);
-                set!(if b == 0 {
-                    u64::MAX
-                } else {
-                    a.wrapping_div(b) as i64 as u64
-                })
-            }
-            Op::Divuw => {
-                let (a, b) = (rs1 as u32, rs2 as u32);
-                set!(a.checked_div(b).map_or(u64::MAX, |q| sext32(q as u64)))
-            }
-            Op::Remw => {
-                let (a, b) = (rs1 as i32, rs2 as i32);
-                set!(if b == 0 {
-                    a as i64 as u64
-                } else {
-                    a.wrapping_rem(b) as i64 as u64
-                })
-            }
-            Op::Remuw => {
-                let (a, b) = (rs1 as u32, rs2 as u32);
-                set!(if b == 0 {
-                    sext32(a as u64)
-                } else {
-                    sext32((a % b) as u64)
-                })
-            }
             Op::Fence => {
                 if self.sys.harts.len() > 1 {
                     std::sync::atomic::fence(Ordering::SeqCst);
@@ -358,6 +443,8 @@ impl Hart {
                 }
             }
             Op::Fp => self.exec_fp(i)?,
+            // Handled by `run_insns`; never passed here.
+            _ => return Err(Exception::illegal(imm)),
         }
         Ok(Flow::Next)
     }

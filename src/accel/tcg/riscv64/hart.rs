@@ -100,8 +100,9 @@ pub struct HartStats {
 /// One hart.
 pub struct Hart {
     /// x0..x31 plus a write sink at index 32 (see `decode::SINK`); padded
-    /// to 64 so that masked indices need no bounds checks.
-    pub x: [u64; 64],
+    /// to 256 so that indexing with a `u8` register number needs neither a
+    /// bounds check nor a mask.
+    pub x: [u64; 256],
     pub f: [u64; 32],
     pub pc: u64,
     pub prv: Priv,
@@ -151,7 +152,7 @@ impl Hart {
         let signals = sys.harts[id].signals.clone();
         let view = sys.memory.view();
         Hart {
-            x: [0; 64],
+            x: [0; 256],
             f: [0; 32],
             pc: 0,
             prv: Priv::Supervisor,
