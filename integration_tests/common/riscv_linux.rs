@@ -90,7 +90,10 @@ pub fn test_initramfs() -> &'static PathBuf {
             .stderr(Stdio::inherit())
             .output()
             .expect("run tools/riscv-test-guest.sh");
-        assert!(out.status.success(), "building the riscv64 test initramfs failed");
+        assert!(
+            out.status.success(),
+            "building the riscv64 test initramfs failed"
+        );
         let text = String::from_utf8(out.stdout).expect("path is UTF-8");
         PathBuf::from(text.trim())
     })
