@@ -190,3 +190,39 @@ pub fn debug_exit(v: u8) -> Vec<u8> {
 /// `ud2`: with the empty boot IDT, #UD becomes #GP, #DF, then a triple
 /// fault.
 pub const UD2: [u8; 2] = [0x0f, 0x0b];
+
+/// Assembles 64-bit code (AT&T syntax, linked at 0x10_0000 where
+/// [`tiny_elf`] loads it) into a tiny ELF kernel that Ember enters in long
+/// mode with the first 4 GiB identity-mapped.
+pub fn elf64_from_asm(name: &str, source: &str) -> PathBuf {
+    let dir = scratch_dir("asm64");
+    let src = dir.join(format!("{name}.s"));
+    let obj = dir.join(format!("{name}.o"));
+    let bin = dir.join(format!("{name}.bin"));
+    std::fs::write(&src, format!("        .code64\n        .text\n{source}\n"))
+        .expect("write source");
+    let status = Command::new("as")
+        .args(["--64", "-o"])
+        .arg(&obj)
+        .arg(&src)
+        .status()
+        .expect("run as (binutils)");
+    assert!(status.success(), "assembling {name} failed");
+    let elf = dir.join(format!("{name}.linked"));
+    let status = Command::new("ld")
+        .args(["-Ttext=0x100000", "-e", "0x100000", "-o"])
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .expect("run ld");
+    assert!(status.success(), "linking {name} failed");
+    let status = Command::new("objcopy")
+        .args(["-O", "binary", "-j", ".text"])
+        .arg(&elf)
+        .arg(&bin)
+        .status()
+        .expect("run objcopy");
+    assert!(status.success(), "objcopy {name} failed");
+    let code = std::fs::read(&bin).expect("read assembled code");
+    tiny_elf_file(name, &code, false)
+}
