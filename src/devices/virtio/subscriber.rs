@@ -307,6 +307,10 @@ mod tests {
         w(0x44, 1);
         w(0x70, 0xf);
         assert!(mmio.is_active());
+        // Activation queues one catch-up pass over the ready queue.
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(mmio.stats().queue_events, 1);
+        assert!(irq.take().is_empty());
 
         tx.write_all(b"more").unwrap();
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
