@@ -45,6 +45,7 @@ use crate::memory::GuestRam;
 pub mod block;
 pub mod console;
 pub mod device;
+pub mod fuzz;
 pub mod mmio;
 pub mod net;
 pub mod rng;
