@@ -15,3 +15,4 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 cargo bench --bench tcg_boot
+cargo bench --bench virtio_io

@@ -17,8 +17,9 @@
  *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
  *            `ember_peer`:7777 and wait for the echo, then echo one datagram
  *            received on port 7778.
- *   netbench receive `ember_mib` MiB over UDP port 7779 from the peer and
- *            report the rate; answer `ember_pings` UDP pings on 7780.
+ *   netbench receive one TCP stream on port 7779 to EOF and report its
+ *            rate (replying with the byte count), then echo UDP
+ *            datagrams on 7780 until one says "done".
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -292,34 +293,40 @@ static int test_net(void) {
 static int test_netbench(void) {
     if (set_ip("eth0", env("ember_ip", "10.0.2.15")) != 0) return 1;
     say("net up");
-    int s = udp_socket(7779);
+    /* Host to guest throughput: one TCP connection on 7779, read to EOF. */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(7779)};
+    me.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(l, (struct sockaddr *)&me, sizeof me) != 0 || listen(l, 1) != 0) {
+        say("error listen 7779: %s", strerror(errno));
+        return 1;
+    }
     say("listening 7779");
-    char buf[2048];
+    int c = accept(l, NULL, NULL);
+    if (c < 0) { say("error accept: %s", strerror(errno)); return 1; }
+    static char buf[65536];
     long total = 0;
-    double t0 = 0;
+    double t0 = now();
     for (;;) {
-        struct pollfd p = {.fd = s, .events = POLLIN};
-        if (poll(&p, 1, 5000) <= 0) break;
-        struct sockaddr_in from;
-        socklen_t fl = sizeof from;
-        ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
-        if (n <= 0) continue;
-        if (n == 3 && memcmp(buf, "end", 3) == 0) {
-            double dt = now() - t0;
-            say("rx_bytes=%ld rx_mibps=%.1f", total, total / dt / 1048576.0);
-            snprintf(buf, sizeof buf, "%ld", total);
-            sendto(s, buf, strlen(buf), 0, (struct sockaddr *)&from, fl);
-            break;
-        }
-        if (total == 0) t0 = now();
+        ssize_t n = read(c, buf, sizeof buf);
+        if (n <= 0) break;
         total += n;
     }
-    close(s);
-    s = udp_socket(7780);
+    double dt = now() - t0;
+    say("rx_bytes=%ld rx_mibps=%.1f", total, total / dt / 1048576.0);
+    char msg[32];
+    int m = snprintf(msg, sizeof msg, "%ld\n", total);
+    if (write(c, msg, m) != m) say("error reply: %s", strerror(errno));
+    close(c);
+    close(l);
+    /* Round trips: echo UDP datagrams on 7780 until "done". */
+    int s = udp_socket(7780);
     say("listening 7780");
     for (;;) {
         struct pollfd p = {.fd = s, .events = POLLIN};
-        if (poll(&p, 1, 10000) <= 0) break;
+        if (poll(&p, 1, 30000) <= 0) break;
         struct sockaddr_in from;
         socklen_t fl = sizeof from;
         ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
