@@ -131,6 +131,64 @@ fn print_mtree_shows_the_pc_layout_without_kvm() {
 }
 
 #[test]
+fn print_mtree_shows_virtio_transports_in_slot_order() {
+    let dir = scratch_dir("mtree-virtio");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let disk_arg = format!("path={}", disk.display());
+    let out = ember(&[
+        "run",
+        "--disk",
+        &disk_arg,
+        "--rng",
+        "--print-mtree",
+        "--kvm-device",
+        "/nonexistent",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for base in [
+        "00000000d0000000-00000000d00001ff",
+        "00000000d0001000-00000000d00011ff",
+    ] {
+        assert!(
+            text.contains(&format!("{base} (prio 0, i/o): virtio-mmio")),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("00000000d0002000"), "{text}");
+}
+
+#[test]
+fn virtio_option_errors_are_clear() {
+    assert_error(
+        &["run", "--disk", "readonly=on"],
+        &["--disk needs path=FILE"],
+    );
+    assert_error(
+        &[
+            "run",
+            "--disk",
+            "path=/nonexistent/disk.img",
+            "--print-mtree",
+        ],
+        &["/nonexistent/disk.img"],
+    );
+    assert_error(&["run", "--net", "tap=a,mac=zz"], &["MAC"]);
+    assert_error(&["run", "--console", "tty"], &["serial or virtio"]);
+    // riscv64's virt machine has 8 virtio-mmio slots.
+    let dir = scratch_dir("many-disks");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let spec = format!("path={}", disk.display());
+    let mut args = vec!["run", "--arch", "riscv64", "--print-mtree"];
+    for _ in 0..9 {
+        args.extend(["--disk", spec.as_str()]);
+    }
+    assert_error(&args, &["9 virtio devices", "8 virtio-mmio slots"]);
+}
+
+#[test]
 fn run_errors_are_clear() {
     let dir = scratch_dir("errors");
     let fw = dir.join("empty.rom");
