@@ -68,3 +68,15 @@ pub fn virtio_console_input(
         input.enqueue_input(bytes);
     })
 }
+
+/// Where console input goes: virtio-console when the VM has it
+/// (`--console virtio`), the UART otherwise.
+pub fn console_target(
+    virtio: &crate::vmm::virtio::VirtioDevices,
+    serial: &Arc<crate::devices::serial::Serial>,
+) -> DeliverInput {
+    match &virtio.console_input {
+        Some(hvc) => virtio_console_input(hvc),
+        None => serial_input(serial),
+    }
+}

@@ -193,10 +193,7 @@ impl RiscvVm {
             &self.exit,
             EventLoopParts {
                 input: self.config.console_input.clone(),
-                deliver: match &self.virtio.console_input {
-                    Some(hvc) => virtio_console_input(hvc),
-                    None => serial_input(&self.serial),
-                },
+                deliver: console_target(&self.virtio, &self.serial),
                 devices: self.virtio.subscribers(),
             },
         );

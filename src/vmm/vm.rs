@@ -519,10 +519,7 @@ impl Vm {
             &self.exit,
             EventLoopParts {
                 input: self.config.console_input.clone(),
-                deliver: match &self.virtio.console_input {
-                    Some(hvc) => virtio_console_input(hvc),
-                    None => serial_input(&self.serial),
-                },
+                deliver: console_target(&self.virtio, &self.serial),
                 devices: self.virtio.subscribers(),
             },
         )

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::collect_chain;
@@ -621,23 +621,7 @@ impl Block {
     }
 
     fn drain(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap<()>) -> Result<bool, DeviceError> {
-        let bad = |e: virtio_queue::Error| DeviceError::BadChain {
-            queue: 0,
-            reason: e.to_string(),
-        };
-        // At most one ring's worth per call (virtio-queue refuses an
-        // available index more than the queue size ahead); the driver
-        // notifies again for what it adds meanwhile.
-        let chains: Vec<_> = queue.iter(mem).map_err(bad)?.collect();
-        if chains.is_empty() {
-            return Ok(false);
-        }
-        for chain in chains {
-            let head = chain.head_index();
-            let len = self.complete_chain(chain, mem);
-            queue.add_used(mem, head, len).map_err(bad)?;
-        }
-        queue.needs_notification(mem).map_err(bad)
+        super::drain_queue(queue, 0, mem, |chain| Ok(self.complete_chain(chain, mem)))
     }
 }
 

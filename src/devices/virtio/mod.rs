@@ -104,6 +104,37 @@ pub type GuestMemoryHandle = Arc<ArcSwap<GuestRam>>;
 /// A driver-side view of a split virtqueue in test guest memory, for the
 /// device and transport tests: builds descriptor tables and rings by hand so
 /// that tests can also build the malformed ones a real driver never would.
+/// Takes every available chain of `queue` (at most one ring's worth:
+/// virtio-queue refuses an available index more than the queue size ahead,
+/// and the driver notifies again for what it adds meanwhile), completes
+/// each with the used length `complete` returns, and says whether the
+/// driver must be interrupted. A chain that cannot be returned is a device
+/// error.
+pub(crate) fn drain_queue<'m>(
+    queue: &mut virtio_queue::Queue,
+    index: usize,
+    mem: &'m vm_memory::GuestMemoryMmap<()>,
+    mut complete: impl FnMut(
+        DescriptorChain<&'m vm_memory::GuestMemoryMmap<()>>,
+    ) -> Result<u32, DeviceError>,
+) -> Result<bool, DeviceError> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+    let bad = |e: virtio_queue::Error| DeviceError::BadChain {
+        queue: index,
+        reason: e.to_string(),
+    };
+    let chains: Vec<_> = queue.iter(mem).map_err(bad)?.collect();
+    if chains.is_empty() {
+        return Ok(false);
+    }
+    for chain in chains {
+        let head = chain.head_index();
+        let len = complete(chain)?;
+        queue.add_used(mem, head, len).map_err(bad)?;
+    }
+    queue.needs_notification(mem).map_err(bad)
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::PathBuf;

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::collect_chain;
@@ -140,23 +140,7 @@ impl VirtioDevice for Rng {
 
 impl Rng {
     fn drain(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap<()>) -> Result<bool, DeviceError> {
-        let bad = |e: virtio_queue::Error| DeviceError::BadChain {
-            queue: 0,
-            reason: e.to_string(),
-        };
-        // At most one ring's worth per call (virtio-queue refuses an
-        // available index more than the queue size ahead); later requests
-        // come with a later notification.
-        let chains: Vec<_> = queue.iter(mem).map_err(bad)?.collect();
-        if chains.is_empty() {
-            return Ok(false);
-        }
-        for chain in chains {
-            let head = chain.head_index();
-            let len = self.fill_chain(chain, mem)?;
-            queue.add_used(mem, head, len).map_err(bad)?;
-        }
-        queue.needs_notification(mem).map_err(bad)
+        super::drain_queue(queue, 0, mem, |chain| self.fill_chain(chain, mem))
     }
 }
 
