@@ -22,7 +22,7 @@ use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
-use crate::vmm::event_loop::{run_event_loop, serial_input, virtio_console_input, EventLoopParts};
+use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
