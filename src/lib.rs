@@ -2,6 +2,7 @@
 //! memory model.
 
 pub mod accel;
+pub mod api;
 pub mod arch;
 pub mod devices;
 pub mod memory;
