@@ -4,6 +4,7 @@
 //! self-modifying-code detection, and the riscv64 hart.
 
 pub mod code_pages;
+pub mod pause;
 pub mod riscv64;
 pub mod signals;
 pub mod tlb;

@@ -218,6 +218,8 @@ struct State {
     config_generation: u32,
     /// Between a successful `activate` and the next reset or device error.
     active: bool,
+    /// The VM is paused: no device work (see `VirtioMmio::pause`).
+    paused: bool,
 }
 
 struct Inner {
@@ -275,6 +277,7 @@ impl VirtioMmio {
             interrupt_status: 0,
             config_generation: 0,
             active: false,
+            paused: false,
         };
         Ok(VirtioMmio {
             inner: Arc::new(Inner {
@@ -371,7 +374,7 @@ impl VirtioMmio {
         // waits for device work, and the Arc keeps this one alive meanwhile.
         let mem = self.inner.mem.load_full();
         let mut st = self.lock();
-        if !st.active || !st.queues.get(index).is_some_and(|q| q.ready) {
+        if !st.active || st.paused || !st.queues.get(index).is_some_and(|q| q.ready) {
             return;
         }
         let result = st.device.process_queue(index, mem.memory());
@@ -384,11 +387,39 @@ impl VirtioMmio {
         bump(&self.inner.counters.host_events);
         let mem = self.inner.mem.load_full();
         let mut st = self.lock();
-        if !st.active {
+        if !st.active || st.paused {
             return;
         }
         let result = st.device.process_host_event(index, mem.memory());
         self.finish(&mut st, result);
+    }
+
+    /// Stops device activity (the VM is paused): queue and host events are
+    /// ignored until [`VirtioMmio::resume`]. Returns once any batch in
+    /// progress has finished (it holds the lock this takes).
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    /// Restarts device activity, with one pass over every ready queue for
+    /// what arrived meanwhile (as at DRIVER_OK).
+    pub fn resume(&self) {
+        let mut st = self.lock();
+        if !st.paused {
+            return;
+        }
+        st.paused = false;
+        if st.active {
+            self.kick_ready_queues(&st);
+        }
+    }
+
+    fn kick_ready_queues(&self, st: &State) {
+        for (q, event) in st.queues.iter().zip(&self.inner.queue_events) {
+            if q.ready {
+                let _ = event.write(1);
+            }
+        }
     }
 
     fn finish(&self, st: &mut State, result: Result<bool, DeviceError>) {
@@ -525,11 +556,7 @@ impl VirtioMmio {
                 // (Linux's virtio-console fills and kicks its receive queue
                 // during probe), and host input that arrived before
                 // activation is only pulled in when its queue is processed.
-                for (q, event) in st.queues.iter().zip(&self.inner.queue_events) {
-                    if q.ready {
-                        let _ = event.write(1);
-                    }
-                }
+                self.kick_ready_queues(st);
             }
             Err(e) => self.fail(st, &e),
         }

@@ -455,6 +455,13 @@ impl Hart {
         if self.signals.stop_requested() || self.exit.is_some() || self.hsm_stop {
             return false;
         }
+        if self.sys.pause.requested() {
+            let signals = self.signals.clone();
+            self.sys.pause.park(|| signals.stop_requested());
+            if self.signals.stop_requested() {
+                return false;
+            }
+        }
         // Traps count too, so a guest stuck in a trap loop (an unmapped
         // stvec) still ends a bounded run.
         if self
@@ -503,8 +510,11 @@ impl Hart {
         let sie = self.sie;
         let signals = self.signals.clone();
         let requests = &self.sys.harts[self.id].requests;
+        let pause = &self.sys.pause;
         signals.park_until(deadline, || {
-            signals.lines() & sie == 0 && requests.load(Ordering::SeqCst) == 0
+            signals.lines() & sie == 0
+                && requests.load(Ordering::SeqCst) == 0
+                && !pause.requested()
         });
         self.update_timer();
         if self.pending_interrupts() & self.sie != 0 {
@@ -595,7 +605,10 @@ impl Hart {
                     continue;
                 }
             }
+            let signals = self.signals.clone();
+            self.sys.pause.enter(|| signals.stop_requested());
             self.run();
+            self.sys.pause.leave();
             self.hsm_stop = false;
             if let Some(reason) = self.exit.take() {
                 self.sys.exit.request(reason);

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::accel::tcg::code_pages::CodePages;
+use crate::accel::tcg::pause::PauseGate;
 use crate::accel::tcg::signals::HartSignals;
 use crate::memory::{AddressSpace, FlatRange, MemoryListener};
 use crate::vmm::exit::ExitSignal;
@@ -65,6 +66,8 @@ pub struct RiscvSystem {
     pub timebase: u64,
     pub exit: Arc<ExitSignal>,
     pub console: ConsoleSink,
+    /// Pausing the harts (the control API's pause).
+    pub pause: PauseGate,
 }
 
 impl RiscvSystem {
@@ -99,6 +102,7 @@ impl RiscvSystem {
             timebase: timebase.max(1),
             exit,
             console,
+            pause: PauseGate::default(),
         })
     }
 
@@ -114,6 +118,24 @@ impl RiscvSystem {
         let ns = ticks as u128 * 1_000_000_000 / self.timebase as u128;
         let ns = u64::try_from(ns).ok()?;
         self.clock_base.checked_add(Duration::from_nanos(ns))
+    }
+
+    /// Stops every hart at an instruction boundary; returns false if they
+    /// did not all park within `timeout`.
+    pub fn pause_all(&self, timeout: Duration) -> bool {
+        self.pause.pause(
+            || {
+                for h in &self.harts {
+                    h.signals.notify();
+                }
+            },
+            timeout,
+        )
+    }
+
+    /// Lets paused harts continue.
+    pub fn resume_all(&self) {
+        self.pause.resume();
     }
 
     /// Stops every hart (the VM is ending).
