@@ -540,12 +540,27 @@ fn unsupported(e: &io::Error) -> bool {
     )
 }
 
+/// Request counters, for the control API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BlockCounters {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    /// Other requests (get-id, discard, write-zeroes, unsupported).
+    pub other: u64,
+    /// Requests answered with an error status (malformed ones included).
+    pub errors: u64,
+}
+
 /// The virtio-blk device.
 pub struct Block {
     disk: Disk,
     queue: Option<Queue>,
     offered: u64,
     config: [u8; CONFIG_LEN],
+    counters: BlockCounters,
 }
 
 impl Block {
@@ -590,12 +605,17 @@ impl Block {
             queue: None,
             offered,
             config: config_space(capacity),
+            counters: BlockCounters::default(),
         })
     }
 
     /// The disk size in sectors.
     pub fn capacity(&self) -> u64 {
         self.disk.capacity
+    }
+
+    pub fn counters(&self) -> BlockCounters {
+        self.counters
     }
 
     /// Answers one chain; returns the used length. Never fails: a bad chain
@@ -608,9 +628,29 @@ impl Block {
         let (status_addr, outcome) = match parse_request(chain, mem) {
             Ok(req) => {
                 let outcome = self.disk.execute(&req, mem);
+                let bytes: u64 = req.data.iter().map(|d| u64::from(d.len)).sum();
+                let c = &mut self.counters;
+                match req.kind {
+                    RequestKind::In => {
+                        c.reads += 1;
+                        c.read_bytes += bytes;
+                    }
+                    RequestKind::Out => {
+                        c.writes += 1;
+                        c.write_bytes += bytes;
+                    }
+                    RequestKind::Flush => c.flushes += 1,
+                    _ => c.other += 1,
+                }
+                if outcome.status != S_OK {
+                    c.errors += 1;
+                }
                 (Some(req.status), outcome)
             }
-            Err(bad) => (bad.status, Outcome::status(S_IOERR)),
+            Err(bad) => {
+                self.counters.errors += 1;
+                (bad.status, Outcome::status(S_IOERR))
+            }
         };
         match status_addr {
             Some(addr) if mem.write_obj(outcome.status, addr).is_ok() => {
@@ -662,6 +702,10 @@ fn config_space(capacity: u64) -> [u8; CONFIG_LEN] {
 }
 
 impl VirtioDevice for Block {
+    fn counters(&self) -> serde_json::Value {
+        serde_json::to_value(self.counters).unwrap_or_default()
+    }
+
     fn device_type(&self) -> u32 {
         device_type::BLOCK
     }

@@ -116,7 +116,7 @@ impl ConsoleInput {
 }
 
 /// Console counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ConsoleCounters {
     /// Guest output bytes written to the output.
     pub tx_bytes: u64,
@@ -290,6 +290,10 @@ fn collect_buffers<M: GuestMemory + ?Sized>(
 }
 
 impl VirtioDevice for Console {
+    fn counters(&self) -> serde_json::Value {
+        serde_json::to_value(self.counters).unwrap_or_default()
+    }
+
     fn device_type(&self) -> u32 {
         device_type::CONSOLE
     }

@@ -114,4 +114,9 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, DeviceError> {
         Ok(false)
     }
+    /// Device-level counters (requests, bytes, errors) for the control
+    /// API, as JSON; `null` when the device keeps none.
+    fn counters(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }

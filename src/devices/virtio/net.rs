@@ -363,7 +363,7 @@ pub(crate) fn wants_interrupt(
 }
 
 /// Traffic and error counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetCounters {
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -548,6 +548,10 @@ impl<B: NetBackend> Net<B> {
 }
 
 impl<B: NetBackend> VirtioDevice for Net<B> {
+    fn counters(&self) -> serde_json::Value {
+        serde_json::to_value(self.counters).unwrap_or_default()
+    }
+
     fn device_type(&self) -> u32 {
         device_type::NET
     }

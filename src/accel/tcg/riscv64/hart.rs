@@ -456,6 +456,7 @@ impl Hart {
             return false;
         }
         if self.sys.pause.requested() {
+            self.publish_stats();
             let signals = self.signals.clone();
             self.sys.pause.park(|| signals.stop_requested());
             if self.signals.stop_requested() {
@@ -470,6 +471,7 @@ impl Hart {
         {
             return false;
         }
+        self.publish_stats();
         let requests = self.sys.harts[self.id].requests.swap(0, Ordering::SeqCst);
         if requests & REQ_FLUSH_TLB != 0 {
             self.tlb.flush_all();
@@ -489,6 +491,15 @@ impl Hart {
             self.wfi = false;
         }
         true
+    }
+
+    /// Copies the counters where the control API reads them; skipped when
+    /// a reader holds the lock (the next service point publishes).
+    fn publish_stats(&mut self) {
+        if let Ok(mut p) = self.sys.harts[self.id].published.try_lock() {
+            *p = self.stats;
+            p.tlb = self.tlb.stats;
+        }
     }
 
     /// Parks the hart in WFI until an interrupt is pending (enabled in

@@ -35,6 +35,9 @@ pub struct HartShared {
     pub hsm: Mutex<HsmState>,
     /// `REQ_*` bits another hart asked this one to carry out.
     pub requests: AtomicU32,
+    /// The hart's counters as of its last service point, for the control
+    /// API (the live ones are the hart thread's own).
+    pub published: Mutex<super::hart::HartStats>,
 }
 
 impl HartShared {
@@ -91,6 +94,7 @@ impl RiscvSystem {
                     HsmState::Stopped
                 }),
                 requests: AtomicU32::new(0),
+                published: Mutex::default(),
             })
             .collect();
         let code = CodePages::new(&memory.view());
