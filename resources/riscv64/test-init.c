@@ -17,6 +17,7 @@
  *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
  *            `ember_peer`:7777 and wait for the echo, then echo one datagram
  *            received on port 7778.
+ *   count    print an increasing counter every 10 ms (pause/resume tests).
  *   netbench receive one TCP stream on port 7779 to EOF and report its
  *            rate (replying with the byte count), then echo UDP
  *            datagrams on 7780 until one says "done".
@@ -338,6 +339,17 @@ static int test_netbench(void) {
     return 0;
 }
 
+/* Prints an increasing counter every 10 ms, up to `ember_count_max`. */
+static int test_count(void) {
+    long max = atol(env("ember_count_max", "1000000"));
+    for (long i = 0; i < max; i++) {
+        say("count=%ld", i);
+        struct timespec t = {0, 10 * 1000 * 1000};
+        nanosleep(&t, NULL);
+    }
+    return 0;
+}
+
 int main(void) {
     mkdir("/dev", 0755);
     mkdir("/proc", 0755);
@@ -354,6 +366,7 @@ int main(void) {
     else if (strcmp(test, "hvc") == 0) rc = test_hvc();
     else if (strcmp(test, "net") == 0) rc = test_net();
     else if (strcmp(test, "netbench") == 0) rc = test_netbench();
+    else if (strcmp(test, "count") == 0) rc = test_count();
     else { say("error unknown test '%s'", test); rc = 1; }
     printf("EMBER-TEST-DONE rc=%d\n", rc);
     fflush(stdout);

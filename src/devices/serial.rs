@@ -30,7 +30,8 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_superio::serial::{Error as UartError, NoEvents};
 use vmm_sys_util::eventfd::EventFd;
@@ -187,6 +188,27 @@ pub struct Serial {
     state: Mutex<State>,
     /// A second handle on the interrupt eventfd, reachable without the lock.
     irq: EventFdTrigger,
+    /// Bytes written to the output (guest transmit and SBI console).
+    tx_bytes: Arc<AtomicU64>,
+    /// Input bytes handed to the UART.
+    rx_bytes: AtomicU64,
+}
+
+/// Counts what goes through to the output.
+struct CountingWriter {
+    inner: Box<dyn Write + Send>,
+    count: Arc<AtomicU64>,
+}
+
+impl Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl Serial {
@@ -194,6 +216,11 @@ impl Serial {
     /// to `out` (stdout or a file in the VMM).
     pub fn new(trigger: EventFdTrigger, out: Box<dyn Write + Send>) -> Self {
         let irq = trigger.clone();
+        let tx_bytes = Arc::new(AtomicU64::new(0));
+        let out = Box::new(CountingWriter {
+            inner: out,
+            count: tx_bytes.clone(),
+        });
         let uart = Uart::new(trigger, out);
         let fifo_size = uart.fifo_capacity();
         Serial {
@@ -207,7 +234,17 @@ impl Serial {
                 reported_level: None,
             }),
             irq,
+            tx_bytes,
+            rx_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// (bytes output, bytes of input accepted) so far.
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.tx_bytes.load(Ordering::Relaxed),
+            self.rx_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// The interrupt eventfd, to register with KVM as an irqfd.
@@ -247,6 +284,8 @@ impl Serial {
     /// has room (raising the RX interrupt if enabled), the rest into the
     /// overflow queue, and beyond [`MAX_PENDING_INPUT`] dropped.
     pub fn enqueue_input(&self, bytes: &[u8]) {
+        self.rx_bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut state = self.lock();
         let mut rest = bytes;
         // Bytes already waiting go first, to keep the order.
@@ -591,7 +630,11 @@ mod tests {
         assert!(r.serial.interrupt_level());
         assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x04);
         assert_eq!(inb(&r.io, LSR_PORT) & LSR_DATA_READY, 1);
-        assert_eq!(take(&levels), [false; 0], "reading IIR and LSR keeps it high");
+        assert_eq!(
+            take(&levels),
+            [false; 0],
+            "reading IIR and LSR keeps it high"
+        );
         assert_eq!(inb(&r.io, RBR), b'a');
         assert_eq!(take(&levels), [false]);
 

@@ -24,6 +24,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::live::{CpuBackend, LiveVm};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
 
@@ -48,6 +49,7 @@ pub struct RiscvVm {
     fdt: Vec<u8>,
     exit: Arc<ExitSignal>,
     virtio: VirtioDevices,
+    live: Arc<LiveVm>,
 }
 
 impl RiscvVm {
@@ -104,9 +106,20 @@ impl RiscvVm {
             &irq_for,
             Box::new(output),
         )?;
+        let tree = Arc::new(Mutex::new(tree));
+        let live = LiveVm::new(
+            config.clone(),
+            CpuBackend::Tcg {
+                system: system.clone(),
+            },
+            &virtio.devices,
+            serial.clone(),
+            exit.clone(),
+            tree.clone(),
+        );
         Ok(RiscvVm {
             config,
-            tree: Arc::new(Mutex::new(tree)),
+            tree,
             memory: machine.memory,
             serial,
             system,
@@ -114,6 +127,7 @@ impl RiscvVm {
             fdt: machine.fdt,
             exit,
             virtio,
+            live,
         })
     }
 
@@ -150,6 +164,12 @@ impl RiscvVm {
         &self.memory
     }
 
+    /// The VM's control interface (pause, resume, info, counters, ...),
+    /// usable from other threads while [`RiscvVm::run`] runs.
+    pub fn control(&self) -> Arc<LiveVm> {
+        self.live.clone()
+    }
+
     /// The virtio devices.
     pub fn virtio(&self) -> &VirtioDevices {
         &self.virtio
@@ -166,6 +186,7 @@ impl RiscvVm {
             .boot
             .ok_or_else(|| VmError::Arch("riscv64 guests need a kernel (--kernel Image)".into()))?;
         let started = Instant::now();
+        self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
         for id in 0..self.system.harts.len() {
             let system = self.system.clone();
@@ -198,6 +219,8 @@ impl RiscvVm {
             },
         );
         self.system.stop_all();
+        self.system.resume_all();
+        self.live.set_shut_down();
         let mut harts = Vec::new();
         let mut panicked = false;
         for t in threads {

@@ -44,6 +44,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::live::{CpuBackend, LiveVm};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -131,6 +132,8 @@ pub struct Vm {
     /// Each virtio transport's interrupt eventfd and its GSI, for irqfds.
     virtio_irqs: Vec<(EventFdTrigger, u32)>,
     ioeventfds: Option<Arc<IoEventFdState>>,
+    /// What the control API sees.
+    live: Arc<LiveVm>,
 }
 
 fn file_error<'a>(
@@ -250,22 +253,36 @@ impl Vm {
         if config.kernel.is_some() {
             check_cmdline(&cmdline).map_err(|e| VmError::Cmdline(e.to_string()))?;
         }
+        let tree = Arc::new(Mutex::new(tree));
+        let control = Arc::new(VcpuControl::new());
+        let live = LiveVm::new(
+            config.clone(),
+            CpuBackend::Kvm {
+                control: control.clone(),
+                slots: Mutex::new(None),
+            },
+            &virtio.devices,
+            serial.clone(),
+            exit.clone(),
+            tree.clone(),
+        );
         Ok(Vm {
             config,
             created,
             exit,
-            tree: Arc::new(Mutex::new(tree)),
+            tree,
             memory,
             io,
             pc,
             serial,
-            control: Arc::new(VcpuControl::new()),
+            control,
             first_run: Arc::new(OnceLock::new()),
             kvm: None,
             cmdline,
             virtio,
             virtio_irqs,
             ioeventfds: None,
+            live,
         })
     }
 
@@ -308,6 +325,12 @@ impl Vm {
     /// How the VM is told to stop and how it reports why.
     pub fn exit_signal(&self) -> Arc<ExitSignal> {
         self.exit.clone()
+    }
+
+    /// The VM's control interface (pause, resume, info, counters, ...),
+    /// usable from other threads while [`Vm::run`] runs.
+    pub fn control(&self) -> Arc<LiveVm> {
+        self.live.clone()
     }
 
     /// The virtio devices.
@@ -452,6 +475,7 @@ impl Vm {
             .map_err(|e| VmError::Arch(e.to_string()))?;
             vcpus.push(vcpu);
         }
+        self.live.set_kvm_slots(slots.clone());
         self.kvm = Some(KvmParts {
             accel,
             slots,
@@ -469,6 +493,7 @@ impl Vm {
             .take()
             .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
         let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
+        self.live.set_running();
         for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
             let ctx = VcpuContext {
                 index,
@@ -494,6 +519,7 @@ impl Vm {
         }
         let result = self.event_loop();
         self.control.stop();
+        self.live.set_shut_down();
         let mut stats = Vec::new();
         for t in threads {
             stats.push(t.join().unwrap_or_default());

@@ -356,7 +356,11 @@ mod tests {
         mmio.pause();
         tx.write_all(b"while paused").unwrap();
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 0, "host event handled while paused");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "host event handled while paused"
+        );
         w(0x50, 0);
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
         assert!(irq.take().is_empty());

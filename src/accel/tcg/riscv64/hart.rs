@@ -523,9 +523,7 @@ impl Hart {
         let requests = &self.sys.harts[self.id].requests;
         let pause = &self.sys.pause;
         signals.park_until(deadline, || {
-            signals.lines() & sie == 0
-                && requests.load(Ordering::SeqCst) == 0
-                && !pause.requested()
+            signals.lines() & sie == 0 && requests.load(Ordering::SeqCst) == 0 && !pause.requested()
         });
         self.update_timer();
         if self.pending_interrupts() & self.sie != 0 {

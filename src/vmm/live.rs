@@ -1,0 +1,325 @@
+//! The running VM as its controllers see it: one [`VmControl`]
+//! implementation for both machines, over what differs between them (how
+//! vCPUs pause, what the accelerator can report) behind [`CpuBackend`].
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::accel::kvm::kick::VcpuControl;
+use crate::accel::kvm::memory::KvmMemory;
+use crate::accel::tcg::riscv64::RiscvSystem;
+use crate::api::{ControlError, VmControl, VmState};
+use crate::devices::serial::Serial;
+use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
+use crate::vmm::config::VmConfig;
+use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::virtio::PlacedDevice;
+
+/// How long a pause may take before it is reported as failed. Harts park
+/// within one block (microseconds); KVM vCPUs leave `KVM_RUN` on a kick.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The accelerator side.
+pub enum CpuBackend {
+    /// KVM vCPUs; `slots` once KVM is set up.
+    Kvm {
+        control: Arc<VcpuControl>,
+        slots: Mutex<Option<KvmMemory>>,
+    },
+    /// Software harts.
+    Tcg { system: Arc<RiscvSystem> },
+}
+
+struct Inner {
+    state: VmState,
+    /// When the VM started running.
+    started: Option<Instant>,
+}
+
+/// The live VM behind the API socket, `ember ctl` and the library API.
+pub struct LiveVm {
+    config: VmConfig,
+    cpu: CpuBackend,
+    devices: Vec<(String, crate::devices::virtio::mmio::VirtioMmio)>,
+    serial: Arc<Serial>,
+    exit: Arc<ExitSignal>,
+    tree: Arc<Mutex<MemoryTree>>,
+    inner: Mutex<Inner>,
+}
+
+impl LiveVm {
+    pub fn new(
+        config: VmConfig,
+        cpu: CpuBackend,
+        devices: &[PlacedDevice],
+        serial: Arc<Serial>,
+        exit: Arc<ExitSignal>,
+        tree: Arc<Mutex<MemoryTree>>,
+    ) -> Arc<LiveVm> {
+        Arc::new(LiveVm {
+            config,
+            cpu,
+            devices: devices
+                .iter()
+                .map(|d| (d.name.clone(), d.transport.clone()))
+                .collect(),
+            serial,
+            exit,
+            tree,
+            inner: Mutex::new(Inner {
+                state: VmState::Created,
+                started: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The vCPUs are about to run.
+    pub fn set_running(&self) {
+        let mut inner = self.lock();
+        inner.state = VmState::Running;
+        inner.started = Some(Instant::now());
+    }
+
+    /// The VM has ended.
+    pub fn set_shut_down(&self) {
+        self.lock().state = VmState::ShutDown;
+    }
+
+    /// KVM is set up: the slot table can be reported.
+    pub fn set_kvm_slots(&self, slots: KvmMemory) {
+        if let CpuBackend::Kvm { slots: s, .. } = &self.cpu {
+            *s.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
+        }
+    }
+
+    fn pause_cpus(&self) -> Result<(), ControlError> {
+        match &self.cpu {
+            CpuBackend::Kvm { control, .. } => {
+                control.pause();
+                Ok(())
+            }
+            CpuBackend::Tcg { system } => {
+                if system.pause_all(PAUSE_TIMEOUT) {
+                    Ok(())
+                } else {
+                    system.resume_all();
+                    Err(ControlError::Failed(format!(
+                        "the harts did not stop within {PAUSE_TIMEOUT:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn resume_cpus(&self) {
+        match &self.cpu {
+            CpuBackend::Kvm { control, .. } => control.resume(),
+            CpuBackend::Tcg { system } => system.resume_all(),
+        }
+    }
+
+    fn disk_json(&self) -> Vec<Value> {
+        self.config
+            .disks
+            .iter()
+            .map(|d| json!({"path": d.path, "readonly": d.readonly, "id": d.id}))
+            .collect()
+    }
+}
+
+impl VmControl for LiveVm {
+    fn state(&self) -> VmState {
+        self.lock().state
+    }
+
+    fn info(&self) -> Value {
+        let inner = self.lock();
+        let uptime = inner.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let c = &self.config;
+        json!({
+            "state": inner.state,
+            "uptime_secs": uptime,
+            "config": {
+                "arch": c.arch.name(),
+                "accel": match self.cpu {
+                    CpuBackend::Kvm { .. } => "kvm",
+                    CpuBackend::Tcg { .. } => "tcg",
+                },
+                "memory": c.memory,
+                "cpus": c.cpus,
+                "kernel": c.kernel,
+                "initrd": c.initrd,
+                "firmware": c.firmware,
+                "cmdline": c.cmdline,
+                "disks": self.disk_json(),
+                "nets": c.nets.iter().map(|n| json!({
+                    "tap": n.tap,
+                    "mac": n.mac.map(|m| crate::devices::virtio::net::format_mac(&m)),
+                })).collect::<Vec<_>>(),
+                "rng": c.rng,
+                "console": match c.console {
+                    crate::vmm::config::ConsoleKind::Serial => "serial",
+                    crate::vmm::config::ConsoleKind::Virtio => "virtio",
+                },
+            },
+            "devices": self.devices.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+        })
+    }
+
+    fn pause(&self) -> Result<VmState, ControlError> {
+        let mut inner = self.lock();
+        match inner.state {
+            VmState::Paused => return Ok(VmState::Paused),
+            VmState::Running => {}
+            other => return Err(ControlError::WrongState(other, "running")),
+        }
+        self.pause_cpus()?;
+        for (_, t) in &self.devices {
+            t.pause();
+        }
+        inner.state = VmState::Paused;
+        Ok(VmState::Paused)
+    }
+
+    fn resume(&self) -> Result<VmState, ControlError> {
+        let mut inner = self.lock();
+        match inner.state {
+            VmState::Running => return Ok(VmState::Running),
+            VmState::Paused => {}
+            other => return Err(ControlError::WrongState(other, "paused")),
+        }
+        for (_, t) in &self.devices {
+            t.resume();
+        }
+        self.resume_cpus();
+        inner.state = VmState::Running;
+        Ok(VmState::Running)
+    }
+
+    fn power_button(&self) -> Result<(), ControlError> {
+        Err(ControlError::Unsupported(
+            "no power button device yet (ACPI GED on x86_64, a power key on riscv64); \
+             use stop, or have the guest power off"
+                .into(),
+        ))
+    }
+
+    fn reset(&self) -> Result<(), ControlError> {
+        let state = self.state();
+        if matches!(state, VmState::ShutDown) {
+            return Err(ControlError::WrongState(
+                state,
+                "created, running or paused",
+            ));
+        }
+        self.exit.request(ExitReason::Reset);
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), ControlError> {
+        self.exit.request(ExitReason::UserQuit);
+        Ok(())
+    }
+
+    fn mtree(&self, flat: bool) -> String {
+        let tree = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+        mtree_text(
+            &tree,
+            MtreeOptions {
+                flatview: flat,
+                disabled: false,
+            },
+        )
+    }
+
+    fn accel_info(&self) -> Value {
+        match &self.cpu {
+            CpuBackend::Kvm { slots, .. } => {
+                let slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+                match slots.as_ref() {
+                    None => json!({"accel": "kvm", "slots": []}),
+                    Some(s) => json!({
+                        "accel": "kvm",
+                        "slot_ioctls": s.ioctl_count(),
+                        "pauses_for_slot_updates": s.pause_count(),
+                        "slots": s.slots().iter().map(|m| json!({
+                            "guest_addr": m.guest_addr,
+                            "size": m.size,
+                            "readonly": m.readonly,
+                            "log_dirty": m.log_dirty,
+                        })).collect::<Vec<_>>(),
+                    }),
+                }
+            }
+            CpuBackend::Tcg { system } => json!({
+                "accel": "tcg",
+                "harts": system.harts.iter().map(|h| {
+                    let s = *h.published.lock().unwrap_or_else(|e| e.into_inner());
+                    json!({
+                        "instructions": s.instructions,
+                        "blocks": s.blocks,
+                        "translations": s.translations,
+                        "jump_cache_hits": s.jump_cache_hits,
+                        "tlb": {
+                            "fills": s.tlb.fills,
+                            "victim_hits": s.tlb.victim_hits,
+                            "full_flushes": s.tlb.full_flushes,
+                            "page_flushes": s.tlb.page_flushes,
+                        },
+                    })
+                }).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    fn counters(&self) -> Value {
+        let virtio: Vec<Value> = self
+            .devices
+            .iter()
+            .map(|(name, t)| {
+                let s = t.stats();
+                json!({
+                    "device": name,
+                    "notifications": s.queue_events,
+                    "notify_exits": s.notify_writes,
+                    "interrupts": s.used_interrupts + s.config_interrupts,
+                    "errors": s.device_errors,
+                    "resets": s.resets,
+                    "device_counters": t.with_device(|d| d.counters()),
+                })
+            })
+            .collect();
+        let serial = self.serial.counters();
+        let cpus = match &self.cpu {
+            CpuBackend::Kvm { .. } => Value::Null,
+            CpuBackend::Tcg { system } => Value::Array(
+                system
+                    .harts
+                    .iter()
+                    .map(|h| {
+                        let s = *h.published.lock().unwrap_or_else(|e| e.into_inner());
+                        json!({
+                            "instructions": s.instructions,
+                            "traps": s.traps,
+                            "interrupts": s.interrupts,
+                            "sbi_calls": s.sbi_calls,
+                            "mmio": s.mmio,
+                            "wfi_sleeps": s.wfi_sleeps,
+                        })
+                    })
+                    .collect(),
+            ),
+        };
+        json!({
+            "virtio": virtio,
+            "serial": {"tx_bytes": serial.0, "rx_bytes": serial.1},
+            "cpus": cpus,
+        })
+    }
+}
