@@ -24,9 +24,9 @@ const PATIENCE: Duration = Duration::from_secs(60);
 fn last_count(log: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| l.trim_end().strip_prefix("EMBER-TEST: count="))
-        .filter_map(|n| n.parse().ok())
-        .last()
+        .find_map(|n| n.parse().ok())
 }
 
 /// Polls `f` until it is true or PATIENCE runs out (then fails).
