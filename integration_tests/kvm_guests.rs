@@ -35,6 +35,7 @@ fn config(name: &str, body: Option<&str>) -> VmConfig {
 fn console_text(cfg: &VmConfig) -> String {
     match &cfg.console_output {
         ConsoleOutput::File(p) => std::fs::read_to_string(p).unwrap_or_default(),
+        ConsoleOutput::Capture(c) => c.text(),
         ConsoleOutput::Stdout => String::new(),
     }
 }

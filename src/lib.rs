@@ -7,3 +7,8 @@ pub mod arch;
 pub mod devices;
 pub mod memory;
 pub mod vmm;
+
+pub use api::{VmControl, VmState};
+pub use arch::GuestArch;
+pub use vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig};
+pub use vmm::instance::{InstanceError, RunningVm, VmBuilder};

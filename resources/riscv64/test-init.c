@@ -17,6 +17,7 @@
  *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
  *            `ember_peer`:7777 and wait for the echo, then echo one datagram
  *            received on port 7778.
+ *   echo     read a line from ttyS0 and print it back.
  *   count    print an increasing counter every 10 ms (pause/resume tests).
  *   netbench receive one TCP stream on port 7779 to EOF and report its
  *            rate (replying with the byte count), then echo UDP
@@ -350,6 +351,28 @@ static int test_count(void) {
     return 0;
 }
 
+/* Reads one line from the serial console and prints it back. */
+static int test_echo(void) {
+    int fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
+    if (fd < 0) {
+        say("error open /dev/ttyS0: %s", strerror(errno));
+        return 1;
+    }
+    say("ready for input");
+    char line[256];
+    size_t len = 0;
+    while (len < sizeof line - 1) {
+        ssize_t n = read(fd, line + len, 1);
+        if (n <= 0) { say("error read: %s", n < 0 ? strerror(errno) : "eof"); return 1; }
+        if (line[len] == '\n' || line[len] == '\r') break;
+        len++;
+    }
+    line[len] = 0;
+    say("echo-got=%s", line);
+    close(fd);
+    return 0;
+}
+
 int main(void) {
     mkdir("/dev", 0755);
     mkdir("/proc", 0755);
@@ -367,6 +390,7 @@ int main(void) {
     else if (strcmp(test, "net") == 0) rc = test_net();
     else if (strcmp(test, "netbench") == 0) rc = test_netbench();
     else if (strcmp(test, "count") == 0) rc = test_count();
+    else if (strcmp(test, "echo") == 0) rc = test_echo();
     else { say("error unknown test '%s'", test); rc = 1; }
     printf("EMBER-TEST-DONE rc=%d\n", rc);
     fflush(stdout);

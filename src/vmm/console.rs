@@ -32,6 +32,96 @@ pub enum ConsoleOutput {
     Stdout,
     /// A file, created or truncated.
     File(PathBuf),
+    /// Kept in memory for the library API to read and wait on.
+    Capture(OutputCapture),
+}
+
+/// Guest output kept in memory (bounded: the oldest bytes go first), with
+/// a way to wait for a pattern.
+#[derive(Clone, Default)]
+pub struct OutputCapture(Arc<(Mutex<CaptureState>, std::sync::Condvar)>);
+
+#[derive(Default)]
+struct CaptureState {
+    bytes: Vec<u8>,
+    /// Bytes dropped from the front to stay under the bound.
+    dropped: u64,
+}
+
+/// How much output a capture keeps.
+const CAPTURE_LIMIT: usize = 16 << 20;
+
+impl OutputCapture {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything captured so far (lossily as UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lock().bytes).into_owned()
+    }
+
+    /// Waits until the output contains `pattern` (from the start of the
+    /// capture), up to `timeout`; returns the output so far either way,
+    /// and whether the pattern was found.
+    pub fn wait_for(&self, pattern: &str, timeout: std::time::Duration) -> (bool, String) {
+        let deadline = std::time::Instant::now() + timeout;
+        let needle = pattern.as_bytes();
+        let mut st = self.lock();
+        loop {
+            if !needle.is_empty() && st.bytes.windows(needle.len()).any(|w| w == needle) {
+                return (true, String::from_utf8_lossy(&st.bytes).into_owned());
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return (false, String::from_utf8_lossy(&st.bytes).into_owned());
+            }
+            st = self
+                .0
+                 .1
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Write for OutputCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut st = self.lock();
+        st.bytes.extend_from_slice(buf);
+        if st.bytes.len() > CAPTURE_LIMIT {
+            let excess = st.bytes.len() - CAPTURE_LIMIT;
+            st.bytes.drain(..excess);
+            st.dropped += excess as u64;
+        }
+        drop(st);
+        self.0 .1.notify_all();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PartialEq for OutputCapture {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for OutputCapture {}
+
+impl std::fmt::Debug for OutputCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputCapture")
+            .field("bytes", &self.lock().bytes.len())
+            .finish()
+    }
 }
 
 impl std::str::FromStr for ConsoleInput {
@@ -84,6 +174,7 @@ impl ConsoleOutput {
         Ok(match self {
             ConsoleOutput::Stdout => Box::new(std::io::stdout()),
             ConsoleOutput::File(path) => Box::new(File::create(path)?),
+            ConsoleOutput::Capture(c) => Box::new(c.clone()),
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::api::{ControlError, VmControl, VmState};
 use crate::devices::serial::Serial;
 use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
 use crate::vmm::config::VmConfig;
+use crate::vmm::console::DeliverInput;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::virtio::PlacedDevice;
 
@@ -47,6 +48,8 @@ pub struct LiveVm {
     exit: Arc<ExitSignal>,
     tree: Arc<Mutex<MemoryTree>>,
     inner: Mutex<Inner>,
+    /// Where console input goes (the UART or virtio-console).
+    input: DeliverInput,
 }
 
 impl LiveVm {
@@ -57,6 +60,7 @@ impl LiveVm {
         serial: Arc<Serial>,
         exit: Arc<ExitSignal>,
         tree: Arc<Mutex<MemoryTree>>,
+        input: DeliverInput,
     ) -> Arc<LiveVm> {
         Arc::new(LiveVm {
             config,
@@ -72,11 +76,18 @@ impl LiveVm {
                 state: VmState::Created,
                 started: None,
             }),
+            input,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Types `bytes` into the guest's console (as console input from the
+    /// terminal would arrive).
+    pub fn send_input(&self, bytes: &[u8]) {
+        (self.input)(bytes);
     }
 
     /// The vCPUs are about to run.

@@ -5,6 +5,7 @@ pub mod config;
 pub mod console;
 pub mod event_loop;
 pub mod exit;
+pub mod instance;
 pub mod live;
 pub mod riscv_vm;
 pub mod virtio;

@@ -116,6 +116,7 @@ impl RiscvVm {
             serial.clone(),
             exit.clone(),
             tree.clone(),
+            console_target(&virtio, &serial),
         );
         Ok(RiscvVm {
             config,

@@ -265,6 +265,7 @@ impl Vm {
             serial.clone(),
             exit.clone(),
             tree.clone(),
+            console_target(&virtio, &serial),
         );
         Ok(Vm {
             config,

@@ -1,0 +1,59 @@
+//! The Rust library API (`ember::VmBuilder` / `ember::RunningVm`) as a test
+//! suite uses it: wait for console output, type into the console, stop;
+//! and many short-lived VMs, one after another and concurrently, without
+//! leaking threads or file descriptors.
+
+#[path = "common/riscv_linux.rs"]
+mod riscv_linux;
+
+use std::time::Duration;
+
+use ember::vmm::exit::ExitReason;
+use ember::{GuestArch, VmBuilder, VmControl, VmState};
+
+use riscv_linux::{guest, test_initramfs};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_riscv_guest_reads_what_the_test_types() {
+    let (image, _) = guest();
+    let vm = VmBuilder::new(GuestArch::Riscv64)
+        .kernel(image)
+        .initrd(test_initramfs())
+        .cmdline("console=ttyS0 panic=-1 quiet ember_test=echo")
+        .memory_mib(128)
+        .start()
+        .expect("start the VM");
+    assert_eq!(vm.state(), VmState::Running);
+    vm.wait_for_output("EMBER-TEST: ready for input", PATIENCE)
+        .expect("the guest is ready");
+    vm.send_input(b"typed by the library\n");
+    let out = vm
+        .wait_for_output("EMBER-TEST-DONE", PATIENCE)
+        .expect("the guest finishes");
+    assert!(
+        out.contains("EMBER-TEST: echo-got=typed by the library"),
+        "{out}"
+    );
+    assert_eq!(vm.wait(PATIENCE).unwrap(), ExitReason::PowerOff);
+}
+
+#[test]
+fn waiting_for_output_that_never_comes_times_out_and_drop_cleans_up() {
+    let (image, _) = guest();
+    let vm = VmBuilder::new(GuestArch::Riscv64)
+        .kernel(image)
+        .initrd(test_initramfs())
+        .cmdline("console=ttyS0 panic=-1 quiet ember_test=count")
+        .memory_mib(128)
+        .start()
+        .expect("start the VM");
+    let err = vm
+        .wait_for_output("never printed", Duration::from_millis(200))
+        .unwrap_err();
+    assert!(err.to_string().contains("never printed"), "{err}");
+    let control = vm.control().clone();
+    drop(vm);
+    assert_eq!(control.state(), VmState::ShutDown);
+}
