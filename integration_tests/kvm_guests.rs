@@ -645,3 +645,50 @@ fn acpi_tables_are_in_place_and_sleep_control_powers_off() {
     assert_eq!(outcome.reason, ExitReason::PowerOff);
     assert_eq!(results.values(), vec![u32::from_le_bytes(*b"RSD ") as u64]);
 }
+
+/// Pause stops every vCPU (a guest counting in RAM stops counting) and
+/// resume lets it go on; both are idempotent and report the state.
+#[test]
+fn pause_and_resume_a_kvm_guest() {
+    use ember::api::{VmControl, VmState};
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        xorw %ax, %ax
+        movw %ax, %ds
+    1:  incl 0x7000
+        jmp 1b
+    "#;
+    let cfg = config("pause", Some(guest));
+    let vm = Vm::new(cfg).unwrap();
+    let memory = vm.memory().clone();
+    let control = vm.control();
+    let runner = std::thread::spawn(move || vm.run());
+    let counter = || memory.read(0x7000, 4).0;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while counter() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the guest never ran");
+        std::thread::yield_now();
+    }
+    assert_eq!(control.pause().unwrap(), VmState::Paused);
+    assert_eq!(control.pause().unwrap(), VmState::Paused);
+    let frozen = counter();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(counter(), frozen, "the vCPU ran while paused");
+    assert!(control.accel_info()["slots"]
+        .as_array()
+        .is_some_and(|s| !s.is_empty()));
+    assert_eq!(control.resume().unwrap(), VmState::Running);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while counter() == frozen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest did not resume"
+        );
+        std::thread::yield_now();
+    }
+    control.stop().unwrap();
+    let outcome = runner.join().unwrap().unwrap();
+    assert_eq!(outcome.reason, ExitReason::UserQuit);
+}
