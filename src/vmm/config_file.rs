@@ -213,7 +213,7 @@ impl VmSettings {
 type Raw = Option<Spanned<Value>>;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a VM description (docs/config.md)")]
 struct RawFile {
     arch: Raw,
     accel: Raw,
@@ -239,14 +239,20 @@ struct RawFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [serial] table with input and output"
+)]
 struct RawSerial {
     input: Raw,
     output: Raw,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a [[disk]] table with path, readonly and id"
+)]
 struct RawDisk {
     path: Raw,
     readonly: Raw,
@@ -254,7 +260,7 @@ struct RawDisk {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a [[net]] table with tap and mac")]
 struct RawNet {
     tap: Raw,
     mac: Raw,
@@ -302,10 +308,25 @@ impl Reader<'_> {
             },
         };
         // TOML calls them keys; serde's "field" would read oddly here.
-        let message = e
+        let mut message = e
             .message()
             .trim_end()
             .replacen("unknown field", "unknown key", 1);
+        // Other messages ("invalid type: string, expected a sequence",
+        // "duplicate key") do not say which key; the line they are about
+        // does.
+        if !message.starts_with("unknown key") {
+            if let Some(line) = e
+                .span()
+                .and_then(|span| self.text.get(..span.start))
+                .map(|before| before.rfind('\n').map_or(0, |i| i + 1))
+                .and_then(|start| self.text[start..].lines().next())
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+            {
+                message = format!("{message}, in `{line}`");
+            }
+        }
         ConfigFileError::Structure { at, message }
     }
 
@@ -614,5 +635,379 @@ impl Reader<'_> {
             nets,
             api_socket: path("api_socket", &raw.api_socket)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<VmSettings, ConfigFileError> {
+        VmSettings::parse(text, "vm.toml", Path::new("/vms/a"))
+    }
+
+    /// The error's text, which must name the file and `needles`.
+    fn refused(text: &str, needles: &[&str]) -> ConfigFileError {
+        let err = match parse(text) {
+            Ok(s) => panic!("{text:?} was accepted: {s:?}"),
+            Err(e) => e,
+        };
+        let shown = err.to_string();
+        assert!(shown.starts_with("vm.toml:"), "{text:?}: {shown}");
+        for n in needles {
+            assert!(shown.contains(n), "{text:?}: {n:?} not in {shown}");
+        }
+        err
+    }
+
+    const EVERY_KEY: &str = r#"
+arch = "riscv64"
+accel = "tcg"
+kvm_device = "/dev/kvm2"
+memory = "2G"
+cpus = 4
+kernel = "Image"
+initrd = "/boot/initrd.img"
+cmdline = "console=hvc0"
+debug_exit = 0x501
+rng = true
+console = "virtio"
+api_socket = "run/api.sock"
+
+[serial]
+input = "none"
+output = "logs/console.log"
+
+[[disk]]
+path = "root.img"
+readonly = true
+id = "root"
+
+[[disk]]
+path = "/data/scratch.img"
+
+[[net]]
+tap = "tap0"
+mac = "52:54:00:12:34:56"
+"#;
+
+    #[test]
+    fn every_key_is_read() {
+        let s = parse(EVERY_KEY).unwrap();
+        assert_eq!(
+            s,
+            VmSettings {
+                arch: Some(GuestArch::Riscv64),
+                accel: Some(AccelChoice::Tcg),
+                kvm_device: Some("/dev/kvm2".into()),
+                memory: Some(2 << 30),
+                cpus: Some(4),
+                kernel: Some("/vms/a/Image".into()),
+                initrd: Some("/boot/initrd.img".into()),
+                cmdline: Some("console=hvc0".into()),
+                firmware: None,
+                debug_exit: Some(0x501),
+                rng: Some(true),
+                console: Some(ConsoleKind::Virtio),
+                serial_input: Some(ConsoleInput::None),
+                serial_output: Some(ConsoleOutput::File("/vms/a/logs/console.log".into())),
+                disks: Some(vec![
+                    DiskSpec {
+                        path: "/vms/a/root.img".into(),
+                        readonly: true,
+                        id: Some("root".into()),
+                    },
+                    DiskSpec {
+                        path: "/data/scratch.img".into(),
+                        readonly: false,
+                        id: None,
+                    },
+                ]),
+                nets: Some(vec![NetSpec {
+                    tap: "tap0".into(),
+                    mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
+                }]),
+                api_socket: Some("/vms/a/run/api.sock".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_file_sets_nothing() {
+        assert_eq!(parse("").unwrap(), VmSettings::default());
+        assert_eq!(parse("# just a comment\n").unwrap(), VmSettings::default());
+    }
+
+    #[test]
+    fn values_take_the_flags_spellings_too() {
+        let s = parse(
+            "memory = 1048576\nfirmware = \"bios.bin\"\ndebug_exit = \"0xf4\"\nrng = \"off\"\n\
+             [serial]\ninput = \"sock\"\noutput = \"stdout\"\n\
+             [[disk]]\npath = \"d.img\"\nreadonly = \"on\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.memory, Some(1 << 20));
+        assert_eq!(s.firmware, Some("/vms/a/bios.bin".into()));
+        assert_eq!(s.debug_exit, Some(0xf4));
+        assert_eq!(s.rng, Some(false));
+        assert_eq!(
+            s.serial_input,
+            Some(ConsoleInput::Path("/vms/a/sock".into()))
+        );
+        assert_eq!(s.serial_output, Some(ConsoleOutput::Stdout));
+        assert_eq!(s.disks.unwrap()[0].readonly, true);
+        // Inline tables are the same TOML as [[disk]] sections.
+        let s = parse("disk = [{ path = \"a.img\", id = \"a\" }]\nnet = []\n").unwrap();
+        assert_eq!(s.disks.unwrap()[0].path, PathBuf::from("/vms/a/a.img"));
+        assert_eq!(s.nets, Some(vec![]));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_file() {
+        let s = VmSettings::parse(
+            "kernel = \"../k/vmlinux\"\n[[disk]]\npath = \"./d.img\"\n",
+            "cfg/vm.toml",
+            Path::new("cfg"),
+        )
+        .unwrap();
+        assert_eq!(s.kernel, Some("cfg/../k/vmlinux".into()));
+        assert_eq!(s.disks.unwrap()[0].path, PathBuf::from("cfg/./d.img"));
+        // A file in the current directory has an empty parent: paths stay
+        // relative to the current directory.
+        let s = VmSettings::parse("kernel = \"vmlinux\"\n", "vm.toml", Path::new("")).unwrap();
+        assert_eq!(s.kernel, Some("vmlinux".into()));
+    }
+
+    #[test]
+    fn load_resolves_against_the_files_directory() {
+        let dir = std::env::temp_dir().join(format!("ember-config-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.toml");
+        std::fs::write(
+            &path,
+            "initrd = \"initrd.cpio\"\nkernel = \"/abs/vmlinux\"\n",
+        )
+        .unwrap();
+        let s = VmSettings::load(&path).unwrap();
+        assert_eq!(s.initrd, Some(dir.join("initrd.cpio")));
+        assert_eq!(s.kernel, Some("/abs/vmlinux".into()));
+        let missing = dir.join("missing.toml");
+        let err = VmSettings::load(&missing).unwrap_err().to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        refused(
+            "memroy = \"1G\"\n",
+            &["vm.toml:1:1:", "unknown key `memroy`"],
+        );
+        refused(
+            "memory = \"1G\"\n[serial]\ninptu = \"none\"\n",
+            &["vm.toml:3:1:", "unknown key `inptu`"],
+        );
+        refused(
+            "[[disk]]\npath = \"a\"\n[[disk]]\npath = \"b\"\nreadnly = true\n",
+            &["vm.toml:5:1:", "unknown key `readnly`"],
+        );
+        refused(
+            "[[net]]\ntap = \"t\"\nspeed = 10\n",
+            &["unknown key `speed`"],
+        );
+        refused("[vm]\nmemory = \"1G\"\n", &["unknown key `vm`"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("memory = \"12Q\"", "memory", &["not a memory size"]),
+            ("memory = -1", "memory", &["not a memory size"]),
+            ("memory = true", "memory", &["byte count", "a boolean"]),
+            ("cpus = 0", "cpus", &["from 1 to 254", "not 0"]),
+            ("cpus = 255", "cpus", &["not 255"]),
+            ("cpus = \"two\"", "cpus", &["not \"two\""]),
+            ("arch = \"arm\"", "arch", &["unknown architecture"]),
+            ("accel = \"hvf\"", "accel", &["unknown accelerator"]),
+            ("console = \"tty\"", "console", &["serial or virtio"]),
+            ("debug_exit = 70000", "debug_exit", &["not a port"]),
+            ("debug_exit = \"0xzz\"", "debug_exit", &["not a port"]),
+            ("rng = \"maybe\"", "rng", &["on/off or a boolean"]),
+            ("rng = 1", "rng", &["on/off or a boolean", "an integer"]),
+            ("kernel = \"\"", "kernel", &["empty"]),
+            ("kernel = 5", "kernel", &["expected a string"]),
+            (
+                "cmdline = [\"a\"]",
+                "cmdline",
+                &["expected a string", "an array"],
+            ),
+            ("api_socket = false", "api_socket", &["expected a string"]),
+            ("[serial]\noutput = \"\"", "serial.output", &["empty"]),
+            (
+                "[serial]\ninput = 0",
+                "serial.input",
+                &["expected a string"],
+            ),
+            (
+                "[[disk]]\npath = \"a\"\n[[disk]]\npath = \"b\"\nreadonly = \"maybe\"",
+                "disk[1].readonly",
+                &["vm.toml:5:", "expected on/off or a boolean"],
+            ),
+            (
+                "[[disk]]\npath = \"a\"\nid = \"has space\"",
+                "disk[0].id",
+                &["20 printable"],
+            ),
+            (
+                "[[disk]]\nreadonly = true",
+                "disk[0]",
+                &["vm.toml:1:", "needs a path"],
+            ),
+            ("[[disk]]\npath = 3", "disk[0].path", &["expected a string"]),
+            (
+                "[[net]]\ntap = \"t\"\nmac = \"zz\"",
+                "net[0].mac",
+                &["MAC", "zz"],
+            ),
+            (
+                "[[net]]\ntap = \"t\"\nmac = \"01:00:00:00:00:00\"",
+                "net[0].mac",
+                &["01:00:00:00:00:00"],
+            ),
+            (
+                "[[net]]\ntap = \"0123456789abcdef\"",
+                "net[0].tap",
+                &["interface name"],
+            ),
+            (
+                "[[net]]\nmac = \"52:54:00:12:34:56\"",
+                "net[0]",
+                &["needs a tap"],
+            ),
+        ];
+        for (text, key, needles) in cases {
+            let err = refused(text, needles);
+            assert_eq!(err.key(), Some(*key), "{text:?}: {err}");
+            assert!(err.to_string().contains(&format!(": {key}: ")), "{err}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_show_the_line() {
+        refused("disk = \"x\"\n", &["vm.toml:1:", "in `disk = \"x\"`"]);
+        refused(
+            "serial = \"x\"\n",
+            &["expected a [serial] table", "in `serial = \"x\"`"],
+        );
+        refused(
+            "memory = \"1G\"\nmemory = \"2G\"\n",
+            &["vm.toml:2:", "duplicate key", "in `memory = \"2G\"`"],
+        );
+        refused("memory = \n", &["vm.toml:1:"]);
+    }
+
+    #[test]
+    fn actions_are_not_part_of_the_file() {
+        refused("print_mtree = true", &["print_mtree", "--print-mtree"]);
+        refused("timings = true", &["timings", "--timings"]);
+        refused("dump_dtb = \"x.dtb\"", &["dump_dtb", "--dump-dtb"]);
+    }
+
+    #[test]
+    fn defaults_fill_what_nobody_set() {
+        let c = VmSettings::default().into_vm_config().unwrap();
+        let d = VmConfig::default();
+        assert_eq!(c.memory, 512 << 20);
+        assert_eq!(c.cpus, 1);
+        assert_eq!(c.accel, AccelChoice::Auto);
+        assert_eq!(c.kvm_path, d.kvm_path);
+        assert_eq!(c.console_input, ConsoleInput::Stdin);
+        assert_eq!(c.console_output, ConsoleOutput::Stdout);
+        assert_eq!(c.console, ConsoleKind::Serial);
+        assert!(!c.rng && c.disks.is_empty() && c.nets.is_empty() && c.api_socket.is_none());
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let riscv = VmSettings {
+            arch: Some(GuestArch::Riscv64),
+            ..VmSettings::default()
+        };
+        assert_eq!(
+            riscv.into_vm_config().unwrap().cmdline,
+            DEFAULT_CMDLINE_RISCV64
+        );
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_the_defaults() {
+        let file = parse(
+            "memory = \"1G\"\ncpus = 2\nrng = true\nconsole = \"virtio\"\n\
+             [[disk]]\npath = \"a.img\"\n[[disk]]\npath = \"b.img\"\n",
+        )
+        .unwrap();
+        // Nothing on the command line: the file's values.
+        let c = file.clone().overridden_by(VmSettings::default());
+        let c = c.into_vm_config().unwrap();
+        assert_eq!((c.memory, c.cpus, c.rng), (1 << 30, 2, true));
+        assert_eq!(c.console, ConsoleKind::Virtio);
+        assert_eq!(c.disks.len(), 2);
+        // Left unset by both: the default.
+        assert_eq!(c.accel, AccelChoice::Auto);
+
+        let flags = VmSettings {
+            memory: Some(64 << 20),
+            console: Some(ConsoleKind::Serial),
+            disks: Some(vec!["path=/c.img,readonly=on".parse().unwrap()]),
+            ..VmSettings::default()
+        };
+        let c = file.clone().overridden_by(flags).into_vm_config().unwrap();
+        assert_eq!(c.memory, 64 << 20, "a scalar flag beats the file");
+        assert_eq!(c.cpus, 2, "the file's value stands where no flag was given");
+        assert_eq!(
+            c.console,
+            ConsoleKind::Serial,
+            "a flag giving the default still beats the file"
+        );
+        assert_eq!(
+            c.disks,
+            vec![DiskSpec {
+                path: "/c.img".into(),
+                readonly: true,
+                id: None
+            }],
+            "--disk replaces the file's disks"
+        );
+        assert!(c.rng, "an absent switch flag leaves the file's setting");
+
+        // A switch flag turns on what the file leaves off.
+        let file = parse("rng = false").unwrap();
+        let flags = VmSettings {
+            rng: Some(true),
+            ..VmSettings::default()
+        };
+        assert!(file.overridden_by(flags).into_vm_config().unwrap().rng);
+    }
+
+    #[test]
+    fn kernel_and_firmware_conflict_across_sources() {
+        let file = parse("firmware = \"bios.bin\"").unwrap();
+        let flags = VmSettings {
+            kernel: Some("vmlinux".into()),
+            ..VmSettings::default()
+        };
+        let err = file.overridden_by(flags).into_vm_config().unwrap_err();
+        assert!(err.to_string().contains("cannot be used together"), "{err}");
+        let err = parse("initrd = \"i.cpio\"")
+            .unwrap()
+            .into_vm_config()
+            .unwrap_err();
+        assert!(err.to_string().contains("initrd needs a kernel"), "{err}");
+        // An initrd flag with the file's kernel is fine.
+        let file = parse("kernel = \"vmlinux\"").unwrap();
+        let flags = VmSettings {
+            initrd: Some("/i.cpio".into()),
+            ..VmSettings::default()
+        };
+        let c = file.overridden_by(flags).into_vm_config().unwrap();
+        assert_eq!(c.kernel, Some("/vms/a/vmlinux".into()));
+        assert_eq!(c.initrd, Some("/i.cpio".into()));
     }
 }
