@@ -755,7 +755,7 @@ mac = "52:54:00:12:34:56"
             Some(ConsoleInput::Path("/vms/a/sock".into()))
         );
         assert_eq!(s.serial_output, Some(ConsoleOutput::Stdout));
-        assert_eq!(s.disks.unwrap()[0].readonly, true);
+        assert!(s.disks.unwrap()[0].readonly);
         // Inline tables are the same TOML as [[disk]] sections.
         let s = parse("disk = [{ path = \"a.img\", id = \"a\" }]\nnet = []\n").unwrap();
         assert_eq!(s.disks.unwrap()[0].path, PathBuf::from("/vms/a/a.img"));
