@@ -732,6 +732,22 @@ mac = "52:54:00:12:34:56"
         );
     }
 
+    /// The complete example in docs/config.md is a valid file.
+    #[test]
+    fn the_documented_example_is_valid() {
+        let doc = include_str!("../../docs/config.md");
+        let start = doc.find("```toml\n").expect("an example") + "```toml\n".len();
+        let len = doc[start..].find("```").expect("the example's end");
+        let s = parse(&doc[start..start + len]).unwrap();
+        assert_eq!(s.memory, Some(1 << 30));
+        assert_eq!(s.disks.as_ref().map(Vec::len), Some(2));
+        assert_eq!(s.nets.as_ref().map(Vec::len), Some(1));
+        assert_eq!(s.api_socket, Some("/vms/a/run/api.sock".into()));
+        // Kernel and initrd without firmware: a VM the VMM can be asked for.
+        let c = s.into_vm_config().unwrap();
+        assert_eq!((c.cpus, c.console, c.rng), (2, ConsoleKind::Virtio, true));
+    }
+
     #[test]
     fn an_empty_file_sets_nothing() {
         assert_eq!(parse("").unwrap(), VmSettings::default());
