@@ -287,10 +287,14 @@ fn kind(v: &Value) -> &'static str {
 }
 
 impl Reader<'_> {
+    /// The line and column (in characters) of a byte offset from a span.
     fn at(&self, offset: usize) -> Location {
-        let before = &self.text[..offset.min(self.text.len())];
+        // Spans fall on character boundaries; should one not, the whole
+        // text stands in rather than a panic over a position.
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let column = before[line_start..].chars().count() + 1;
         Location {
             file: self.file.to_string(),
             line: Some(line),
@@ -920,6 +924,8 @@ mac = "52:54:00:12:34:56"
             &["vm.toml:2:", "duplicate key", "in `memory = \"2G\"`"],
         );
         refused("memory = \n", &["vm.toml:1:"]);
+        // Columns count characters, not bytes.
+        refused("cmdline = \"é\" x\n", &["vm.toml:1:15:"]);
     }
 
     #[test]
