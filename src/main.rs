@@ -10,10 +10,8 @@ use clap::{Parser, Subcommand};
 use ember::accel::AccelChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
-use ember::vmm::config::{
-    parse_memory_size, ConsoleKind, DiskSpec, NetSpec, VmConfig, DEFAULT_CMDLINE,
-    DEFAULT_CMDLINE_RISCV64,
-};
+use ember::vmm::config::{parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec, VmConfig};
+use ember::vmm::config_file::VmSettings;
 use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RiscvOutcome, RiscvVm};
@@ -46,13 +44,23 @@ enum Command {
     },
 }
 
+// Settings that have defaults are `Option`s without a clap default, so that
+// a flag left out can be told from a flag given the default value: only
+// given flags override the config file. The defaults are applied after
+// merging (VmSettings::into_vm_config) and shown in the help text by hand.
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Read the VM's description from a TOML file (docs/config.md); flags
+    /// given as well override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Linux kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage.
     #[arg(long, value_name = "FILE")]
     kernel: Option<PathBuf>,
     /// Initial ramdisk.
-    #[arg(long, value_name = "FILE", requires = "kernel")]
+    // Not `requires = "kernel"`: the kernel may come from the config file
+    // (VmSettings::into_vm_config checks the pair).
+    #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
     /// Guest architecture: x86_64 or riscv64 (default: the host's).
     #[arg(long)]
@@ -61,12 +69,12 @@ struct RunArgs {
     /// riscv64: "console=ttyS0 panic=-1").
     #[arg(long)]
     cmdline: Option<String>,
-    /// Guest RAM, e.g. 512M or 2G.
-    #[arg(long, default_value = "512M", value_parser = parse_memory_size)]
-    memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    cpus: u8,
+    /// Guest RAM, e.g. 512M or 2G [default: 512M]
+    #[arg(long, value_parser = parse_memory_size)]
+    memory: Option<u64>,
+    /// Number of vCPUs [default: 1]
+    #[arg(long)]
+    cpus: Option<u8>,
     /// Flat firmware image, mapped as ROM ending at 4 GiB and started at
     /// the reset vector.
     #[arg(long, value_name = "FILE", conflicts_with = "kernel")]
@@ -75,18 +83,19 @@ struct RunArgs {
     /// with exit status (v << 1) | 1.
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     debug_exit: Option<u16>,
-    /// Accelerator: kvm, tcg or auto.
-    #[arg(long, default_value = "auto")]
-    accel: AccelChoice,
-    /// KVM device.
-    #[arg(long, default_value = ember::accel::kvm::KVM_PATH, hide = true)]
-    kvm_device: PathBuf,
-    /// Serial input: stdin, none, or a file or UNIX socket path.
-    #[arg(long, default_value = "stdin")]
-    serial_input: ConsoleInput,
-    /// Serial output: stdout or a file path.
-    #[arg(long, default_value = "stdout")]
-    serial_output: ConsoleOutput,
+    /// Accelerator: kvm, tcg or auto [default: auto]
+    #[arg(long)]
+    accel: Option<AccelChoice>,
+    /// KVM device (default: /dev/kvm).
+    #[arg(long, hide = true)]
+    kvm_device: Option<PathBuf>,
+    /// Serial input: stdin, none, or a file or UNIX socket path [default:
+    /// stdin]
+    #[arg(long)]
+    serial_input: Option<ConsoleInput>,
+    /// Serial output: stdout or a file path [default: stdout]
+    #[arg(long)]
+    serial_output: Option<ConsoleOutput>,
     /// Print the machine's memory tree and flat views, then exit.
     #[arg(long)]
     print_mtree: bool,
@@ -109,17 +118,47 @@ struct RunArgs {
     #[arg(long)]
     rng: bool,
     /// Guest console: serial (ttyS0) or virtio (hvc0; add console=hvc0 to
-    /// the command line).
-    #[arg(long, default_value = "serial")]
-    console: ConsoleKind,
+    /// the command line) [default: serial]
+    #[arg(long)]
+    console: Option<ConsoleKind>,
+    /// Serve the control API (docs/api.md) on a Unix socket at PATH
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
-fn parse_port(text: &str) -> Result<u16, String> {
-    let parsed = match text.strip_prefix("0x") {
-        Some(hex) => u16::from_str_radix(hex, 16),
-        None => text.parse(),
-    };
-    parsed.map_err(|_| format!("'{text}' is not a port number (0..=65535, decimal or 0x hex)"))
+/// A repeatable flag's values, or `None` when it was not given.
+fn given<T: Clone>(values: &[T]) -> Option<Vec<T>> {
+    (!values.is_empty()).then(|| values.to_vec())
+}
+
+impl RunArgs {
+    /// The settings these flags give; flags left out are `None` so that
+    /// the config file's values stand.
+    fn settings(&self) -> VmSettings {
+        VmSettings {
+            arch: self.arch,
+            accel: self.accel,
+            kvm_device: self.kvm_device.clone(),
+            memory: self.memory,
+            cpus: self.cpus,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            firmware: self.firmware.clone(),
+            debug_exit: self.debug_exit,
+            // A switch flag can only turn a device on; absent, the file
+            // decides.
+            rng: self.rng.then_some(true),
+            console: self.console,
+            serial_input: self.serial_input.clone(),
+            serial_output: self.serial_output.clone(),
+            // A repeatable flag given at least once replaces the file's
+            // list.
+            disks: given(&self.disk),
+            nets: given(&self.net),
+            api_socket: self.api_socket.clone(),
+        }
+    }
 }
 
 /// Resident memory of this process minus the guest RAM it has touched, in
@@ -140,9 +179,9 @@ fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
 /// Picks the accelerator: KVM runs only guests of the host's architecture,
 /// so `auto` falls back to the software CPU for the others and when
 /// /dev/kvm cannot be opened, saying so in one line.
-fn resolve_accel(args: &RunArgs, arch: GuestArch) -> anyhow::Result<AccelChoice> {
+fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelChoice> {
     let host = GuestArch::host();
-    match (args.accel, arch == host) {
+    match (accel, arch == host) {
         (AccelChoice::Kvm, false) => anyhow::bail!(
             "KVM cannot run {} guests on this {} host; use --accel tcg",
             arch.name(),
@@ -198,6 +237,8 @@ fn report_tcg(outcome: &RiscvOutcome) {
 }
 
 fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    // The kernel may come from the config file, so ask the merged config.
+    let has_kernel = config.kernel.is_some();
     let vm = RiscvVm::new(config)?;
     if let Some(path) = &args.dump_dtb {
         vm.dump_dtb(path)?;
@@ -206,7 +247,7 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         print!("{}", vm.mtree());
         return Ok(ExitCode::SUCCESS);
     }
-    if args.kernel.is_none() {
+    if !has_kernel {
         // --dump-dtb alone is a complete request.
         if args.dump_dtb.is_some() {
             return Ok(ExitCode::SUCCESS);
@@ -226,34 +267,13 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    let arch = args.arch.unwrap_or_default();
-    let accel = resolve_accel(&args, arch)?;
-    let cmdline = args.cmdline.clone().unwrap_or_else(|| {
-        match arch {
-            GuestArch::X86_64 => DEFAULT_CMDLINE,
-            GuestArch::Riscv64 => DEFAULT_CMDLINE_RISCV64,
-        }
-        .to_string()
-    });
-    let config = VmConfig {
-        arch,
-        kernel: args.kernel.clone(),
-        initrd: args.initrd.clone(),
-        cmdline,
-        memory: args.memory,
-        cpus: args.cpus,
-        firmware: args.firmware.clone(),
-        debug_exit: args.debug_exit,
-        accel,
-        kvm_path: args.kvm_device.clone(),
-        console_input: args.serial_input.clone(),
-        console_output: args.serial_output.clone(),
-        irqchip: true,
-        disks: args.disk.clone(),
-        nets: args.net.clone(),
-        rng: args.rng,
-        console: args.console,
+    let file = match &args.config {
+        Some(path) => VmSettings::load(path)?,
+        None => VmSettings::default(),
     };
+    let mut config = file.overridden_by(args.settings()).into_vm_config()?;
+    let arch = config.arch;
+    config.accel = resolve_accel(config.accel, arch)?;
     if arch == GuestArch::Riscv64 {
         return run_riscv(config, &args);
     }

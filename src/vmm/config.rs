@@ -16,6 +16,9 @@ pub const DEFAULT_CMDLINE: &str =
 /// too).
 pub const DEFAULT_CMDLINE_RISCV64: &str = "console=ttyS0 panic=-1";
 
+/// The most vCPUs a VM may have (the VMM refuses more).
+pub const MAX_CPUS: u8 = 254;
+
 /// Everything needed to build and run a microVM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -48,6 +51,9 @@ pub struct VmConfig {
     pub rng: bool,
     /// Where the guest console is.
     pub console: ConsoleKind,
+    /// Where to serve the control API (docs/api.md), if anywhere. Only
+    /// carried here; the socket server reads it.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// `--disk path=FILE[,readonly=on][,id=NAME]`.
@@ -107,12 +113,50 @@ fn key_values<'a>(what: &str, text: &'a str) -> Result<Vec<(&'a str, &'a str)>, 
     Ok(out)
 }
 
-fn on_off(what: &str, key: &str, v: &str) -> Result<bool, String> {
+/// The words a switch accepts, on the command line and in a config file.
+pub fn parse_on_off(v: &str) -> Option<bool> {
     match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(format!("{what}: {key}='{v}' must be on or off")),
+        "on" | "true" | "yes" => Some(true),
+        "off" | "false" | "no" => Some(false),
+        _ => None,
     }
+}
+
+fn on_off(what: &str, key: &str, v: &str) -> Result<bool, String> {
+    parse_on_off(v).ok_or_else(|| format!("{what}: {key}='{v}' must be on or off"))
+}
+
+/// Checks a disk serial: the guest reads it with VIRTIO_BLK_T_GET_ID into
+/// a 20-byte field.
+pub fn check_disk_id(v: &str) -> Result<(), String> {
+    if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "id '{v}' must be at most 20 printable ASCII characters"
+        ))
+    }
+}
+
+/// Checks a TAP interface name: IFNAMSIZ is 16 including the terminating
+/// NUL, and the name becomes a path component under /sys.
+pub fn check_tap_name(v: &str) -> Result<(), String> {
+    if !v.is_empty() && v.len() < 16 && !v.contains('/') {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{v}' is not an interface name (1 to 15 characters)"
+        ))
+    }
+}
+
+/// Parses an I/O port: decimal or `0x` hex.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u16::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("'{text}' is not a port number (0..=65535, decimal or 0x hex)"))
 }
 
 impl std::str::FromStr for DiskSpec {
@@ -132,13 +176,9 @@ impl std::str::FromStr for DiskSpec {
                 }
                 "path" => return Err("--disk: path is empty".into()),
                 "readonly" => spec.readonly = on_off("--disk", k, v)?,
-                "id" if v.len() <= 20 && v.bytes().all(|b| b.is_ascii_graphic()) => {
-                    spec.id = Some(v.to_string())
-                }
                 "id" => {
-                    return Err(format!(
-                        "--disk: id '{v}' must be at most 20 printable ASCII characters"
-                    ))
+                    check_disk_id(v).map_err(|e| format!("--disk: {e}"))?;
+                    spec.id = Some(v.to_string())
                 }
                 _ => {
                     return Err(format!(
@@ -161,14 +201,9 @@ impl std::str::FromStr for NetSpec {
         let mut mac = None;
         for (k, v) in key_values("--net", text)? {
             match k {
-                // IFNAMSIZ is 16 including the terminating NUL.
-                "tap" if !v.is_empty() && v.len() < 16 && !v.contains('/') => {
-                    tap = Some(v.to_string())
-                }
                 "tap" => {
-                    return Err(format!(
-                        "--net: '{v}' is not an interface name (1 to 15 characters)"
-                    ))
+                    check_tap_name(v).map_err(|e| format!("--net: {e}"))?;
+                    tap = Some(v.to_string())
                 }
                 "mac" => {
                     mac = Some(
@@ -204,6 +239,7 @@ impl Default for VmConfig {
             nets: Vec::new(),
             rng: false,
             console: ConsoleKind::Serial,
+            api_socket: None,
         }
     }
 }

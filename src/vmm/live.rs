@@ -178,6 +178,7 @@ impl VmControl for LiveVm {
                     crate::vmm::config::ConsoleKind::Serial => "serial",
                     crate::vmm::config::ConsoleKind::Virtio => "virtio",
                 },
+                "api_socket": c.api_socket,
             },
             "devices": self.devices.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
         })

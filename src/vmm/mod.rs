@@ -2,6 +2,7 @@
 //! event loop, and ending it.
 
 pub mod config;
+pub mod config_file;
 pub mod console;
 pub mod event_loop;
 pub mod exit;

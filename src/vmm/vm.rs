@@ -152,7 +152,7 @@ impl Vm {
     /// yet, so `ember run --print-mtree` works anywhere.
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
         let created = Instant::now();
-        if config.cpus == 0 || config.cpus > 254 {
+        if config.cpus == 0 || config.cpus > crate::vmm::config::MAX_CPUS {
             return Err(VmError::Cpus(config.cpus));
         }
         if config.accel == AccelChoice::Tcg {
