@@ -104,7 +104,21 @@ impl ApiClient {
         };
         let mut line = serde_json::to_string(&request).map_err(|e| self.protocol(e))?;
         line.push('\n');
-        send_all(&self.stream, line.as_bytes()).map_err(|e| self.io_error(op, e))?;
+        if let Err(e) = send_all(&self.stream, line.as_bytes()) {
+            // A server that turned us away (`busy`) wrote why before
+            // closing; report that rather than the broken pipe.
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) {
+                if let Ok(r) = self.read_response(op) {
+                    if !r.ok && r.id.is_null() {
+                        return self.outcome(r);
+                    }
+                }
+            }
+            return Err(self.io_error(op, e));
+        }
         loop {
             let response = self.read_response(op)?;
             match response.id.as_u64() {
