@@ -489,6 +489,94 @@ fn a_client_that_never_reads_blocks_nobody_and_is_dropped() {
     stop(server);
 }
 
+/// A VM whose `stop` makes the "VMM" shut the API server down at once, as
+/// `ember run` does when the VM ends.
+struct SelfStoppingVm {
+    inner: Arc<FakeVm>,
+    path: PathBuf,
+    server: Mutex<Option<ApiServer>>,
+    stopped: Mutex<Option<mpsc::Sender<Result<ServerStats, ApiError>>>>,
+}
+
+impl VmControl for SelfStoppingVm {
+    fn state(&self) -> VmState {
+        self.inner.state()
+    }
+    fn info(&self) -> Value {
+        self.inner.info()
+    }
+    fn pause(&self) -> Result<VmState, ControlError> {
+        self.inner.pause()
+    }
+    fn resume(&self) -> Result<VmState, ControlError> {
+        self.inner.resume()
+    }
+    fn power_button(&self) -> Result<(), ControlError> {
+        self.inner.power_button()
+    }
+    fn reset(&self) -> Result<(), ControlError> {
+        self.inner.reset()
+    }
+    fn stop(&self) -> Result<(), ControlError> {
+        let server = self.server.lock().unwrap().take();
+        let tx = self.stopped.lock().unwrap().take();
+        if let (Some(server), Some(tx)) = (server, tx) {
+            thread::spawn(move || {
+                let _ = tx.send(server.shutdown());
+            });
+            // Let the shutdown get going (it removes the socket file first)
+            // before this answer is written, to make the race likely.
+            wait_until("shutdown to begin", || !self.path.exists());
+        }
+        self.inner.stop()
+    }
+    fn mtree(&self, flat: bool) -> String {
+        self.inner.mtree(flat)
+    }
+    fn accel_info(&self) -> Value {
+        self.inner.accel_info()
+    }
+    fn counters(&self) -> Value {
+        self.inner.counters()
+    }
+}
+
+#[test]
+fn stop_is_answered_even_when_the_server_shuts_down_right_after() {
+    let _g = shared();
+    let dir = Scratch::new("selfstop");
+    let path = dir.path("api.sock");
+    let (tx, rx) = mpsc::channel();
+    let vm = Arc::new(SelfStoppingVm {
+        inner: FakeVm::new(),
+        path: path.clone(),
+        server: Mutex::new(None),
+        stopped: Mutex::new(Some(tx)),
+    });
+    let config = ServerConfig {
+        // Generous, so the answer's delivery does not depend on scheduling;
+        // the shutdown still ends as soon as the session has finished.
+        shutdown_grace: BOUND,
+        ..ServerConfig::default()
+    };
+    let server = ApiServer::start_with_config(&path, vm.clone(), config).expect("start");
+    *vm.server.lock().unwrap() = Some(server);
+    let mut silent = Raw::connect(&path);
+    let mut c = ApiClient::connect(&path).expect("connect");
+    let started = Instant::now();
+    assert_eq!(c.call("stop", None).expect("stop answered"), json!({}));
+    let stats = rx
+        .recv_timeout(BOUND)
+        .expect("shutdown hung")
+        .expect("shutdown");
+    // The silent client did not hold the shutdown up for the grace period.
+    assert!(started.elapsed() < BOUND / 2, "{:?}", started.elapsed());
+    assert_eq!(stats.requests, 1);
+    assert!(matches!(c.call("ping", None), Err(ApiError::Closed { .. })));
+    assert!(silent.at_eof());
+    assert_eq!(vm.state(), VmState::ShutDown);
+}
+
 #[test]
 fn clients_beyond_the_limit_get_busy() {
     let _g = shared();

@@ -9,9 +9,12 @@
 //!
 //! Shutdown: the acceptor sleeps in `poll(2)` on the listening socket and an
 //! eventfd. [`ApiServer::shutdown`] (or `Drop`) signals the eventfd; the
-//! acceptor then calls `shutdown(2)` on every client socket, which makes a
-//! client thread blocked in `read` see end of file and one blocked in
-//! `send` fail with `EPIPE`, joins every client thread and returns. Nothing
+//! acceptor then calls `shutdown(SHUT_RD)` on every client socket, which
+//! makes a client thread blocked in `read` see end of file while one in the
+//! middle of a request still writes its answer. After a short grace period
+//! ([`ServerConfig::shutdown_grace`]) it calls `shutdown(SHUT_RDWR)` on the
+//! rest, so a thread blocked in `send` to a client that does not read fails
+//! with `EPIPE`; then it joins every client thread and returns. Nothing
 //! waits for a client to cooperate, so a silent client cannot hang it.
 //! Client threads also signal the eventfd when they finish so the acceptor
 //! joins them promptly instead of accumulating finished threads.
@@ -35,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
@@ -55,6 +58,9 @@ pub struct ServerConfig {
     /// How long one response write may block on a client that does not
     /// read before that client is dropped.
     pub write_timeout: Duration,
+    /// At shutdown, how long answers already being produced may take to
+    /// reach their clients before every connection is cut.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +69,7 @@ impl Default for ServerConfig {
             max_clients: 32,
             max_line: MAX_REQUEST_LINE,
             write_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_millis(250),
         }
     }
 }
@@ -195,7 +202,13 @@ impl ApiServer {
     }
 
     /// Stops accepting, disconnects every client, joins every thread and
-    /// removes the socket file.
+    /// removes the socket file. Takes at most about
+    /// [`ServerConfig::shutdown_grace`] plus the time the operations in
+    /// progress need.
+    ///
+    /// Must not be called from inside a [`VmControl`] method (that runs on
+    /// a client thread, which this joins), and a `VmControl` method must
+    /// not wait for it: `stop` should signal the VMM and return.
     pub fn shutdown(mut self) -> Result<ServerStats, ApiError> {
         self.stop()
     }
@@ -391,8 +404,32 @@ impl Acceptor {
                 }
             }
         }
+        self.disconnect_all(&done_rx);
+    }
+
+    /// Ends every session without waiting on any client: first the read
+    /// side, so idle sessions see end of file while a session in the middle
+    /// of a request still delivers its answer (an `ember ctl stop` should
+    /// get its `{}` even though the VMM tears the server down right after);
+    /// then, after at most the grace period, the write side too, which
+    /// fails any send still blocked on a client that does not read.
+    fn disconnect_all(&mut self, done: &mpsc::Receiver<u64>) {
         for c in self.clients.values() {
-            // Ends the client's blocked read (EOF) or send (EPIPE).
+            let _ = c.stream.shutdown(std::net::Shutdown::Read);
+        }
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while !self.clients.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done.recv_timeout(left) {
+                Ok(id) => {
+                    if let Some(c) = self.clients.remove(&id) {
+                        let _ = c.thread.join();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        for c in self.clients.values() {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
         for (_, c) in self.clients.drain() {
