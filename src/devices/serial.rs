@@ -591,11 +591,7 @@ mod tests {
         assert!(r.serial.interrupt_level());
         assert_eq!(inb(&r.io, IIR_PORT) & 0x0f, 0x04);
         assert_eq!(inb(&r.io, LSR_PORT) & LSR_DATA_READY, 1);
-        assert_eq!(
-            take(&levels),
-            [false; 0],
-            "reading IIR and LSR keeps it high"
-        );
+        assert_eq!(take(&levels), [false; 0], "reading IIR and LSR keeps it high");
         assert_eq!(inb(&r.io, RBR), b'a');
         assert_eq!(take(&levels), [false]);
 
