@@ -42,6 +42,22 @@ enum Command {
         #[arg(short = 'D', long = "disabled")]
         disabled: bool,
     },
+    /// Control a running VM through its API socket (docs/api.md): ping,
+    /// version, info, state, pause, resume, power-button, reset, stop,
+    /// mtree [-f], accel-info, counters.
+    Ctl {
+        /// The VM's API socket (`ember run --api-socket PATH`).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Print the raw JSON result instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The operation.
+        op: String,
+        /// Its arguments (e.g. `-f` for mtree).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 // Settings that have defaults are `Option`s without a clap default, so that
@@ -315,6 +331,16 @@ fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
             let loaded = map_file::load_file(&map)
                 .with_context(|| format!("memory map {}", map.display()))?;
             let text = mtree_text(&loaded.tree, MtreeOptions { flatview, disabled });
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ctl {
+            socket,
+            json,
+            op,
+            args,
+        } => {
+            let text = ember::api::client::ctl_main(&socket, &op, &args, json)?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
         }

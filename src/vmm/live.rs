@@ -335,3 +335,17 @@ impl VmControl for LiveVm {
         })
     }
 }
+
+/// Starts the control API on `config.api_socket`, if one is configured.
+pub fn start_api(
+    config: &VmConfig,
+    live: &Arc<LiveVm>,
+) -> Result<Option<crate::api::server::ApiServer>, crate::vmm::vm::VmError> {
+    let Some(path) = &config.api_socket else {
+        return Ok(None);
+    };
+    let control: Arc<dyn VmControl> = live.clone();
+    crate::api::server::ApiServer::start(path, control)
+        .map(Some)
+        .map_err(|e| crate::vmm::vm::VmError::Device(format!("--api-socket: {e}")))
+}

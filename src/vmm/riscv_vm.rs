@@ -24,7 +24,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::live::{CpuBackend, LiveVm};
+use crate::vmm::live::{start_api, CpuBackend, LiveVm};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
 
@@ -187,6 +187,7 @@ impl RiscvVm {
             .boot
             .ok_or_else(|| VmError::Arch("riscv64 guests need a kernel (--kernel Image)".into()))?;
         let started = Instant::now();
+        let api = start_api(&self.config, &self.live)?;
         self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
         for id in 0..self.system.harts.len() {
@@ -222,6 +223,9 @@ impl RiscvVm {
         self.system.stop_all();
         self.system.resume_all();
         self.live.set_shut_down();
+        if let Some(api) = api {
+            let _ = api.shutdown();
+        }
         let mut harts = Vec::new();
         let mut panicked = false;
         for t in threads {

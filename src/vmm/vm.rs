@@ -44,7 +44,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::live::{CpuBackend, LiveVm};
+use crate::vmm::live::{start_api, CpuBackend, LiveVm};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -493,6 +493,7 @@ impl Vm {
             .kvm
             .take()
             .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
+        let api = start_api(&self.config, &self.live)?;
         let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
         self.live.set_running();
         for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
@@ -521,6 +522,9 @@ impl Vm {
         let result = self.event_loop();
         self.control.stop();
         self.live.set_shut_down();
+        if let Some(api) = api {
+            let _ = api.shutdown();
+        }
         let mut stats = Vec::new();
         for t in threads {
             stats.push(t.join().unwrap_or_default());
