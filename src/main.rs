@@ -112,6 +112,12 @@ struct RunArgs {
     /// the command line).
     #[arg(long, default_value = "serial")]
     console: ConsoleKind,
+    /// Restore the riscv64 VM saved in snapshot directory DIR and continue
+    /// it. The machine (memory, CPUs, kernel, command line, disks, nets,
+    /// rng, console) comes from the snapshot, so those flags are ignored;
+    /// --serial-input, --serial-output and --timings apply.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -226,6 +232,28 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.restore {
+        anyhow::ensure!(
+            matches!(args.arch, None | Some(GuestArch::Riscv64)),
+            "--restore: snapshots are of riscv64 VMs"
+        );
+        let options = ember::vmm::riscv_vm::RestoreOptions {
+            console_input: args.serial_input.clone(),
+            console_output: args.serial_output.clone(),
+        };
+        let vm = RiscvVm::restore(dir, options)
+            .with_context(|| format!("restore {}", dir.display()))?;
+        install_termination_handlers(&vm.exit_signal())?;
+        let outcome = vm.run()?;
+        if args.timings {
+            report_tcg(&outcome);
+        }
+        match &outcome.reason {
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
+            other => eprintln!("ember: {other}"),
+        }
+        return Ok(ExitCode::from(outcome.reason.exit_code() as u8));
+    }
     let arch = args.arch.unwrap_or_default();
     let accel = resolve_accel(&args, arch)?;
     let cmdline = args.cmdline.clone().unwrap_or_else(|| {
