@@ -226,13 +226,15 @@ fn a_disk_written_before_the_snapshot_reads_back_after_it() {
     let after = read(&log2);
     assert!(after.contains("EMBER-TEST: blksnap go=go"), "{after}");
     assert!(
-        after.contains(&format!("EMBER-TEST: blksnap first read={first}")) && after.contains("match=1"),
+        after.contains(&format!("EMBER-TEST: blksnap first read={first}"))
+            && after.contains("match=1"),
         "{after}"
     );
     assert!(
         after
             .lines()
-            .any(|l| l.starts_with("EMBER-TEST: blksnap second read=second:") && l.ends_with("match=1")),
+            .any(|l| l.starts_with("EMBER-TEST: blksnap second read=second:")
+                && l.ends_with("match=1")),
         "{after}"
     );
     assert!(!after.contains("match=0"), "{after}");
@@ -286,6 +288,7 @@ fn damaged_snapshots_are_refused() {
     // A flipped byte in guest memory.
     let dir = variant("flip-memory", &[MEMORY_FILE]);
     let f = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open(dir.join(MEMORY_FILE))
         .unwrap();
@@ -294,7 +297,13 @@ fn damaged_snapshots_are_refused() {
     f.write_all_at(&[byte[0] ^ 0x10], 100 << 20).unwrap();
     let err = restore_error(&dir);
     assert!(
-        matches!(err, SnapshotError::Checksum { file: MEMORY_FILE, .. }),
+        matches!(
+            err,
+            SnapshotError::Checksum {
+                file: MEMORY_FILE,
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("memory.bin checksum mismatch"));
@@ -318,7 +327,13 @@ fn damaged_snapshots_are_refused() {
     std::fs::write(&path, &state).unwrap();
     let err = restore_error(&dir);
     assert!(
-        matches!(err, SnapshotError::Checksum { file: STATE_FILE, .. }),
+        matches!(
+            err,
+            SnapshotError::Checksum {
+                file: STATE_FILE,
+                ..
+            }
+        ),
         "{err}"
     );
 

@@ -241,8 +241,8 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
             console_input: args.serial_input.clone(),
             console_output: args.serial_output.clone(),
         };
-        let vm = RiscvVm::restore(dir, options)
-            .with_context(|| format!("restore {}", dir.display()))?;
+        let vm =
+            RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
         install_termination_handlers(&vm.exit_signal())?;
         let outcome = vm.run()?;
         if args.timings {

@@ -14,11 +14,11 @@ use crate::api::{ControlError, VmControl, VmState};
 use crate::devices::plic::Plic;
 use crate::devices::serial::Serial;
 use crate::memory::RamBlock;
-use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
 use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
 use crate::vmm::config::VmConfig;
 use crate::vmm::console::DeliverInput;
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
 use crate::vmm::virtio::PlacedDevice;
 
 /// How long a pause may take before it is reported as failed. Harts park
@@ -146,7 +146,10 @@ impl LiveVm {
     /// Writes a snapshot of the paused VM to `dir` (see
     /// [`crate::vmm::snapshot`]); the VM stays paused and can be resumed
     /// or stopped afterwards. Software CPU only.
-    pub fn snapshot_with_stats(&self, dir: &std::path::Path) -> Result<SnapshotStats, ControlError> {
+    pub fn snapshot_with_stats(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<SnapshotStats, ControlError> {
         // Held throughout, so nobody resumes the VM mid-snapshot.
         let inner = self.lock();
         if inner.state != VmState::Paused {

@@ -145,7 +145,11 @@ impl RiscvVm {
         for (shared, saved) in vm.system.harts.iter().zip(&state.harts) {
             shared.set_hsm(saved.hsm.into());
         }
-        vm.restored = Some((0..state.harts.len()).map(|id| state.hart_state(id)).collect());
+        vm.restored = Some(
+            (0..state.harts.len())
+                .map(|id| state.hart_state(id))
+                .collect(),
+        );
         Ok(vm)
     }
 

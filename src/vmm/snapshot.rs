@@ -32,7 +32,7 @@
 //! part of the snapshot: the disk files must still be there, unchanged.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -80,7 +80,9 @@ pub enum SnapshotError {
     BadManifest { path: PathBuf, reason: String },
     #[error("not an Ember snapshot: the format is '{found}', expected '{FORMAT}'")]
     Foreign { found: String },
-    #[error("snapshot format version {found} is not supported (this Ember reads version {VERSION})")]
+    #[error(
+        "snapshot format version {found} is not supported (this Ember reads version {VERSION})"
+    )]
     Version { found: u32 },
     #[error("the snapshot is of a {found} VM; only {ARCH} snapshots can be restored")]
     Arch { found: String },
@@ -516,46 +518,122 @@ pub fn write_sparse_memory(path: &Path, ram: &RamBlock) -> Result<(FileSum, u64)
     ))
 }
 
+/// The CRC-32 states of runs of 2^k zero bytes, k = 0..=63, to account
+/// for a hole without reading it (crc32fast combines states in O(log n)).
+fn zero_runs() -> Vec<crc32fast::Hasher> {
+    let mut runs = Vec::with_capacity(64);
+    let mut h = crc32fast::Hasher::new();
+    h.update(&[0]);
+    for _ in 0..64 {
+        runs.push(h.clone());
+        let copy = h.clone();
+        h.combine(&copy);
+    }
+    runs
+}
+
+/// Adds `len` zero bytes to `crc`.
+fn crc_zeros(crc: &mut crc32fast::Hasher, runs: &[crc32fast::Hasher], len: u64) {
+    for (k, run) in runs.iter().enumerate() {
+        if len & (1 << k) != 0 {
+            crc.combine(run);
+        }
+    }
+}
+
+/// The next data offset at or after `pos` (`SEEK_DATA`), `size` when only
+/// a hole follows, or `pos` when the file system cannot tell (then
+/// everything is read).
+fn next_data(file: &File, pos: u64, size: u64) -> u64 {
+    match seek(file, pos, libc::SEEK_DATA) {
+        Some(data) => data,
+        None if seek_failed_for_eof() => size,
+        None => pos,
+    }
+}
+
+/// The end of the data at `pos` (`SEEK_HOLE`; the file's end counts as a
+/// hole), or `size` when the file system cannot tell.
+fn next_hole(file: &File, pos: u64, size: u64) -> u64 {
+    seek(file, pos, libc::SEEK_HOLE).unwrap_or(size).min(size)
+}
+
+fn seek(file: &File, pos: u64, whence: libc::c_int) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let pos = libc::off_t::try_from(pos).ok()?;
+    // SAFETY: lseek on a descriptor `file` owns; it only moves the file
+    // offset, which this module does not otherwise use (reads are
+    // positioned with pread).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), pos, whence) };
+    u64::try_from(r).ok()
+}
+
+/// Whether the last failed `lseek` said "no data after this offset"
+/// (ENXIO), as opposed to "not supported".
+fn seek_failed_for_eof() -> bool {
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)
+}
+
 /// Loads `path` into `ram` (which must be fresh, i.e. zero: zero pages are
-/// skipped so they stay unbacked), checking its size and checksum against
-/// `expected`. On a checksum error `ram` holds the corrupted image; the
-/// caller discards the VM.
+/// not written, so they stay unbacked), checking its size and checksum
+/// against `expected`. Holes are skipped with `SEEK_DATA`/`SEEK_HOLE`
+/// rather than read as zeros (their part of the checksum is computed),
+/// which makes a restore cost what the data costs. On a checksum error
+/// `ram` holds the corrupted image; the caller discards the VM.
 pub fn load_sparse_memory(
     path: &Path,
     ram: &RamBlock,
     expected: &FileSum,
 ) -> Result<(), SnapshotError> {
-    let mut file = File::open(path).map_err(io("open", path))?;
-    let found = file.metadata().map_err(io("stat", path))?.len();
-    if found != expected.size {
+    let file = File::open(path).map_err(io("open", path))?;
+    let size = file.metadata().map_err(io("stat", path))?.len();
+    if size != expected.size {
         return Err(SnapshotError::Size {
             file: MEMORY_FILE,
             expected: expected.size,
-            found,
+            found: size,
         });
     }
-    if ram.size() != expected.size {
+    if ram.size() != size {
         return Err(SnapshotError::Inconsistent(format!(
-            "{MEMORY_FILE} holds {} bytes, the guest has {} bytes of RAM",
-            expected.size,
+            "{MEMORY_FILE} holds {size} bytes, the guest has {} bytes of RAM",
             ram.size()
         )));
     }
+    let runs = zero_runs();
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    while offset < expected.size {
-        let len = (expected.size - offset).min(CHUNK as u64) as usize;
-        let chunk = &mut buf[..len];
-        file.read_exact(chunk).map_err(io("read", path))?;
-        crc.update(chunk);
-        for (i, page) in chunk.chunks(PAGE_SIZE).enumerate() {
-            if !is_zero(page) {
-                ram.write(offset + (i * PAGE_SIZE) as u64, page)
-                    .map_err(|e| SnapshotError::Memory(e.to_string()))?;
-            }
+    let mut pos = 0u64;
+    while pos < size {
+        let data = next_data(&file, pos, size).clamp(pos, size);
+        crc_zeros(&mut crc, &runs, data - pos);
+        pos = data;
+        if pos >= size {
+            break;
         }
-        offset += len as u64;
+        let end = next_hole(&file, pos, size);
+        // A file system that reports no hole here still ends the run.
+        let end = if end <= pos { size } else { end };
+        while pos < end {
+            let len = (end - pos).min(CHUNK as u64) as usize;
+            let chunk = &mut buf[..len];
+            file.read_exact_at(chunk, pos).map_err(io("read", path))?;
+            crc.update(chunk);
+            // Data extents need not be page-aligned in the file; pages are
+            // counted from the start of RAM.
+            let mut off = 0usize;
+            while off < len {
+                let page_end = ((pos + off as u64) / PAGE_SIZE as u64 + 1) * PAGE_SIZE as u64;
+                let n = ((page_end - pos) as usize).min(len) - off;
+                let piece = &chunk[off..off + n];
+                if !is_zero(piece) {
+                    ram.write(pos + off as u64, piece)
+                        .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+                }
+                off += n;
+            }
+            pos += len as u64;
+        }
     }
     let found = crc.finalize();
     if found != expected.crc32 {
@@ -703,10 +781,8 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "ember-snapshot-unit-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("ember-snapshot-unit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -757,6 +833,33 @@ mod tests {
     }
 
     #[test]
+    fn zero_runs_match_hashing_zeros() {
+        let runs = zero_runs();
+        for len in [0u64, 1, 7, 4096, 4097, 3 << 20] {
+            let mut a = crc32fast::Hasher::new();
+            a.update(b"head");
+            let mut b = a.clone();
+            a.update(&vec![0u8; len as usize]);
+            crc_zeros(&mut b, &runs, len);
+            assert_eq!(a.finalize(), b.finalize(), "{len} zeros");
+        }
+    }
+
+    #[test]
+    fn a_dense_file_loads_too() {
+        // A copy without holes (what `cp` without --sparse may make).
+        let dir = temp_dir("dense");
+        let ram = ram_with_data();
+        let (sum, _) = write_sparse_memory(&dir.join(MEMORY_FILE), &ram).unwrap();
+        let dense = dir.join("dense.bin");
+        std::fs::write(&dense, contents(&ram)).unwrap();
+        let copy = RamBlock::anonymous(16 << 20).unwrap();
+        load_sparse_memory(&dense, &copy, &sum).unwrap();
+        assert_eq!(contents(&copy), contents(&ram));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn rewriting_a_sparse_file_leaves_no_stale_data() {
         let dir = temp_dir("rewrite");
         let path = dir.join(MEMORY_FILE);
@@ -789,7 +892,10 @@ mod tests {
     fn manifest_round_trips_and_lists_both_files() {
         let dir = write_snapshot("manifest");
         let m = read_manifest(&dir).unwrap();
-        assert_eq!((m.format.as_str(), m.version, m.arch.as_str()), (FORMAT, 1, "riscv64"));
+        assert_eq!(
+            (m.format.as_str(), m.version, m.arch.as_str()),
+            (FORMAT, 1, "riscv64")
+        );
         assert_eq!(m.memory.size, 16 << 20);
         let state = std::fs::read(dir.join(STATE_FILE)).unwrap();
         assert_eq!(m.state.size, state.len() as u64);
@@ -845,12 +951,18 @@ mod tests {
         std::fs::write(&path, &state).unwrap();
         assert!(matches!(
             LoadedSnapshot::open(&dir),
-            Err(SnapshotError::Checksum { file: STATE_FILE, .. })
+            Err(SnapshotError::Checksum {
+                file: STATE_FILE,
+                ..
+            })
         ));
         std::fs::write(&path, &state[..state.len() - 1]).unwrap();
         assert!(matches!(
             LoadedSnapshot::open(&dir),
-            Err(SnapshotError::Size { file: STATE_FILE, .. })
+            Err(SnapshotError::Size {
+                file: STATE_FILE,
+                ..
+            })
         ));
 
         // A flipped byte in memory: caught while loading.
@@ -861,7 +973,13 @@ mod tests {
         f.write_all_at(&[1], 9 << 20).unwrap();
         let ram = RamBlock::anonymous(16 << 20).unwrap();
         let err = load_sparse_memory(&mem, &ram, &m.memory).unwrap_err();
-        assert!(matches!(err, SnapshotError::Checksum { file: MEMORY_FILE, .. }));
+        assert!(matches!(
+            err,
+            SnapshotError::Checksum {
+                file: MEMORY_FILE,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("corrupted"));
 
         // A truncated memory file.
@@ -933,15 +1051,23 @@ mod tests {
             },
             devices: vec![],
         };
-        assert_eq!(state(Some(500)).hart_state(0).unwrap().timer_deadline, Some(1500));
-        assert_eq!(state(Some(-300)).hart_state(0).unwrap().timer_deadline, Some(700));
-        assert_eq!(state(Some(-5000)).hart_state(0).unwrap().timer_deadline, Some(0));
+        assert_eq!(
+            state(Some(500)).hart_state(0).unwrap().timer_deadline,
+            Some(1500)
+        );
+        assert_eq!(
+            state(Some(-300)).hart_state(0).unwrap().timer_deadline,
+            Some(700)
+        );
+        assert_eq!(
+            state(Some(-5000)).hart_state(0).unwrap().timer_deadline,
+            Some(0)
+        );
         assert_eq!(state(None).hart_state(0).unwrap().timer_deadline, None);
         assert!(state(None).hart_state(1).is_none());
         // And the whole state survives JSON.
         let s = state(Some(42));
-        let back: SnapshotState =
-            serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        let back: SnapshotState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
     }
 }
