@@ -652,4 +652,32 @@ mod tests {
         assert_eq!(plic.contexts(), 0);
         assert_eq!(plic.read(CONTEXT_BASE + CLAIM, 4), 0);
     }
+
+    #[test]
+    fn restored_state_claims_and_drives_outputs_like_the_original() {
+        let a = Rig::new(2);
+        a.priority(3, 5);
+        a.priority(7, 2);
+        a.enable(0, (1 << 3) | (1 << 7));
+        a.enable(1, 1 << 7);
+        a.threshold(1, 1);
+        a.plic.set_irq(3, true);
+        a.plic.set_irq(7, true);
+        assert_eq!(a.claim(0), 3, "3 is in service when the state is saved");
+        let saved = a.plic.state();
+        assert_eq!(saved.claimed, 1 << 3);
+
+        let b = Rig::new(2);
+        b.plic.restore_state(&saved).unwrap();
+        assert_eq!(b.plic.state(), saved);
+        assert!(b.line(0) && b.line(1), "7 is pending for both contexts");
+        assert_eq!(b.read(PENDING_BASE), 1 << 7);
+        assert_eq!(b.claim(1), 7);
+        // Completing 3 re-arms it: its input is still high.
+        b.complete(0, 3);
+        assert_eq!(b.claim(0), 3);
+        // A state of another shape is refused.
+        let wrong = Rig::new(1);
+        assert!(wrong.plic.restore_state(&saved).is_err());
+    }
 }

@@ -874,4 +874,43 @@ mod tests {
         serial.enqueue_input(b"ok");
         assert_eq!(drain_rx(&io, 10), b"ok");
     }
+
+    #[test]
+    fn restored_state_keeps_registers_fifo_and_waiting_input() {
+        let a = rig();
+        outb(&a.io, LCR_PORT, LCR_DLAB);
+        outb(&a.io, DLL, 3);
+        outb(&a.io, LCR_PORT, 0x03);
+        outb(&a.io, SCR_PORT, 0x5a);
+        outb(&a.io, IER_PORT, IER_RDA);
+        // 64 bytes fill the FIFO, 36 more wait beyond it.
+        let input: Vec<u8> = (0..100u8).collect();
+        a.serial.enqueue_input(&input);
+        assert_eq!(drain_rx(&a.io, 10), &input[..10]);
+        let saved = a.serial.state();
+        assert_eq!(saved.fifo.len(), 54);
+        assert_eq!(saved.pending.len(), 36);
+
+        let b = rig();
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        b.serial
+            .set_level_listener(Box::new(move |l| seen.lock().unwrap().push(l)));
+        b.serial.restore_state(&saved).unwrap();
+        assert_eq!(b.serial.state(), saved);
+        assert_eq!(levels.lock().unwrap().last(), Some(&true), "RX data waits");
+        assert_eq!(inb(&b.io, SCR_PORT), 0x5a);
+        outb(&b.io, LCR_PORT, LCR_DLAB | 0x03);
+        assert_eq!(inb(&b.io, DLL), 3);
+        outb(&b.io, LCR_PORT, 0x03);
+        assert_eq!(drain_rx(&b.io, 200), &input[10..]);
+        // Output still goes to the restored UART's own writer.
+        outb(&b.io, THR, b'x');
+        assert_eq!(b.out.bytes(), b"x");
+        assert!(a.out.bytes().is_empty());
+
+        let mut too_long = saved.clone();
+        too_long.fifo = vec![0; 65];
+        assert!(b.serial.restore_state(&too_long).is_err());
+    }
 }

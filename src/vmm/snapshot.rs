@@ -518,13 +518,18 @@ pub fn write_sparse_memory(path: &Path, ram: &RamBlock) -> Result<(FileSum, u64)
     ))
 }
 
-/// The CRC-32 states of runs of 2^k zero bytes, k = 0..=63, to account
-/// for a hole without reading it (crc32fast combines states in O(log n)).
+/// Holes up to 2^ZERO_RUN_BITS bytes (256 TiB, far beyond any guest RAM)
+/// are accounted for; a longer one could only give a checksum mismatch.
+const ZERO_RUN_BITS: usize = 48;
+
+/// The CRC-32 states of runs of 2^k zero bytes, k < [`ZERO_RUN_BITS`], to
+/// account for a hole without reading it (crc32fast combines states in
+/// O(log n)).
 fn zero_runs() -> Vec<crc32fast::Hasher> {
-    let mut runs = Vec::with_capacity(64);
+    let mut runs = Vec::with_capacity(ZERO_RUN_BITS);
     let mut h = crc32fast::Hasher::new();
     h.update(&[0]);
-    for _ in 0..64 {
+    for _ in 0..ZERO_RUN_BITS {
         runs.push(h.clone());
         let copy = h.clone();
         h.combine(&copy);
