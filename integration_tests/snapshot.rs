@@ -97,11 +97,15 @@ fn base() -> &'static Base {
         let work = scratch("base");
         let log = work.join("before.log");
         let dir = work.join("snap");
-        let vm = RiscvVm::new(config(
-            "console=ttyS0 panic=-1 quiet ember_test=count",
-            256 << 20,
-            &log,
-        ))
+        // Two harts: both are saved (hart 1 started by SBI HSM).
+        let vm = RiscvVm::new(VmConfig {
+            cpus: 2,
+            ..config(
+                "console=ttyS0 panic=-1 quiet ember_test=count",
+                256 << 20,
+                &log,
+            )
+        })
         .expect("build the VM");
         let control = vm.control();
         let runner = std::thread::spawn(move || vm.run());
@@ -117,6 +121,12 @@ fn base() -> &'static Base {
         let stats = control.snapshot_with_stats(&dir).expect("snapshot");
         let before = read(&log);
         assert_eq!(control.state(), VmState::Paused, "still paused");
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+        for hart in state["harts"].as_array().expect("harts") {
+            assert_eq!(hart["hsm"]["state"], "started", "{hart}");
+            assert!(hart["state"]["pc"].as_u64().is_some(), "{hart}");
+        }
         println!(
             "snapshot of a {} MiB guest: created in {:.1} ms ({} of {} pages hold data)",
             stats.memory_size >> 20,
@@ -241,6 +251,39 @@ fn a_disk_written_before_the_snapshot_reads_back_after_it() {
     assert!(after.contains("EMBER-TEST-DONE rc=0"), "{after}");
     let bytes = std::fs::read(&disk).unwrap();
     assert!(bytes[4096..].starts_with(format!("second:{data};").as_bytes()));
+
+    // The same snapshot once more, through `ember run --restore` (the
+    // guest's steps after the snapshot are repeatable: the first block is
+    // unchanged, the second is written again).
+    let input = work.join("go.txt");
+    std::fs::write(&input, b"go\n").unwrap();
+    let log3 = work.join("cli.log");
+    let out = riscv_linux::ember(
+        &[
+            "run",
+            "--restore",
+            dir.to_str().unwrap(),
+            "--serial-input",
+            input.to_str().unwrap(),
+            "--serial-output",
+            log3.to_str().unwrap(),
+        ],
+        PATIENCE,
+    );
+    let cli = read(&log3);
+    assert!(
+        out.status.success(),
+        "ember run --restore: {}\n{cli}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !cli.contains("match=0") && cli.contains("EMBER-TEST-DONE rc=0"),
+        "{cli}"
+    );
+    assert!(
+        cli.contains(&format!("EMBER-TEST: blksnap first read={first}")),
+        "{cli}"
+    );
 }
 
 /// A copy of the base snapshot whose files are links to the originals
