@@ -140,6 +140,12 @@ struct RunArgs {
     /// Serve the control API (docs/api.md) on a Unix socket at PATH
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Restore the riscv64 VM saved in snapshot directory DIR and continue
+    /// it. The machine (memory, CPUs, kernel, command line, disks, nets,
+    /// rng, console) comes from the snapshot, so those flags are ignored;
+    /// --serial-input, --serial-output and --timings apply.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
 }
 
 /// A repeatable flag's values, or `None` when it was not given.
@@ -283,6 +289,29 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &args.restore {
+        anyhow::ensure!(
+            matches!(args.arch, None | Some(GuestArch::Riscv64)),
+            "--restore: snapshots are of riscv64 VMs"
+        );
+        let options = ember::vmm::riscv_vm::RestoreOptions {
+            console_input: args.serial_input.clone().unwrap_or(ConsoleInput::Stdin),
+            console_output: args.serial_output.clone().unwrap_or(ConsoleOutput::Stdout),
+            api_socket: args.api_socket.clone(),
+        };
+        let vm =
+            RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
+        install_termination_handlers(&vm.exit_signal())?;
+        let outcome = vm.run()?;
+        if args.timings {
+            report_tcg(&outcome);
+        }
+        match &outcome.reason {
+            ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
+            other => eprintln!("ember: {other}"),
+        }
+        return Ok(ExitCode::from(outcome.reason.exit_code() as u8));
+    }
     let file = match &args.config {
         Some(path) => VmSettings::load(path)?,
         None => VmSettings::default(),

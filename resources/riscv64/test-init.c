@@ -19,6 +19,11 @@
  *            received on port 7778.
  *   echo     read a line from ttyS0 and print it back.
  *   count    print an increasing counter every 10 ms (pause/resume tests).
+ *   blksnap  write a pattern (from `ember_data`) to the first 4 KiB of raw
+ *            /dev/vda with O_DIRECT|O_SYNC, print "blksnap written", wait
+ *            for a line on ttyS0 (the host snapshots and restores
+ *            meanwhile), read the block back with O_DIRECT and print it,
+ *            then write and read back a second block (I/O after restore).
  *   netbench receive one TCP stream on port 7779 to EOF and report its
  *            rate (replying with the byte count), then echo UDP
  *            datagrams on 7780 until one says "done".
@@ -351,6 +356,64 @@ static int test_count(void) {
     return 0;
 }
 
+/* Reads a line from fd (at most len - 1 bytes, without the newline). */
+static int read_line(int fd, char *line, size_t len) {
+    size_t n = 0;
+    while (n < len - 1) {
+        ssize_t r = read(fd, line + n, 1);
+        if (r <= 0) return -1;
+        if (line[n] == '\n' || line[n] == '\r') break;
+        n++;
+    }
+    line[n] = 0;
+    return (int)n;
+}
+
+/* One 4 KiB O_DIRECT block at `off`: the pattern `tag`:`data` repeated. */
+static int blksnap_block(int fd, off_t off, const char *tag, const char *data, int write_it) {
+    char *buf = aligned_alloc(4096, 4096), *want = malloc(4096);
+    if (!buf || !want) return -1;
+    size_t k = 0;
+    while (k < 4096) {
+        int m = snprintf(want + k, 4096 - k, "%s:%s;", tag, data);
+        if (m <= 0) break;
+        k += (size_t)m;
+        if (k >= 4096) break;
+    }
+    if (write_it) {
+        memcpy(buf, want, 4096);
+        if (pwrite(fd, buf, 4096, off) != 4096) { say("error pwrite: %s", strerror(errno)); return -1; }
+        return 0;
+    }
+    memset(buf, 0, 4096);
+    if (pread(fd, buf, 4096, off) != 4096) { say("error pread: %s", strerror(errno)); return -1; }
+    char head[64];
+    snprintf(head, sizeof head, "%.40s", buf);
+    say("blksnap %s read=%s match=%d", tag, head, memcmp(buf, want, 4096) == 0);
+    free(buf);
+    free(want);
+    return 0;
+}
+
+static int test_blksnap(void) {
+    const char *data = env("ember_data", "snapshot-pattern");
+    int fd = open("/dev/vda", O_RDWR | O_DIRECT | O_SYNC);
+    if (fd < 0) { say("error open /dev/vda: %s", strerror(errno)); return 1; }
+    if (blksnap_block(fd, 0, "first", data, 1) != 0) return 1;
+    int tty = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
+    if (tty < 0) { say("error open /dev/ttyS0: %s", strerror(errno)); return 1; }
+    say("blksnap written");
+    char line[128];
+    if (read_line(tty, line, sizeof line) < 0) { say("error read ttyS0"); return 1; }
+    say("blksnap go=%s", line);
+    if (blksnap_block(fd, 0, "first", data, 0) != 0) return 1;
+    if (blksnap_block(fd, 4096, "second", data, 1) != 0) return 1;
+    if (blksnap_block(fd, 4096, "second", data, 0) != 0) return 1;
+    close(tty);
+    close(fd);
+    return 0;
+}
+
 /* Reads one line from the serial console and prints it back. */
 static int test_echo(void) {
     int fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
@@ -391,6 +454,7 @@ int main(void) {
     else if (strcmp(test, "netbench") == 0) rc = test_netbench();
     else if (strcmp(test, "count") == 0) rc = test_count();
     else if (strcmp(test, "echo") == 0) rc = test_echo();
+    else if (strcmp(test, "blksnap") == 0) rc = test_blksnap();
     else { say("error unknown test '%s'", test); rc = 1; }
     printf("EMBER-TEST-DONE rc=%d\n", rc);
     fflush(stdout);

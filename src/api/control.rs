@@ -48,6 +48,15 @@ pub trait VmControl: Send + Sync {
     fn reset(&self) -> Result<(), ControlError>;
     /// Stops the VM at once.
     fn stop(&self) -> Result<(), ControlError>;
+    /// Writes a snapshot of the paused VM into the directory `dir` (state,
+    /// guest memory and a manifest; see `ember::vmm::snapshot`), from which
+    /// a new VM can be restored. The VM must be paused and stays so.
+    fn snapshot(&self, dir: &std::path::Path) -> Result<(), ControlError> {
+        let _ = dir;
+        Err(ControlError::Unsupported(
+            "snapshots are not available for this VM".into(),
+        ))
+    }
     /// `info mtree` (or `info mtree -f` when `flat`) of the live VM.
     fn mtree(&self, flat: bool) -> String;
     /// The accelerator's view: KVM memory slots, or the software CPU's TLB

@@ -83,6 +83,33 @@ impl State {
     }
 }
 
+/// What a snapshot saves of a PLIC: every register and gateway, not the
+/// output levels (recomputed on restore).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlicState {
+    /// Priority of each source, source 0 included (always 0).
+    pub priority: Vec<u32>,
+    /// Input levels, one bit per source.
+    pub level: u32,
+    /// Sources claimed and not yet completed.
+    pub claimed: u32,
+    /// Enable bits of each context.
+    pub enable: Vec<u32>,
+    /// Threshold of each context.
+    pub threshold: Vec<u32>,
+}
+
+/// Why a saved PLIC state does not fit this PLIC.
+#[derive(Debug, thiserror::Error)]
+pub enum PlicStateError {
+    #[error("the saved PLIC has {saved} contexts and {sources} sources; this one has {contexts} contexts and {PLIC_SOURCES} sources")]
+    Shape {
+        saved: usize,
+        sources: usize,
+        contexts: usize,
+    },
+}
+
 /// The size of the register window of a PLIC with `contexts` contexts:
 /// everything up to the end of the last context's page.
 pub const fn plic_mmio_size(contexts: usize) -> u64 {
@@ -175,6 +202,55 @@ impl Plic {
                 output(level);
             }
         }
+    }
+
+    /// The registers and gateways, for a snapshot.
+    pub fn state(&self) -> PlicState {
+        let state = self.lock();
+        PlicState {
+            priority: state.priority.to_vec(),
+            level: state.level,
+            claimed: state.claimed,
+            enable: state.enable.clone(),
+            threshold: state.threshold.clone(),
+        }
+    }
+
+    /// Loads saved registers and gateways and drives every output to the
+    /// level they give. Values are masked as register writes would.
+    pub fn restore_state(&self, saved: &PlicState) -> Result<(), PlicStateError> {
+        let contexts = self.contexts();
+        if saved.enable.len() != contexts
+            || saved.threshold.len() != contexts
+            || saved.priority.len() != PLIC_SOURCES as usize
+        {
+            return Err(PlicStateError::Shape {
+                saved: saved.enable.len(),
+                sources: saved.priority.len(),
+                contexts,
+            });
+        }
+        let mut state = self.lock();
+        for (dst, src) in state.priority.iter_mut().zip(&saved.priority) {
+            *dst = src & PLIC_MAX_PRIORITY;
+        }
+        state.priority[0] = 0;
+        state.level = saved.level & SOURCE_MASK;
+        state.claimed = saved.claimed & SOURCE_MASK;
+        for (dst, src) in state.enable.iter_mut().zip(&saved.enable) {
+            *dst = src & SOURCE_MASK;
+        }
+        for (dst, src) in state.threshold.iter_mut().zip(&saved.threshold) {
+            *dst = src & PLIC_MAX_PRIORITY;
+        }
+        // Drive every output once, whatever it was, so the harts' SEIP
+        // lines match the restored registers.
+        for (ctx, output) in self.outputs.iter().enumerate() {
+            let level = state.best(ctx) != 0;
+            state.output[ctx] = level;
+            output(level);
+        }
+        Ok(())
     }
 
     fn read_register(&self, offset: u64) -> u32 {
@@ -575,5 +651,33 @@ mod tests {
         let plic = Plic::new(Vec::new());
         assert_eq!(plic.contexts(), 0);
         assert_eq!(plic.read(CONTEXT_BASE + CLAIM, 4), 0);
+    }
+
+    #[test]
+    fn restored_state_claims_and_drives_outputs_like_the_original() {
+        let a = Rig::new(2);
+        a.priority(3, 5);
+        a.priority(7, 2);
+        a.enable(0, (1 << 3) | (1 << 7));
+        a.enable(1, 1 << 7);
+        a.threshold(1, 1);
+        a.plic.set_irq(3, true);
+        a.plic.set_irq(7, true);
+        assert_eq!(a.claim(0), 3, "3 is in service when the state is saved");
+        let saved = a.plic.state();
+        assert_eq!(saved.claimed, 1 << 3);
+
+        let b = Rig::new(2);
+        b.plic.restore_state(&saved).unwrap();
+        assert_eq!(b.plic.state(), saved);
+        assert!(b.line(0) && b.line(1), "7 is pending for both contexts");
+        assert_eq!(b.read(PENDING_BASE), 1 << 7);
+        assert_eq!(b.claim(1), 7);
+        // Completing 3 re-arms it: its input is still high.
+        b.complete(0, 3);
+        assert_eq!(b.claim(0), 3);
+        // A state of another shape is refused.
+        let wrong = Rig::new(1);
+        assert!(wrong.plic.restore_state(&saved).is_err());
     }
 }

@@ -66,6 +66,36 @@ const LSR_DATA_READY: u8 = 0x01;
 
 type Uart = vm_superio::Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>;
 
+/// What a snapshot saves of the UART: vm-superio's registers and receive
+/// FIFO, plus the input waiting beyond the FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    /// The receive FIFO, oldest first.
+    pub fifo: Vec<u8>,
+    /// Input waiting beyond the FIFO, oldest first.
+    pub pending: Vec<u8>,
+}
+
+/// Why a saved UART state could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialStateError {
+    #[error("the saved receive FIFO holds {0} bytes, more than the UART's 64")]
+    FifoTooLong(usize),
+    #[error("the saved overflow queue holds {0} bytes, more than {MAX_PENDING_INPUT}")]
+    PendingTooLong(usize),
+    #[error("cannot raise the UART interrupt: {0}")]
+    Trigger(String),
+}
+
 /// Receives the UART's interrupt level; see [`Serial::set_level_listener`].
 pub type LevelListener = Box<dyn Fn(bool) + Send + Sync>;
 
@@ -314,6 +344,63 @@ impl Serial {
         {
             state.lost_output += bytes.len() as u64;
         }
+    }
+
+    /// The registers, FIFO and waiting input, for a snapshot.
+    pub fn state(&self) -> SerialSnapshot {
+        let state = self.lock();
+        let regs = state.uart.state();
+        SerialSnapshot {
+            baud_divisor_low: regs.baud_divisor_low,
+            baud_divisor_high: regs.baud_divisor_high,
+            interrupt_enable: regs.interrupt_enable,
+            interrupt_identification: regs.interrupt_identification,
+            line_control: regs.line_control,
+            line_status: regs.line_status,
+            modem_control: regs.modem_control,
+            modem_status: regs.modem_status,
+            scratch: regs.scratch,
+            fifo: regs.in_buffer,
+            pending: state.pending.iter().copied().collect(),
+        }
+    }
+
+    /// Loads a saved state (restore), keeping this UART's output and
+    /// interrupt line, and reports the resulting interrupt level.
+    pub fn restore_state(&self, saved: &SerialSnapshot) -> Result<(), SerialStateError> {
+        let mut state = self.lock();
+        if saved.fifo.len() > state.fifo_size {
+            return Err(SerialStateError::FifoTooLong(saved.fifo.len()));
+        }
+        if saved.pending.len() > MAX_PENDING_INPUT {
+            return Err(SerialStateError::PendingTooLong(saved.pending.len()));
+        }
+        let regs = vm_superio::serial::SerialState {
+            baud_divisor_low: saved.baud_divisor_low,
+            baud_divisor_high: saved.baud_divisor_high,
+            interrupt_enable: saved.interrupt_enable,
+            interrupt_identification: saved.interrupt_identification,
+            line_control: saved.line_control,
+            line_status: saved.line_status,
+            modem_control: saved.modem_control,
+            modem_status: saved.modem_status,
+            scratch: saved.scratch,
+            in_buffer: saved.fifo.clone(),
+        };
+        // vm-superio builds a UART from a state only together with its
+        // writer, so the current writer moves over (a sink stands in for
+        // the moment between).
+        let placeholder = Uart::new(self.irq.clone(), Box::new(std::io::sink()));
+        let writer = std::mem::replace(&mut state.uart, placeholder).into_writer();
+        state.uart = match Uart::from_state(&regs, self.irq.clone(), NoEvents, writer) {
+            Ok(uart) => uart,
+            Err(UartError::Trigger(e)) => return Err(SerialStateError::Trigger(e.to_string())),
+            Err(_) => return Err(SerialStateError::FifoTooLong(saved.fifo.len())),
+        };
+        state.pending = saved.pending.iter().copied().collect();
+        state.reported_level = None;
+        state.report_level();
+        Ok(())
     }
 
     /// Input bytes waiting beyond the FIFO.
@@ -786,5 +873,44 @@ mod tests {
         assert_eq!(inb(&io, SCR_PORT), 0x42);
         serial.enqueue_input(b"ok");
         assert_eq!(drain_rx(&io, 10), b"ok");
+    }
+
+    #[test]
+    fn restored_state_keeps_registers_fifo_and_waiting_input() {
+        let a = rig();
+        outb(&a.io, LCR_PORT, LCR_DLAB);
+        outb(&a.io, DLL, 3);
+        outb(&a.io, LCR_PORT, 0x03);
+        outb(&a.io, SCR_PORT, 0x5a);
+        outb(&a.io, IER_PORT, IER_RDA);
+        // 64 bytes fill the FIFO, 36 more wait beyond it.
+        let input: Vec<u8> = (0..100u8).collect();
+        a.serial.enqueue_input(&input);
+        assert_eq!(drain_rx(&a.io, 10), &input[..10]);
+        let saved = a.serial.state();
+        assert_eq!(saved.fifo.len(), 54);
+        assert_eq!(saved.pending.len(), 36);
+
+        let b = rig();
+        let levels = Arc::new(Mutex::new(Vec::new()));
+        let seen = levels.clone();
+        b.serial
+            .set_level_listener(Box::new(move |l| seen.lock().unwrap().push(l)));
+        b.serial.restore_state(&saved).unwrap();
+        assert_eq!(b.serial.state(), saved);
+        assert_eq!(levels.lock().unwrap().last(), Some(&true), "RX data waits");
+        assert_eq!(inb(&b.io, SCR_PORT), 0x5a);
+        outb(&b.io, LCR_PORT, LCR_DLAB | 0x03);
+        assert_eq!(inb(&b.io, DLL), 3);
+        outb(&b.io, LCR_PORT, 0x03);
+        assert_eq!(drain_rx(&b.io, 200), &input[10..]);
+        // Output still goes to the restored UART's own writer.
+        outb(&b.io, THR, b'x');
+        assert_eq!(b.out.bytes(), b"x");
+        assert!(a.out.bytes().is_empty());
+
+        let mut too_long = saved.clone();
+        too_long.fifo = vec![0; 65];
+        assert!(b.serial.restore_state(&too_long).is_err());
     }
 }

@@ -11,11 +11,14 @@ use crate::accel::kvm::kick::VcpuControl;
 use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::tcg::riscv64::RiscvSystem;
 use crate::api::{ControlError, VmControl, VmState};
+use crate::devices::plic::Plic;
 use crate::devices::serial::Serial;
+use crate::memory::RamBlock;
 use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
 use crate::vmm::config::VmConfig;
 use crate::vmm::console::DeliverInput;
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
 use crate::vmm::virtio::PlacedDevice;
 
 /// How long a pause may take before it is reported as failed. Harts park
@@ -29,8 +32,13 @@ pub enum CpuBackend {
         control: Arc<VcpuControl>,
         slots: Mutex<Option<KvmMemory>>,
     },
-    /// Software harts.
-    Tcg { system: Arc<RiscvSystem> },
+    /// Software harts, with the machine parts a snapshot saves beyond
+    /// what every VM has (the PLIC and guest RAM).
+    Tcg {
+        system: Arc<RiscvSystem>,
+        plic: Arc<Plic>,
+        ram: Arc<RamBlock>,
+    },
 }
 
 struct Inner {
@@ -115,7 +123,7 @@ impl LiveVm {
                 control.pause();
                 Ok(())
             }
-            CpuBackend::Tcg { system } => {
+            CpuBackend::Tcg { system, .. } => {
                 if system.pause_all(PAUSE_TIMEOUT) {
                     Ok(())
                 } else {
@@ -131,7 +139,38 @@ impl LiveVm {
     fn resume_cpus(&self) {
         match &self.cpu {
             CpuBackend::Kvm { control, .. } => control.resume(),
-            CpuBackend::Tcg { system } => system.resume_all(),
+            CpuBackend::Tcg { system, .. } => system.resume_all(),
+        }
+    }
+
+    /// Writes a snapshot of the paused VM to `dir` (see
+    /// [`crate::vmm::snapshot`]); the VM stays paused and can be resumed
+    /// or stopped afterwards. Software CPU only.
+    pub fn snapshot_with_stats(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<SnapshotStats, ControlError> {
+        // Held throughout, so nobody resumes the VM mid-snapshot.
+        let inner = self.lock();
+        if inner.state != VmState::Paused {
+            return Err(ControlError::WrongState(inner.state, "paused"));
+        }
+        match &self.cpu {
+            CpuBackend::Kvm { .. } => Err(ControlError::Unsupported(
+                "snapshots of KVM VMs are not implemented yet".into(),
+            )),
+            CpuBackend::Tcg { system, plic, ram } => crate::vmm::snapshot::save(
+                dir,
+                &SnapshotSource {
+                    config: &self.config,
+                    system,
+                    plic,
+                    serial: &self.serial,
+                    devices: &self.devices,
+                    ram,
+                },
+            )
+            .map_err(|e| ControlError::Failed(format!("snapshot: {e}"))),
         }
     }
 
@@ -239,6 +278,10 @@ impl VmControl for LiveVm {
         Ok(())
     }
 
+    fn snapshot(&self, dir: &std::path::Path) -> Result<(), ControlError> {
+        self.snapshot_with_stats(dir).map(|_| ())
+    }
+
     fn mtree(&self, flat: bool) -> String {
         let tree = self.tree.lock().unwrap_or_else(|e| e.into_inner());
         mtree_text(
@@ -269,7 +312,7 @@ impl VmControl for LiveVm {
                     }),
                 }
             }
-            CpuBackend::Tcg { system } => json!({
+            CpuBackend::Tcg { system, .. } => json!({
                 "accel": "tcg",
                 "harts": system.harts.iter().map(|h| {
                     let s = *h.published.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,7 +353,7 @@ impl VmControl for LiveVm {
         let serial = self.serial.counters();
         let cpus = match &self.cpu {
             CpuBackend::Kvm { .. } => Value::Null,
-            CpuBackend::Tcg { system } => Value::Array(
+            CpuBackend::Tcg { system, .. } => Value::Array(
                 system
                     .harts
                     .iter()

@@ -9,5 +9,6 @@ pub mod exit;
 pub mod instance;
 pub mod live;
 pub mod riscv_vm;
+pub mod snapshot;
 pub mod virtio;
 pub mod vm;

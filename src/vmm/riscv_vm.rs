@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::accel::tcg::riscv64::{Hart, HartStats, RiscvSystem, TcgMemoryListener};
+use crate::accel::tcg::riscv64::{Hart, HartState, HartStats, RiscvSystem, TcgMemoryListener};
 use crate::arch::riscv64::layout::TIMEBASE_FREQ;
 use crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW;
 use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
@@ -21,10 +21,11 @@ use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::SharedOutput;
+use crate::vmm::console::{ConsoleInput, ConsoleOutput, SharedOutput};
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm};
+use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
 
@@ -50,17 +51,122 @@ pub struct RiscvVm {
     exit: Arc<ExitSignal>,
     virtio: VirtioDevices,
     live: Arc<LiveVm>,
+    plic: Arc<crate::devices::plic::Plic>,
+    /// The RAM region.
+    ram: crate::memory::RegionId,
+    /// A restored VM: each hart's saved state (`None` for harts that are
+    /// not started); the harts start from these instead of the kernel.
+    restored: Option<Vec<Option<HartState>>>,
+}
+
+/// What a restore takes from the caller rather than from the snapshot:
+/// where the console goes (host-side settings; the machine itself is
+/// rebuilt exactly as saved).
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub console_input: ConsoleInput,
+    pub console_output: ConsoleOutput,
+    /// Serve the control API here (`--api-socket`).
+    pub api_socket: Option<std::path::PathBuf>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            console_input: ConsoleInput::Stdin,
+            console_output: ConsoleOutput::Stdout,
+            api_socket: None,
+        }
+    }
 }
 
 impl RiscvVm {
     /// Builds the machine, loads the kernel, initrd and device tree.
     pub fn new(config: VmConfig) -> Result<RiscvVm, VmError> {
+        Self::build(config, None)
+    }
+
+    /// Builds the VM saved in the snapshot directory `dir` (see
+    /// [`crate::vmm::snapshot`]): the same machine and devices (disk files
+    /// and TAPs must exist again), guest memory, PLIC, UART, virtio
+    /// transports with their queues, and the harts' state, with `time`
+    /// going on from the saved value. [`RiscvVm::run`] then continues the
+    /// guest where it stopped; the kernel is not entered again.
+    pub fn restore(dir: &Path, options: RestoreOptions) -> Result<RiscvVm, VmError> {
+        let snapshot = LoadedSnapshot::open(dir)?;
+        let state = &snapshot.state;
+        let base = VmConfig {
+            console_input: options.console_input,
+            console_output: options.console_output,
+            ..VmConfig::default()
+        };
+        let mut config = state.config.apply(base)?;
+        config.api_socket = options.api_socket;
+        let mut vm = Self::build(config, Some(state.time))?;
+        let ram = {
+            let tree = vm.lock_tree();
+            tree.ram_block(vm.ram)?
+        };
+        snapshot.load_memory(&ram)?;
+        if vm.virtio.devices.len() != state.devices.len() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "{} virtio devices saved, {} rebuilt",
+                state.devices.len(),
+                vm.virtio.devices.len()
+            ))
+            .into());
+        }
+        for (placed, saved) in vm.virtio.devices.iter().zip(&state.devices) {
+            if placed.name != saved.name {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "device '{}' saved where '{}' was rebuilt",
+                    saved.name, placed.name
+                ))
+                .into());
+            }
+            placed
+                .transport
+                .restore_state(&saved.transport)
+                .map_err(|e| SnapshotError::Device {
+                    name: saved.name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        vm.serial
+            .restore_state(&state.uart)
+            .map_err(|e| SnapshotError::Device {
+                name: "uart".into(),
+                reason: e.to_string(),
+            })?;
+        // Last: the devices above drove their PLIC inputs as they came
+        // back; the saved registers are the truth.
+        vm.plic
+            .restore_state(&state.plic)
+            .map_err(|e| SnapshotError::Device {
+                name: "plic".into(),
+                reason: e.to_string(),
+            })?;
+        for (shared, saved) in vm.system.harts.iter().zip(&state.harts) {
+            shared.set_hsm(saved.hsm.into());
+        }
+        vm.restored = Some(
+            (0..state.harts.len())
+                .map(|id| state.hart_state(id))
+                .collect(),
+        );
+        Ok(vm)
+    }
+
+    /// `time_at_start`: the `time` value to start from (a restore).
+    fn build(config: VmConfig, time_at_start: Option<u64>) -> Result<RiscvVm, VmError> {
+        let restoring = time_at_start.is_some();
         let machine_config = RiscvMachineConfig {
             memory: config.memory,
             cpus: config.cpus,
             cmdline: config.cmdline.clone(),
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
+            // A restore loads guest memory instead.
+            kernel: config.kernel.clone().filter(|_| !restoring),
+            initrd: config.initrd.clone().filter(|_| !restoring),
             virtio: {
                 let mut alloc = VirtioMmioAllocator::new(VIRTIO_MMIO_WINDOW);
                 (0..device_count(&config))
@@ -80,12 +186,13 @@ impl RiscvVm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let serial = machine.serial.clone();
         let console_serial = serial.clone();
-        let system = RiscvSystem::new(
+        let system = RiscvSystem::with_time(
             machine.memory.clone(),
             &machine.harts,
             TIMEBASE_FREQ as u64,
             exit.clone(),
             Box::new(move |bytes| console_serial.write_console(bytes)),
+            time_at_start.unwrap_or(0),
         );
         let mut tree = machine.tree;
         tree.add_listener(
@@ -106,11 +213,14 @@ impl RiscvVm {
             &irq_for,
             Box::new(output),
         )?;
+        let ram_block = tree.ram_block(machine.ram)?;
         let tree = Arc::new(Mutex::new(tree));
         let live = LiveVm::new(
             config.clone(),
             CpuBackend::Tcg {
                 system: system.clone(),
+                plic: machine.plic.clone(),
+                ram: ram_block,
             },
             &virtio.devices,
             serial.clone(),
@@ -129,6 +239,9 @@ impl RiscvVm {
             exit,
             virtio,
             live,
+            plic: machine.plic,
+            ram: machine.ram,
+            restored: None,
         })
     }
 
@@ -183,21 +296,35 @@ impl RiscvVm {
     /// Runs until the guest powers off or resets, the user quits, or a
     /// signal ends it.
     pub fn run(self) -> Result<RiscvOutcome, VmError> {
-        let boot = self
-            .boot
-            .ok_or_else(|| VmError::Arch("riscv64 guests need a kernel (--kernel Image)".into()))?;
+        let restored = self.restored.clone();
+        let boot = match (&restored, self.boot) {
+            (Some(_), _) => None,
+            (None, Some(boot)) => Some(boot),
+            (None, None) => {
+                return Err(VmError::Arch(
+                    "riscv64 guests need a kernel (--kernel Image)".into(),
+                ))
+            }
+        };
         let started = Instant::now();
         let api = start_api(&self.config, &self.live)?;
         self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
         for id in 0..self.system.harts.len() {
             let system = self.system.clone();
+            let saved = restored.as_ref().and_then(|r| r.get(id).cloned().flatten());
             let spawned = std::thread::Builder::new()
                 .name(format!("ember-hart{id}"))
                 .spawn(move || {
                     let mut hart = Hart::new(system, id);
-                    if id == 0 {
-                        hart.reset_to(boot.entry, 0, boot.fdt_addr);
+                    // The state is set before the first instruction: a
+                    // restored hart 0 does not enter the kernel again.
+                    match (saved, boot) {
+                        (Some(state), _) => hart.set_state(&state),
+                        (None, Some(boot)) if id == 0 => {
+                            hart.reset_to(boot.entry, 0, boot.fdt_addr)
+                        }
+                        _ => {}
                     }
                     hart.thread_main()
                 });

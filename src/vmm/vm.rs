@@ -92,6 +92,8 @@ pub enum VmError {
     Thread(std::io::Error),
     #[error("{0}")]
     Device(String),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] crate::vmm::snapshot::SnapshotError),
 }
 
 /// The KVM side of a prepared VM.

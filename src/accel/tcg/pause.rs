@@ -7,7 +7,7 @@
 //! stopped by SBI HSM are not executing and do not count; one that is
 //! started while the VM is paused parks before its first instruction.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ struct Counts {
 #[derive(Default)]
 pub struct PauseGate {
     requested: AtomicBool,
+    /// Counts pause requests, so that state a parked hart publishes can be
+    /// told apart from an earlier pause's.
+    epoch: AtomicU64,
     counts: Mutex<Counts>,
     changed: Condvar,
 }
@@ -38,12 +41,22 @@ impl PauseGate {
         self.requested.load(Ordering::SeqCst)
     }
 
+    /// The current pause's number (see `epoch`); read by a hart that
+    /// sees a request, which was stored after the number was bumped.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// A hart starts executing guest code; it parks first if paused.
     pub fn enter(&self, stop: impl Fn() -> bool) {
-        let mut c = self.lock();
-        c.active += 1;
-        drop(c);
+        self.register();
         self.park(stop);
+    }
+
+    /// A hart starts executing guest code and promises to call
+    /// [`PauseGate::park`] before its first instruction.
+    pub fn register(&self) {
+        self.lock().active += 1;
     }
 
     /// A hart stops executing guest code (HSM stop, end of the VM).
@@ -78,6 +91,9 @@ impl PauseGate {
     /// `timeout` passes (returns false then; the request stays). `poke`
     /// wakes the harts so they look (a hart asleep in WFI parks too).
     pub fn pause(&self, poke: impl Fn(), timeout: Duration) -> bool {
+        if !self.requested() {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+        }
         self.requested.store(true, Ordering::SeqCst);
         poke();
         let deadline = Instant::now() + timeout;

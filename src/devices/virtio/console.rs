@@ -324,6 +324,35 @@ impl VirtioDevice for Console {
         Ok(())
     }
 
+    fn queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.queues
+            .iter()
+            .flat_map(|qs| qs.iter().map(|q| q.state()).enumerate())
+            .collect()
+    }
+
+    /// The input typed but not yet delivered to the guest.
+    fn save_state(&self) -> serde_json::Value {
+        let input: Vec<u8> = self.input.lock().iter().copied().collect();
+        serde_json::json!({ "input": input })
+    }
+
+    fn restore_state(&mut self, state: &serde_json::Value) -> Result<(), DeviceError> {
+        let Some(saved) = state.get("input") else {
+            return Ok(());
+        };
+        let bytes: Vec<u8> = serde_json::from_value(saved.clone()).map_err(|e| {
+            DeviceError::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("saved console input: {e}"),
+            ))
+        })?;
+        let mut input = self.input.lock();
+        input.clear();
+        input.extend(bytes);
+        Ok(())
+    }
+
     fn reset(&mut self) {
         // Buffered input stays: it is the user's typing, and a driver that
         // resets and comes back (a reboot) can still receive it.

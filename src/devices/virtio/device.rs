@@ -2,7 +2,7 @@
 
 use std::os::fd::RawFd;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 
 /// virtio 1.x devices must offer `VIRTIO_F_VERSION_1` (bit 32); a driver
@@ -113,6 +113,26 @@ pub trait VirtioDevice: Send {
         _mem: &GuestMemoryMmap<()>,
     ) -> Result<bool, DeviceError> {
         Ok(false)
+    }
+    /// The queues the device owns since `activate`, as `(index, state)`
+    /// (next_avail, next_used, ring addresses, ...), for a snapshot. A
+    /// restore hands the rebuilt queues to `activate` again, so a device
+    /// whose queues are all ready and that keeps no other driver-visible
+    /// state needs nothing else. Devices that own queues must implement
+    /// this: the transport refuses to snapshot an active device whose
+    /// ready queues are missing here.
+    fn queue_states(&self) -> Vec<(usize, QueueState)> {
+        Vec::new()
+    }
+    /// Device-specific state beyond the queues (buffered console input),
+    /// as JSON; `null` when there is none.
+    fn save_state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Loads what [`VirtioDevice::save_state`] gave, after `activate`
+    /// (when the device was active) on a restored VM.
+    fn restore_state(&mut self, _state: &serde_json::Value) -> Result<(), DeviceError> {
+        Ok(())
     }
     /// Device-level counters (requests, bytes, errors) for the control
     /// API, as JSON; `null` when the device keeps none.

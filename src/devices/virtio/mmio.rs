@@ -34,7 +34,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -113,6 +114,98 @@ pub enum MmioError {
     BadQueueMax { index: usize, size: u16 },
     #[error("cannot create a queue eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+}
+
+/// One queue's registers as the driver programmed them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegisters {
+    pub num: u32,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+}
+
+/// A device-owned queue's position and layout (virtio-queue's
+/// `QueueState`, which has no serde support).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedQueue {
+    pub index: usize,
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl SavedQueue {
+    fn new(index: usize, q: &QueueState) -> Self {
+        SavedQueue {
+            index,
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx: q.event_idx_enabled,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+
+    fn queue_state(&self) -> QueueState {
+        QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        }
+    }
+}
+
+/// What a snapshot saves of a transport and its device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub queues: Vec<QueueRegisters>,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    /// Activated (DRIVER_OK accepted) and not failed.
+    pub active: bool,
+    /// The device's queues when active.
+    pub device_queues: Vec<SavedQueue>,
+    /// [`VirtioDevice::save_state`].
+    pub device: serde_json::Value,
+}
+
+/// Why a transport's saved state could not be taken or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportStateError {
+    #[error("device type {saved} was saved here, but this slot holds device type {found}")]
+    DeviceType { saved: u32, found: u32 },
+    #[error("{saved} queues were saved, the device has {found}")]
+    QueueCount { saved: usize, found: usize },
+    #[error("the device did not report its ready queue {0}")]
+    MissingQueue(usize),
+    #[error("saved queue {index} is unusable: {reason}")]
+    BadQueue { index: usize, reason: String },
+    #[error("the device refused the restored state: {0}")]
+    Device(#[from] DeviceError),
 }
 
 /// Counters for introspection; monotonic over the transport's life.
@@ -412,6 +505,126 @@ impl VirtioMmio {
         if st.active {
             self.kick_ready_queues(&st);
         }
+    }
+
+    /// The transport's registers and the device's queues and state, for a
+    /// snapshot of a paused VM (device work must be stopped, or the queue
+    /// positions would be out of date at once).
+    pub fn save_state(&self) -> Result<TransportState, TransportStateError> {
+        let st = self.lock();
+        let owned = if st.active {
+            st.device.queue_states()
+        } else {
+            Vec::new()
+        };
+        let mut device_queues = Vec::new();
+        if st.active {
+            for (index, q) in st.queues.iter().enumerate() {
+                if !q.ready {
+                    continue;
+                }
+                let Some((_, state)) = owned.iter().find(|(i, _)| *i == index) else {
+                    return Err(TransportStateError::MissingQueue(index));
+                };
+                device_queues.push(SavedQueue::new(index, state));
+            }
+        }
+        Ok(TransportState {
+            device_type: self.inner.device_type,
+            status: st.status,
+            device_features_sel: st.device_features_sel,
+            driver_features_sel: st.driver_features_sel,
+            driver_features: st.driver_features,
+            queue_sel: st.queue_sel,
+            queues: st
+                .queues
+                .iter()
+                .map(|q| QueueRegisters {
+                    num: q.num,
+                    ready: q.ready,
+                    desc: q.desc,
+                    driver: q.driver,
+                    device: q.device,
+                })
+                .collect(),
+            interrupt_status: st.interrupt_status,
+            config_generation: st.config_generation,
+            active: st.active,
+            device_queues,
+            device: st.device.save_state(),
+        })
+    }
+
+    /// Loads a saved state into this fresh transport (restore): registers,
+    /// and for a device that was active, its queues rebuilt from their
+    /// saved positions and handed to `activate` (the guest does not probe
+    /// again), then the device's own state. Raises the interrupt line if
+    /// InterruptStatus is non-zero, and kicks every ready queue so that a
+    /// notification the paused VM had not processed is not lost.
+    pub fn restore_state(&self, saved: &TransportState) -> Result<(), TransportStateError> {
+        if saved.device_type != self.inner.device_type {
+            return Err(TransportStateError::DeviceType {
+                saved: saved.device_type,
+                found: self.inner.device_type,
+            });
+        }
+        let mut st = self.lock();
+        if saved.queues.len() != st.queues.len() {
+            return Err(TransportStateError::QueueCount {
+                saved: saved.queues.len(),
+                found: st.queues.len(),
+            });
+        }
+        st.status = saved.status;
+        st.device_features_sel = saved.device_features_sel;
+        st.driver_features_sel = saved.driver_features_sel;
+        st.driver_features = saved.driver_features;
+        st.queue_sel = saved.queue_sel;
+        for (q, r) in st.queues.iter_mut().zip(&saved.queues) {
+            q.num = r.num;
+            q.ready = r.ready;
+            q.desc = r.desc;
+            q.driver = r.driver;
+            q.device = r.device;
+        }
+        st.config_generation = saved.config_generation;
+        if saved.active {
+            let mem = self.inner.mem.load_full();
+            let mut queues = Vec::with_capacity(st.queues.len());
+            for (index, q) in st.queues.iter().enumerate() {
+                let queue = match saved.device_queues.iter().find(|s| s.index == index) {
+                    Some(s) => {
+                        let bad = |reason: String| TransportStateError::BadQueue { index, reason };
+                        if s.max_size != q.max {
+                            return Err(bad(format!(
+                                "maximum size {} saved, the device has {}",
+                                s.max_size, q.max
+                            )));
+                        }
+                        let queue =
+                            Queue::try_from(s.queue_state()).map_err(|e| bad(e.to_string()))?;
+                        if queue.ready() && !queue.is_valid(mem.memory()) {
+                            return Err(bad("rings are not inside guest RAM".into()));
+                        }
+                        queue
+                    }
+                    None if q.ready => return Err(TransportStateError::MissingQueue(index)),
+                    None => q.build(index, mem.memory())?,
+                };
+                queues.push(queue);
+            }
+            st.device.activate(queues, saved.driver_features)?;
+            st.active = true;
+        }
+        st.device.restore_state(&saved.device)?;
+        st.interrupt_status = saved.interrupt_status;
+        if st.interrupt_status != 0 {
+            self.inner.irq.set_level(true);
+        }
+        if st.active {
+            self.kick_ready_queues(&st);
+        }
+        Ok(())
     }
 
     fn kick_ready_queues(&self, st: &State) {

@@ -585,6 +585,13 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         Ok(())
     }
 
+    fn queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.queues
+            .iter()
+            .flat_map(|qs| qs.iter().map(|q| q.state()).enumerate())
+            .collect()
+    }
+
     fn reset(&mut self) {
         self.queues = None;
         self.acked_features = 0;

@@ -117,6 +117,10 @@ impl VirtioDevice for Rng {
         Ok(())
     }
 
+    fn queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
+        self.queue.iter().map(|q| (0, q.state())).collect()
+    }
+
     fn reset(&mut self) {
         self.queue = None;
     }

@@ -97,6 +97,40 @@ pub struct HartStats {
     pub tlb: crate::accel::tcg::tlb::TlbStats,
 }
 
+/// A hart's architectural state, as a snapshot saves it: everything the
+/// guest can observe, without the caches (TLB, translated blocks) and the
+/// LR/SC reservation (dropping one only makes an SC fail, which the guest
+/// retries).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HartState {
+    pub x: [u64; 32],
+    pub f: [u64; 32],
+    pub pc: u64,
+    /// Runs in user mode (else supervisor).
+    pub user: bool,
+    pub sstatus: u64,
+    pub sie: u64,
+    pub stvec: u64,
+    pub sscratch: u64,
+    pub sepc: u64,
+    pub scause: u64,
+    pub stval: u64,
+    pub satp: u64,
+    pub scounteren: u64,
+    pub fflags: u8,
+    pub frm: u8,
+    /// STIP as the SBI timer drove it.
+    pub stip: bool,
+    /// SSIP (held in the hart's signals: IPIs set it).
+    pub ssip: bool,
+    /// The SBI timer deadline in ticks of `time`; `None` when disarmed.
+    pub timer_deadline: Option<u64>,
+    /// Waiting in WFI.
+    pub wfi: bool,
+    /// Instructions retired (the `cycle` and `instret` CSRs).
+    pub instret: u64,
+}
+
 /// One hart.
 pub struct Hart {
     /// x0..x31 plus a write sink at index 32 (see `decode::SINK`); padded
@@ -201,6 +235,74 @@ impl Hart {
         self.satp = 0;
         self.sstatus &= !(SSTATUS_SIE | SSTATUS_SUM | SSTATUS_MXR);
         self.wfi = false;
+        self.reservation = None;
+        self.tlb.flush_all();
+        self.blocks.flush();
+        self.update_mmu_idx();
+        self.check = true;
+    }
+
+    /// The architectural state (see [`HartState`]).
+    pub fn state(&self) -> HartState {
+        let mut x = [0u64; 32];
+        x.copy_from_slice(&self.x[..32]);
+        HartState {
+            x,
+            f: self.f,
+            pc: self.pc,
+            user: self.prv == Priv::User,
+            sstatus: self.sstatus,
+            sie: self.sie,
+            stvec: self.stvec,
+            sscratch: self.sscratch,
+            sepc: self.sepc,
+            scause: self.scause,
+            stval: self.stval,
+            satp: self.satp,
+            scounteren: self.scounteren,
+            fflags: self.fflags,
+            frm: self.frm,
+            stip: self.stip,
+            ssip: self.signals.lines() & IRQ_SSIP != 0,
+            timer_deadline: (self.timer_deadline != u64::MAX).then_some(self.timer_deadline),
+            wfi: self.wfi,
+            instret: self.stats.instructions,
+        }
+    }
+
+    /// Loads a saved architectural state (restore): the hart goes on from
+    /// `state.pc` with empty caches, as if it had never stopped. Values the
+    /// guest could not have written are masked as the CSR writes would.
+    pub fn set_state(&mut self, state: &HartState) {
+        self.x[..32].copy_from_slice(&state.x);
+        self.x[0] = 0;
+        self.f = state.f;
+        self.pc = state.pc;
+        self.prv = if state.user {
+            Priv::User
+        } else {
+            Priv::Supervisor
+        };
+        self.sstatus = state.sstatus & SSTATUS_WRITABLE;
+        self.sie = state.sie & S_INTERRUPTS;
+        self.stvec = state.stvec;
+        self.sscratch = state.sscratch;
+        self.sepc = state.sepc & !1;
+        self.scause = state.scause;
+        self.stval = state.stval;
+        self.satp = state.satp;
+        self.scounteren = state.scounteren & 0xffff_ffff;
+        self.fflags = state.fflags & 0x1f;
+        self.frm = state.frm & 7;
+        self.stip = state.stip;
+        if state.ssip {
+            self.signals.raise(IRQ_SSIP);
+        } else {
+            self.signals.clear(IRQ_SSIP);
+        }
+        self.timer_deadline = state.timer_deadline.unwrap_or(u64::MAX);
+        self.wfi = state.wfi;
+        self.stats.instructions = state.instret;
         self.reservation = None;
         self.tlb.flush_all();
         self.blocks.flush();
@@ -457,6 +559,10 @@ impl Hart {
         }
         if self.sys.pause.requested() {
             self.publish_stats();
+            // A paused hart's state is what a snapshot saves; publishing it
+            // here keeps the cost on the pause path only.
+            let epoch = self.sys.pause.epoch();
+            self.sys.harts[self.id].publish_state(epoch, self.state());
             let signals = self.signals.clone();
             self.sys.pause.park(|| signals.stop_requested());
             if self.signals.stop_requested() {
@@ -614,8 +720,11 @@ impl Hart {
                     continue;
                 }
             }
-            let signals = self.signals.clone();
-            self.sys.pause.enter(|| signals.stop_requested());
+            // Registered without parking: `run` starts with a service
+            // point (`check` is set), which parks if a pause is requested
+            // and publishes the state a snapshot needs first.
+            self.sys.pause.register();
+            self.check = true;
             self.run();
             self.sys.pause.leave();
             self.hsm_stop = false;

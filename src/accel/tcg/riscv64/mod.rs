@@ -10,5 +10,5 @@ pub mod mmu;
 pub mod sbi;
 pub mod system;
 
-pub use hart::{Hart, HartStats};
+pub use hart::{Hart, HartState, HartStats};
 pub use system::{RiscvSystem, TcgMemoryListener};

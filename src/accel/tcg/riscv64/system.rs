@@ -38,6 +38,9 @@ pub struct HartShared {
     /// The hart's counters as of its last service point, for the control
     /// API (the live ones are the hart thread's own).
     pub published: Mutex<super::hart::HartStats>,
+    /// The hart's architectural state as of its last park in the pause
+    /// gate, with that pause's epoch (for snapshots).
+    pub parked_state: Mutex<Option<(u64, super::hart::HartState)>>,
 }
 
 impl HartShared {
@@ -47,6 +50,19 @@ impl HartShared {
 
     pub fn set_hsm(&self, state: HsmState) {
         *self.hsm.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// Stores the state of a hart about to park for pause `epoch`.
+    pub fn publish_state(&self, epoch: u64, state: super::hart::HartState) {
+        *self.parked_state.lock().unwrap_or_else(|e| e.into_inner()) = Some((epoch, state));
+    }
+
+    /// The state published for pause `epoch`, if the hart has parked in it.
+    pub fn parked_state(&self, epoch: u64) -> Option<super::hart::HartState> {
+        match &*self.parked_state.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((e, state)) if *e == epoch => Some(state.clone()),
+            _ => None,
+        }
     }
 
     /// Asks the hart to carry out `req` at its next block boundary.
@@ -64,8 +80,12 @@ pub struct RiscvSystem {
     pub memory: AddressSpace,
     pub harts: Vec<HartShared>,
     pub code: CodePages,
-    /// `time` is ticks of [`RiscvSystem::timebase`] since this instant.
+    /// `time` is `time_offset` plus ticks of [`RiscvSystem::timebase`]
+    /// since this instant.
     pub clock_base: Instant,
+    /// `time` at `clock_base`: 0 for a booted VM, the saved value for a
+    /// restored one (so `time` never goes backwards for the guest).
+    pub time_offset: u64,
     pub timebase: u64,
     pub exit: Arc<ExitSignal>,
     pub console: ConsoleSink,
@@ -83,6 +103,19 @@ impl RiscvSystem {
         exit: Arc<ExitSignal>,
         console: ConsoleSink,
     ) -> Arc<RiscvSystem> {
+        Self::with_time(memory, signals, timebase, exit, console, 0)
+    }
+
+    /// As [`RiscvSystem::new`], with `time` starting at `time` ticks (a
+    /// restored VM).
+    pub fn with_time(
+        memory: AddressSpace,
+        signals: &[Arc<HartSignals>],
+        timebase: u64,
+        exit: Arc<ExitSignal>,
+        console: ConsoleSink,
+        time: u64,
+    ) -> Arc<RiscvSystem> {
         let harts = signals
             .iter()
             .enumerate()
@@ -95,6 +128,7 @@ impl RiscvSystem {
                 }),
                 requests: AtomicU32::new(0),
                 published: Mutex::default(),
+                parked_state: Mutex::default(),
             })
             .collect();
         let code = CodePages::new(&memory.view());
@@ -103,6 +137,7 @@ impl RiscvSystem {
             harts,
             code,
             clock_base: Instant::now(),
+            time_offset: time,
             timebase: timebase.max(1),
             exit,
             console,
@@ -114,11 +149,14 @@ impl RiscvSystem {
     #[inline]
     pub fn now_ticks(&self) -> u64 {
         let ns = self.clock_base.elapsed().as_nanos();
-        (ns * self.timebase as u128 / 1_000_000_000) as u64
+        let ticks = (ns * self.timebase as u128 / 1_000_000_000) as u64;
+        self.time_offset.wrapping_add(ticks)
     }
 
     /// The host instant at which `time` reaches `ticks`.
     pub fn instant_of(&self, ticks: u64) -> Option<Instant> {
+        // A deadline before the restored start time is already due.
+        let ticks = ticks.saturating_sub(self.time_offset);
         let ns = ticks as u128 * 1_000_000_000 / self.timebase as u128;
         let ns = u64::try_from(ns).ok()?;
         self.clock_base.checked_add(Duration::from_nanos(ns))
