@@ -88,11 +88,22 @@ fn ctl_pauses_inspects_resumes_and_stops_a_vm() {
     let (_, counters, _) = ctl(&socket, &["counters"]);
     assert!(counters.contains("virtio.0.device: rng"), "{counters}");
     assert_eq!(count(), frozen, "the guest ran while paused");
+    let snap = dir.join("snap");
+    let (ok, _, err) = ctl(
+        &socket,
+        &["snapshot", "create", "--path", snap.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(snap.join("manifest.json").exists());
+    assert!(snap.join("memory.bin").exists());
     let (ok, _, err) = ctl(&socket, &["no-such-op"]);
     assert!(!ok && err.contains("no-such-op"), "{err}");
 
     assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
     wait_for("the guest to go on", || count() > frozen);
+    // A snapshot needs a paused VM.
+    let (ok, _, err) = ctl(&socket, &["snapshot", dir.join("snap2").to_str().unwrap()]);
+    assert!(!ok && err.contains("wrong_state"), "{err}");
     assert!(ctl(&socket, &["stop"]).0);
     let deadline = Instant::now() + PATIENCE;
     let status = loop {

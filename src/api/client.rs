@@ -200,6 +200,23 @@ pub fn parse_ctl(op: &str, args: &[String]) -> Result<(Op, Option<Value>), ApiEr
         ))
     })?;
     let mut req_args = Map::new();
+    if op == Op::Snapshot {
+        // `snapshot create --path DIR`, `snapshot --path DIR` or
+        // `snapshot DIR`; a relative DIR is taken from ctl's directory.
+        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        let dir = match words.as_slice() {
+            ["create", "--path", dir] | ["--path", dir] | ["create", dir] | [dir]
+                if !dir.starts_with('-') =>
+            {
+                *dir
+            }
+            _ => return Err(ApiError::Usage("usage: snapshot create --path DIR".into())),
+        };
+        let dir = std::path::absolute(dir)
+            .map_err(|e| ApiError::Usage(format!("snapshot: {dir}: {e}")))?;
+        req_args.insert("path".into(), Value::String(dir.display().to_string()));
+        return Ok((op, Some(Value::Object(req_args))));
+    }
     for arg in args {
         match (op, arg.as_str()) {
             (Op::Mtree, "-f" | "--flat") => {
@@ -316,11 +333,21 @@ mod tests {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
             parse_ctl(op, &args)
         };
-        for op in Op::ALL {
+        for op in Op::ALL.into_iter().filter(|&op| op != Op::Snapshot) {
             let (got, args) = words(op.name(), &[]).expect("every op is reachable");
             assert_eq!(got, op);
             assert_eq!(args, None);
         }
+        let abs = words("snapshot", &["create", "--path", "/tmp/snap"]).expect("snapshot");
+        assert_eq!(abs, (Op::Snapshot, Some(json!({"path": "/tmp/snap"}))));
+        let rel = words("snapshot", &["snap"])
+            .expect("snapshot DIR")
+            .1
+            .unwrap();
+        let cwd = std::env::current_dir().unwrap().join("snap");
+        assert_eq!(rel["path"], json!(cwd.display().to_string()));
+        assert!(words("snapshot", &[]).is_err());
+        assert!(words("snapshot", &["create", "--path"]).is_err());
         assert_eq!(
             words("mtree", &["-f"]).expect("mtree -f").1,
             Some(json!({"flat": true}))

@@ -166,10 +166,11 @@ pub enum Op {
     Mtree,
     AccelInfo,
     Counters,
+    Snapshot,
 }
 
 impl Op {
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 13] = [
         Op::Ping,
         Op::Version,
         Op::Info,
@@ -182,6 +183,7 @@ impl Op {
         Op::Mtree,
         Op::AccelInfo,
         Op::Counters,
+        Op::Snapshot,
     ];
 
     /// The name on the wire.
@@ -199,6 +201,7 @@ impl Op {
             Op::Mtree => "mtree",
             Op::AccelInfo => "accel_info",
             Op::Counters => "counters",
+            Op::Snapshot => "snapshot",
         }
     }
 
@@ -273,6 +276,19 @@ fn run(op: Op, mut args: Map<String, Value>, control: &dyn VmControl) -> OpResul
     } else {
         false
     };
+    let path = if op == Op::Snapshot {
+        match args.remove("path") {
+            Some(Value::String(p)) if !p.is_empty() => Some(std::path::PathBuf::from(p)),
+            _ => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "snapshot: \"path\" (a directory) is required".into(),
+                ))
+            }
+        }
+    } else {
+        None
+    };
     if let Some(key) = args.keys().next() {
         return Err((
             ErrorCode::InvalidRequest,
@@ -305,6 +321,11 @@ fn run(op: Op, mut args: Map<String, Value>, control: &dyn VmControl) -> OpResul
         Op::Mtree => json!({"text": control.mtree(flat)}),
         Op::AccelInfo => control.accel_info(),
         Op::Counters => control.counters(),
+        Op::Snapshot => {
+            let path = path.unwrap_or_default();
+            control.snapshot(&path).map_err(control_error)?;
+            json!({"path": path})
+        }
     })
 }
 
@@ -569,11 +590,28 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_needs_a_path() {
+        let vm = FakeVm::new(VmState::Paused);
+        for bad in [
+            r#"{"op":"snapshot"}"#,
+            r#"{"op":"snapshot","args":{"path":""}}"#,
+            r#"{"op":"snapshot","args":{"path":7}}"#,
+        ] {
+            assert_eq!(call(&vm, bad)["error"]["code"], "invalid_request", "{bad}");
+        }
+    }
+
+    #[test]
     fn every_op_is_dispatched_and_every_code_has_a_stable_name() {
         let vm = FakeVm::new(VmState::Running);
         for op in Op::ALL {
             assert_eq!(Op::from_name(op.name()), Some(op));
-            let r = call(&vm, &json!({"op": op.name()}).to_string());
+            let request = if op == Op::Snapshot {
+                json!({"op": "snapshot", "args": {"path": "/nonexistent/snap"}})
+            } else {
+                json!({"op": op.name()})
+            };
+            let r = call(&vm, &request.to_string());
             let code = r["error"]["code"].as_str();
             assert!(
                 r["ok"] == json!(true) || code == Some("unsupported"),
