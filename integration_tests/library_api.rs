@@ -57,3 +57,45 @@ fn waiting_for_output_that_never_comes_times_out_and_drop_cleans_up() {
     drop(vm);
     assert_eq!(control.state(), VmState::ShutDown);
 }
+
+/// The last `count=N` in `text`.
+fn last_count(text: &str) -> Option<u64> {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.trim_end().strip_prefix("EMBER-TEST: count="))
+        .find_map(|n| n.parse().ok())
+}
+
+#[test]
+fn snapshot_and_restore_through_the_library() {
+    let (image, _) = guest();
+    let dir = std::env::temp_dir().join(format!("ember-lib-snap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let vm = VmBuilder::new(GuestArch::Riscv64)
+        .kernel(image)
+        .initrd(test_initramfs())
+        .cmdline("console=ttyS0 panic=-1 quiet ember_test=count")
+        .memory_mib(128)
+        .start()
+        .expect("start the VM");
+    vm.wait_for_output("count=5\r\n", PATIENCE)
+        .expect("counting");
+    assert!(vm.snapshot(&dir).is_err(), "a running VM cannot be saved");
+    vm.pause().unwrap();
+    vm.snapshot(&dir).expect("snapshot");
+    let before = last_count(&vm.output()).expect("a count");
+    assert_eq!(vm.stop().unwrap(), ExitReason::UserQuit);
+
+    let restored = VmBuilder::restore(&dir).expect("restore");
+    let next = format!("count={}\r\n", before + 1);
+    let out = restored
+        .wait_for_output(&next, PATIENCE)
+        .expect("the counter goes on from where it was");
+    assert!(!out.contains("count=0\r\n"), "the guest restarted:\n{out}");
+    assert!(
+        !out.contains("Linux version"),
+        "the kernel booted again:\n{out}"
+    );
+    drop(restored);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -132,6 +132,37 @@ impl VmBuilder {
         &self.config
     }
 
+    /// Restores the riscv64 VM saved in snapshot directory `dir` (taken
+    /// with [`RunningVm::snapshot`], the API's `snapshot` or `ember ctl
+    /// snapshot`) and runs it on a new thread; it continues where it was.
+    pub fn restore(dir: impl AsRef<std::path::Path>) -> Result<RunningVm, InstanceError> {
+        let output = OutputCapture::new();
+        let vm = RiscvVm::restore(
+            dir.as_ref(),
+            crate::vmm::riscv_vm::RestoreOptions {
+                console_input: ConsoleInput::None,
+                console_output: ConsoleOutput::Capture(output.clone()),
+                api_socket: None,
+            },
+        )?;
+        let control = vm.control();
+        control.set_running();
+        let live = control.clone();
+        let thread = std::thread::Builder::new()
+            .name("ember-vm".into())
+            .spawn(move || {
+                let result = vm.run().map(|o| o.reason);
+                live.set_shut_down();
+                result
+            })
+            .map_err(InstanceError::Thread)?;
+        Ok(RunningVm {
+            control,
+            output,
+            thread: Some(thread),
+        })
+    }
+
     /// Builds the VM and runs it on a new thread.
     pub fn start(self) -> Result<RunningVm, InstanceError> {
         let ConsoleOutput::Capture(output) = self.config.console_output.clone() else {
@@ -230,6 +261,13 @@ impl RunningVm {
 
     pub fn resume(&self) -> Result<VmState, InstanceError> {
         Ok(self.control.resume()?)
+    }
+
+    /// Writes a snapshot of the (paused) VM to `dir`; restore it with
+    /// [`VmBuilder::restore`] or `ember run --restore DIR`. riscv64 on the
+    /// software CPU only.
+    pub fn snapshot(&self, dir: impl AsRef<std::path::Path>) -> Result<(), InstanceError> {
+        Ok(self.control.snapshot(dir.as_ref())?)
     }
 
     /// Counters as JSON (see `docs/api.md`).
