@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::accel::kvm::kick::VcpuControl;
 use crate::accel::kvm::memory::KvmMemory;
+use crate::accel::kvm::vcpu::LiveVcpuStats;
 use crate::accel::tcg::riscv64::RiscvSystem;
 use crate::api::{ControlError, VmControl, VmState};
 use crate::devices::plic::Plic;
@@ -31,6 +32,8 @@ pub enum CpuBackend {
     Kvm {
         control: Arc<VcpuControl>,
         slots: Mutex<Option<KvmMemory>>,
+        /// One per vCPU, created when the vCPU threads start.
+        exits: Mutex<Vec<Arc<LiveVcpuStats>>>,
     },
     /// Software harts, with the machine parts a snapshot saves beyond
     /// what every VM has (the PLIC and guest RAM).
@@ -108,6 +111,20 @@ impl LiveVm {
     /// The VM has ended.
     pub fn set_shut_down(&self) {
         self.lock().state = VmState::ShutDown;
+    }
+
+    /// The live counters of vCPU `index` (KVM), registered for
+    /// [`VmControl::counters`].
+    pub fn vcpu_stats(&self, index: usize) -> Arc<LiveVcpuStats> {
+        let stats = Arc::new(LiveVcpuStats::default());
+        if let CpuBackend::Kvm { exits, .. } = &self.cpu {
+            let mut exits = exits.lock().unwrap_or_else(|e| e.into_inner());
+            if exits.len() <= index {
+                exits.resize_with(index + 1, Default::default);
+            }
+            exits[index] = stats.clone();
+        }
+        stats
     }
 
     /// KVM is set up: the slot table can be reported.
@@ -352,7 +369,24 @@ impl VmControl for LiveVm {
             .collect();
         let serial = self.serial.counters();
         let cpus = match &self.cpu {
-            CpuBackend::Kvm { .. } => Value::Null,
+            CpuBackend::Kvm { exits, .. } => Value::Array(
+                exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|e| {
+                        let s = e.get();
+                        json!({
+                            "runs": s.runs,
+                            "exits": {
+                                "pio": s.pio_exits,
+                                "mmio": s.mmio_exits,
+                                "interrupted": s.interrupted,
+                            },
+                        })
+                    })
+                    .collect(),
+            ),
             CpuBackend::Tcg { system, .. } => Value::Array(
                 system
                     .harts

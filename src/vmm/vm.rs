@@ -262,6 +262,7 @@ impl Vm {
             CpuBackend::Kvm {
                 control: control.clone(),
                 slots: Mutex::new(None),
+                exits: Mutex::new(Vec::new()),
             },
             &virtio.devices,
             serial.clone(),
@@ -506,6 +507,7 @@ impl Vm {
                 control: self.control.clone(),
                 exit: self.exit.clone(),
                 first_run: self.first_run.clone(),
+                live: self.live.vcpu_stats(index),
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ember-vcpu{index}"))

@@ -28,6 +28,40 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     /// Set once, by whichever vCPU enters `KVM_RUN` first (startup timing).
     pub first_run: Arc<OnceLock<Instant>>,
+    /// The counters as of the last exit, for the control API.
+    pub live: Arc<LiveVcpuStats>,
+}
+
+/// A vCPU's counters readable while it runs: the vCPU thread stores its
+/// own after every exit (relaxed stores, no read-modify-write, so the cost
+/// is a few cycles against a microseconds-long exit).
+#[derive(Debug, Default)]
+pub struct LiveVcpuStats {
+    runs: std::sync::atomic::AtomicU64,
+    pio_exits: std::sync::atomic::AtomicU64,
+    mmio_exits: std::sync::atomic::AtomicU64,
+    interrupted: std::sync::atomic::AtomicU64,
+}
+
+impl LiveVcpuStats {
+    fn publish(&self, s: &VcpuStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.runs.store(s.runs, Relaxed);
+        self.pio_exits.store(s.pio_exits, Relaxed);
+        self.mmio_exits.store(s.mmio_exits, Relaxed);
+        self.interrupted.store(s.interrupted, Relaxed);
+    }
+
+    /// The counters as last published.
+    pub fn get(&self) -> VcpuStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        VcpuStats {
+            runs: self.runs.load(Relaxed),
+            pio_exits: self.pio_exits.load(Relaxed),
+            mmio_exits: self.mmio_exits.load(Relaxed),
+            interrupted: self.interrupted.load(Relaxed),
+        }
+    }
 }
 
 /// Counters a vCPU keeps (returned when its thread ends).
@@ -160,6 +194,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
                 ctx.index
             ))),
         };
+        ctx.live.publish(&stats);
         match next {
             Next::Continue => {}
             Next::Stop(reason) => {
