@@ -99,6 +99,14 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     let counters = control.counters();
     assert!(counters["serial"]["tx_bytes"].as_u64().unwrap() > serial);
     assert_eq!(counters["virtio"][0]["device"], "rng");
+    // Accesses by device: the UART and the PLIC were used, the rng's
+    // transport registers were probed.
+    for device in ["serial", "riscv.sifive.plic", "virtio-mmio"] {
+        assert!(
+            counters["device_accesses"][device].as_u64().unwrap_or(0) > 0,
+            "{device}: {counters}"
+        );
+    }
 
     control.stop().unwrap();
     let outcome = runner.join().unwrap().unwrap();

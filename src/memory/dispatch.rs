@@ -149,6 +149,8 @@ fn io_read(
     if !access_valid(io, offset, size, false) {
         return (0, MemTxResult::Invalid);
     }
+    io.accesses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut value = 0u64;
     for (delta, shift, access) in pieces(io, size) {
         let piece = io.ops.read(offset.wrapping_add(delta), access) & size_mask(access);
@@ -166,6 +168,8 @@ fn io_write(io: Option<&IoHandler>, offset: u64, size: u32, value: u64) -> MemTx
     if !access_valid(io, offset, size, true) {
         return MemTxResult::Invalid;
     }
+    io.accesses
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let value = to_device_order(io, value & size_mask(size), size);
     for (delta, shift, access) in pieces(io, size) {
         let piece = shift_signed(value, -shift) & size_mask(access);

@@ -168,12 +168,24 @@ pub trait RegionOps: Send + Sync {
 pub struct IoHandler {
     pub(crate) ops: Arc<dyn RegionOps>,
     pub(crate) rules: AccessRules,
+    /// Accesses dispatched to the device (KVM exits, software-CPU slow
+    /// paths, DMA), counted for the control API's per-device counters.
+    pub(crate) accesses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl IoHandler {
     pub(crate) fn new(ops: Arc<dyn RegionOps>) -> Self {
         let rules = ops.rules();
-        IoHandler { ops, rules }
+        IoHandler {
+            ops,
+            rules,
+            accesses: Arc::default(),
+        }
+    }
+
+    /// Accesses dispatched to this device so far.
+    pub fn accesses(&self) -> u64 {
+        self.accesses.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The access rules of this device.

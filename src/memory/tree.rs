@@ -728,6 +728,17 @@ impl MemoryTree {
         Ok(handle)
     }
 
+    /// For every io region with a device: its name and how many accesses
+    /// were dispatched to it (all address spaces together), in region
+    /// creation order.
+    pub fn io_access_counts(&self) -> Vec<(String, u64)> {
+        self.regions
+            .iter()
+            .flatten()
+            .filter_map(|r| Some((r.name.clone(), r.backing.io()?.accesses())))
+            .collect()
+    }
+
     /// The address spaces in creation order.
     pub fn address_spaces(&self) -> impl Iterator<Item = &AddressSpace> + '_ {
         self.spaces.iter().map(|s| &s.handle)

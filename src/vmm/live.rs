@@ -405,10 +405,24 @@ impl VmControl for LiveVm {
                     .collect(),
             ),
         };
+        // Exits by device: accesses dispatched to each device region
+        // (MMIO and port-I/O exits under KVM, slow-path accesses under TCG;
+        // queue notifications that KVM turned into ioeventfds never get
+        // here).
+        let by_device: serde_json::Map<String, Value> = {
+            let tree = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = serde_json::Map::new();
+            for (name, n) in tree.io_access_counts() {
+                let total = map.get(&name).and_then(Value::as_u64).unwrap_or(0) + n;
+                map.insert(name, json!(total));
+            }
+            map
+        };
         json!({
             "virtio": virtio,
             "serial": {"tx_bytes": serial.0, "rx_bytes": serial.1},
             "cpus": cpus,
+            "device_accesses": by_device,
         })
     }
 }
