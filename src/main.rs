@@ -276,9 +276,15 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::bail!("riscv64 guests need a kernel (--kernel Image)");
     }
+    run_riscv_vm(vm, args.timings)
+}
+
+/// Runs a built or restored riscv64 VM to its end and turns the outcome
+/// into the exit status.
+fn run_riscv_vm(vm: RiscvVm, timings: bool) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let outcome = vm.run()?;
-    if args.timings {
+    if timings {
         report_tcg(&outcome);
     }
     match &outcome.reason {
@@ -301,16 +307,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         };
         let vm =
             RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
-        install_termination_handlers(&vm.exit_signal())?;
-        let outcome = vm.run()?;
-        if args.timings {
-            report_tcg(&outcome);
-        }
-        match &outcome.reason {
-            ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
-            other => eprintln!("ember: {other}"),
-        }
-        return Ok(ExitCode::from(outcome.reason.exit_code() as u8));
+        return run_riscv_vm(vm, args.timings);
     }
     let file = match &args.config {
         Some(path) => VmSettings::load(path)?,

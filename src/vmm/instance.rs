@@ -146,21 +146,7 @@ impl VmBuilder {
             },
         )?;
         let control = vm.control();
-        control.set_running();
-        let live = control.clone();
-        let thread = std::thread::Builder::new()
-            .name("ember-vm".into())
-            .spawn(move || {
-                let result = vm.run().map(|o| o.reason);
-                live.set_shut_down();
-                result
-            })
-            .map_err(InstanceError::Thread)?;
-        Ok(RunningVm {
-            control,
-            output,
-            thread: Some(thread),
-        })
+        RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
     }
 
     /// Builds the VM and runs it on a new thread.
@@ -168,47 +154,18 @@ impl VmBuilder {
         let ConsoleOutput::Capture(output) = self.config.console_output.clone() else {
             unreachable!("the builder always captures the console");
         };
-        let (control, thread) = match self.config.arch {
+        match self.config.arch {
             GuestArch::Riscv64 => {
                 let vm = RiscvVm::new(self.config)?;
                 let control = vm.control();
-                // Running from here on, so the caller never sees `Created`
-                // after `start`; whatever way `run` ends, it ends ShutDown.
-                control.set_running();
-                let live = control.clone();
-                let thread = std::thread::Builder::new()
-                    .name("ember-vm".into())
-                    .spawn(move || {
-                        let result = vm.run().map(|o| o.reason);
-                        live.set_shut_down();
-                        result
-                    })
-                    .map_err(InstanceError::Thread)?;
-                (control, thread)
+                RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
             }
             GuestArch::X86_64 => {
                 let vm = Vm::new(self.config)?;
                 let control = vm.control();
-                // Running from here on, so the caller never sees `Created`
-                // after `start`; whatever way `run` ends, it ends ShutDown.
-                control.set_running();
-                let live = control.clone();
-                let thread = std::thread::Builder::new()
-                    .name("ember-vm".into())
-                    .spawn(move || {
-                        let result = vm.run().map(|o| o.reason);
-                        live.set_shut_down();
-                        result
-                    })
-                    .map_err(InstanceError::Thread)?;
-                (control, thread)
+                RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
             }
-        };
-        Ok(RunningVm {
-            control,
-            output,
-            thread: Some(thread),
-        })
+        }
     }
 }
 
@@ -220,6 +177,31 @@ pub struct RunningVm {
 }
 
 impl RunningVm {
+    /// Runs `run` on a new thread. The VM counts as running from here on,
+    /// so the caller never sees `Created` after `start`; whatever way `run`
+    /// ends, the VM ends `ShutDown`.
+    fn spawn(
+        control: Arc<LiveVm>,
+        output: OutputCapture,
+        run: impl FnOnce() -> Result<ExitReason, VmError> + Send + 'static,
+    ) -> Result<RunningVm, InstanceError> {
+        control.set_running();
+        let live = control.clone();
+        let thread = std::thread::Builder::new()
+            .name("ember-vm".into())
+            .spawn(move || {
+                let result = run();
+                live.set_shut_down();
+                result
+            })
+            .map_err(InstanceError::Thread)?;
+        Ok(RunningVm {
+            control,
+            output,
+            thread: Some(thread),
+        })
+    }
+
     /// The control interface (the same one the API socket serves).
     pub fn control(&self) -> &Arc<LiveVm> {
         &self.control
