@@ -692,3 +692,92 @@ fn pause_and_resume_a_kvm_guest() {
     let outcome = runner.join().unwrap().unwrap();
     assert_eq!(outcome.reason, ExitReason::UserQuit);
 }
+
+/// The control API's power button raises the ACPI Generic Event Device's
+/// interrupt (GSI 23): a guest that routes IOAPIC pin 23 to a vector gets
+/// it. (Running `_EVT` and acting on the power button is the guest OS's
+/// part; the DSDT that says so is checked in `arch::x86_64::acpi`.)
+#[test]
+fn the_power_button_interrupts_the_guest() {
+    use ember::api::VmControl;
+    if !kvm_available() {
+        return;
+    }
+    let guest = r#"
+        .set IDT, 0x206000
+        .set IDTR, 0x207100
+        .set FLAG, 0x207000
+        .set VECTOR, 0x32
+        mov $0xff, %al
+        out %al, $0x21
+        out %al, $0xa1
+        lea handler(%rip), %rax
+        mov $IDT + VECTOR * 16, %rdi
+        mov %ax, (%rdi)
+        mov %cs, %dx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        shr $16, %rax
+        mov %ax, 6(%rdi)
+        shr $16, %rax
+        mov %eax, 8(%rdi)
+        movl $0, 12(%rdi)
+        movw $VECTOR * 16 + 15, IDTR
+        movq $IDT, IDTR + 2
+        lidt IDTR
+        mov $0xfee00000, %r12
+        movl $0x1ff, 0xf0(%r12)
+        movl $0, 0x80(%r12)
+        mov $0xfec00000, %r13
+        movl $0x10 + 2 * 23, (%r13)
+        movl $VECTOR, 0x10(%r13)
+        movl $0x11 + 2 * 23, (%r13)
+        movl $0, 0x10(%r13)
+        movl $0, FLAG
+        mov $0x500, %dx
+        mov $1, %eax
+        out %eax, (%dx)              # ready
+    1:  cli
+        cmpl $0, FLAG
+        jne 2f
+        sti
+        hlt
+        jmp 1b
+    2:  mov $0x501, %dx
+        mov $0x21, %al
+        out %al, (%dx)
+        hlt
+    handler:
+        movl $1, FLAG
+        movl $0, 0xb0(%r12)
+        iretq
+    "#;
+    let mut cfg = config("power-button", None);
+    cfg.kernel = Some(common::elf64_from_asm("power-button", guest));
+    cfg.debug_exit = Some(0x501);
+    let vm = Vm::new(cfg).unwrap();
+    let results = results_port(&vm);
+    let control = vm.control();
+    // A guest that never gets the interrupt sleeps forever: bound it.
+    let exit = vm.exit_signal();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(PATIENCE).is_err() {
+            exit.request(ExitReason::Error("no power-button interrupt".into()));
+        }
+    });
+    let runner = std::thread::spawn(move || vm.run());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while results.values().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guest never got ready"
+        );
+        std::thread::yield_now();
+    }
+    control.power_button().expect("press the power button");
+    let outcome = runner.join().unwrap().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    assert_eq!(outcome.reason, ExitReason::DebugExit(0x21));
+}

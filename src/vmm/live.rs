@@ -61,18 +61,37 @@ pub struct LiveVm {
     inner: Mutex<Inner>,
     /// Where console input goes (the UART or virtio-console).
     input: DeliverInput,
+    /// Presses the power button, where the machine has one.
+    power_button: Option<PowerButton>,
+}
+
+/// Raises the machine's power-button event.
+pub type PowerButton = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// What a machine hands its [`LiveVm`].
+pub struct LiveVmParts<'a> {
+    pub config: VmConfig,
+    pub cpu: CpuBackend,
+    pub devices: &'a [PlacedDevice],
+    pub serial: Arc<Serial>,
+    pub exit: Arc<ExitSignal>,
+    pub tree: Arc<Mutex<MemoryTree>>,
+    pub input: DeliverInput,
+    pub power_button: Option<PowerButton>,
 }
 
 impl LiveVm {
-    pub fn new(
-        config: VmConfig,
-        cpu: CpuBackend,
-        devices: &[PlacedDevice],
-        serial: Arc<Serial>,
-        exit: Arc<ExitSignal>,
-        tree: Arc<Mutex<MemoryTree>>,
-        input: DeliverInput,
-    ) -> Arc<LiveVm> {
+    pub fn new(parts: LiveVmParts<'_>) -> Arc<LiveVm> {
+        let LiveVmParts {
+            config,
+            cpu,
+            devices,
+            serial,
+            exit,
+            tree,
+            input,
+            power_button,
+        } = parts;
         Arc::new(LiveVm {
             config,
             cpu,
@@ -88,6 +107,7 @@ impl LiveVm {
                 started: None,
             }),
             input,
+            power_button,
         })
     }
 
@@ -271,11 +291,18 @@ impl VmControl for LiveVm {
     }
 
     fn power_button(&self) -> Result<(), ControlError> {
-        Err(ControlError::Unsupported(
-            "no power button device yet (ACPI GED on x86_64, a power key on riscv64); \
-             use stop, or have the guest power off"
-                .into(),
-        ))
+        let state = self.state();
+        if !matches!(state, VmState::Running | VmState::Paused) {
+            return Err(ControlError::WrongState(state, "running or paused"));
+        }
+        match &self.power_button {
+            Some(press) => press().map_err(|e| ControlError::Failed(format!("power button: {e}"))),
+            None => Err(ControlError::Unsupported(
+                "this machine has no power button yet (riscv64: no power-off key); \
+                 use stop, or have the guest power off"
+                    .into(),
+            )),
+        }
     }
 
     fn reset(&self) -> Result<(), ControlError> {

@@ -24,7 +24,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::{ConsoleInput, ConsoleOutput, SharedOutput};
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::live::{start_api, CpuBackend, LiveVm};
+use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 use crate::vmm::vm::VmError;
@@ -215,19 +215,20 @@ impl RiscvVm {
         )?;
         let ram_block = tree.ram_block(machine.ram)?;
         let tree = Arc::new(Mutex::new(tree));
-        let live = LiveVm::new(
-            config.clone(),
-            CpuBackend::Tcg {
+        let live = LiveVm::new(LiveVmParts {
+            config: config.clone(),
+            cpu: CpuBackend::Tcg {
                 system: system.clone(),
                 plic: machine.plic.clone(),
                 ram: ram_block,
             },
-            &virtio.devices,
-            serial.clone(),
-            exit.clone(),
-            tree.clone(),
-            console_target(&virtio, &serial),
-        );
+            devices: &virtio.devices,
+            serial: serial.clone(),
+            exit: exit.clone(),
+            tree: tree.clone(),
+            input: console_target(&virtio, &serial),
+            power_button: None,
+        });
         Ok(RiscvVm {
             config,
             tree,

@@ -21,8 +21,8 @@ use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::boot::{check_cmdline, load_linux};
 use crate::arch::x86_64::cpuid::setup_cpuid;
 use crate::arch::x86_64::lapic::setup_lapic;
-use crate::arch::x86_64::layout::VIRTIO_MMIO_WINDOW;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::layout::{POWER_BUTTON_GSI, VIRTIO_MMIO_WINDOW};
 use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
 use crate::arch::x86_64::mptable::setup_mptable;
 use crate::arch::x86_64::regs::{setup_boot_vcpu, setup_secondary_vcpu};
@@ -44,7 +44,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::live::{start_api, CpuBackend, LiveVm};
+use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -136,6 +136,8 @@ pub struct Vm {
     ioeventfds: Option<Arc<IoEventFdState>>,
     /// What the control API sees.
     live: Arc<LiveVm>,
+    /// The ACPI power button's interrupt line.
+    power_button: EventFdTrigger,
 }
 
 fn file_error<'a>(
@@ -257,19 +259,26 @@ impl Vm {
         }
         let tree = Arc::new(Mutex::new(tree));
         let control = Arc::new(VcpuControl::new());
-        let live = LiveVm::new(
-            config.clone(),
-            CpuBackend::Kvm {
+        // The ACPI power button's GED interrupt (an irqfd once KVM is set
+        // up; without an irqchip the press goes nowhere).
+        let power_button = EventFdTrigger::new().map_err(VmError::Console)?;
+        let live = LiveVm::new(LiveVmParts {
+            config: config.clone(),
+            cpu: CpuBackend::Kvm {
                 control: control.clone(),
                 slots: Mutex::new(None),
                 exits: Mutex::new(Vec::new()),
             },
-            &virtio.devices,
-            serial.clone(),
-            exit.clone(),
-            tree.clone(),
-            console_target(&virtio, &serial),
-        );
+            devices: &virtio.devices,
+            serial: serial.clone(),
+            exit: exit.clone(),
+            tree: tree.clone(),
+            input: console_target(&virtio, &serial),
+            power_button: Some({
+                let button = power_button.clone();
+                Box::new(move || button.event().write(1))
+            }),
+        });
         Ok(Vm {
             config,
             created,
@@ -287,6 +296,7 @@ impl Vm {
             virtio_irqs,
             ioeventfds: None,
             live,
+            power_button,
         })
     }
 
@@ -429,6 +439,7 @@ impl Vm {
             for (trigger, gsi) in &self.virtio_irqs {
                 accel.register_irqfd(trigger.event(), *gsi)?;
             }
+            accel.register_irqfd(self.power_button.event(), POWER_BUTTON_GSI)?;
         }
 
         let guest = GuestRam::from_view(&self.memory.view())?;

@@ -16,7 +16,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{APIC_ADDR, BIOS_AREA_START, HIMEM_START, IOAPIC_ADDR};
+use super::layout::{APIC_ADDR, BIOS_AREA_START, HIMEM_START, IOAPIC_ADDR, POWER_BUTTON_GSI};
 use super::ArchError;
 use crate::arch::virtio_mmio::VirtioMmioSlot;
 
@@ -77,10 +77,25 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
         .zip(uids.iter().zip(&crs_names))
         .map(|(name, (uid, crs))| aml::Device::new(name.as_str().into(), vec![&hid_name, uid, crs]))
         .collect();
-    if !devices.is_empty() {
-        let children: Vec<&dyn Aml> = devices.iter().map(|d| d as &dyn Aml).collect();
-        aml::Scope::new("_SB_".into(), children).to_aml_bytes(&mut dsdt);
-    }
+    // The power button: a control-method button (PNP0C0C; the FADT says
+    // there is no fixed-hardware one) notified by a Generic Event Device,
+    // whose interrupt the VMM raises. Linux's acpi-ged driver runs `_EVT`,
+    // the button driver turns the notification into KEY_POWER, and the
+    // guest's userspace shuts down (as with Cloud Hypervisor's GED).
+    let pwrb_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0C0C"));
+    let uid0 = aml::Name::new("_UID".into(), &aml::ZERO);
+    let pwrb = aml::Device::new("PWRB".into(), vec![&pwrb_hid, &uid0]);
+    let ged_irq = aml::Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let ged_crs_template = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let ged_crs = aml::Name::new("_CRS".into(), &ged_crs_template);
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let pwrb_path = aml::Path::new("\\_SB_.PWRB");
+    let notify = aml::Notify::new(&pwrb_path, &0x80u8);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&notify]);
+    let ged = aml::Device::new("GED0".into(), vec![&ged_hid, &uid0, &ged_crs, &evt]);
+    let mut children: Vec<&dyn Aml> = vec![&pwrb, &ged];
+    children.extend(devices.iter().map(|d| d as &dyn Aml));
+    aml::Scope::new("_SB_".into(), children).to_aml_bytes(&mut dsdt);
     dsdt.update_checksum();
     dsdt.as_slice().to_vec()
 }
@@ -267,7 +282,12 @@ mod tests {
             irq.extend_from_slice(&s.irq.to_le_bytes());
             assert!(d.windows(irq.len()).any(|w| w == irq), "{s:?}");
         }
-        assert!(!dsdt(&[]).windows(4).any(|w| w == b"_SB_"));
+        let empty = dsdt(&[]);
+        assert!(!empty.windows(8).any(|w| w == b"LNRO0005"));
+        // The power button and its Generic Event Device are always there.
+        assert!(empty.windows(8).any(|w| w == b"ACPI0013"));
+        assert!(empty.windows(4).any(|w| w == b"PWRB"));
+        assert!(empty.windows(4).any(|w| w == b"_EVT"));
     }
 
     /// Writes each table to $EMBER_ACPI_DUMP (when set) for `iasl -d`.

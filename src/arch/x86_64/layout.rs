@@ -108,16 +108,20 @@ pub const IO_SPACE_SIZE: u64 = 0x10000;
 
 /// The IOAPIC's registers (where KVM's in-kernel irqchip puts them).
 /// virtio-mmio transports: 4 KiB slots at the start of the MMIO hole, on
-/// IOAPIC pins 5..=23 (0-4 are the timer, keyboard, cascade and COM1/2 in
-/// the PC's legacy assignment; the IOAPIC has 24 pins). Firecracker uses
-/// the same pins.
+/// IOAPIC pins 5..=22 (0-4 are the timer, keyboard, cascade and COM1/2 in
+/// the PC's legacy assignment; pin 23, the last of the IOAPIC's 24, is the
+/// power button's, see [`POWER_BUTTON_GSI`]).
 pub const VIRTIO_MMIO_WINDOW: crate::arch::virtio_mmio::VirtioMmioWindow =
     crate::arch::virtio_mmio::VirtioMmioWindow {
         base: 0xd000_0000,
         slot_size: 0x1000,
-        slots: 19,
+        slots: 18,
         first_irq: 5,
     };
+
+/// The interrupt of the ACPI Generic Event Device whose `_EVT` notifies the
+/// power button (`\_SB.PWRB`): the control API's power button raises it.
+pub const POWER_BUTTON_GSI: u32 = 23;
 
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APICs' registers.
@@ -152,4 +156,6 @@ const _: () = assert!(KVM_IDENTITY_MAP_ADDRESS + 0x1000 <= KVM_TSS_ADDRESS);
 const _: () = assert!(APIC_ADDR + 0x1000 <= KVM_IDENTITY_MAP_ADDRESS);
 const _: () = assert!(VIRTIO_MMIO_WINDOW.base >= MMIO_HOLE_START);
 const _: () = assert!(VIRTIO_MMIO_WINDOW.end() <= IOAPIC_ADDR);
-const _: () = assert!(VIRTIO_MMIO_WINDOW.first_irq + VIRTIO_MMIO_WINDOW.slots as u32 <= 24);
+const _: () =
+    assert!(VIRTIO_MMIO_WINDOW.first_irq + VIRTIO_MMIO_WINDOW.slots as u32 <= POWER_BUTTON_GSI);
+const _: () = assert!(POWER_BUTTON_GSI < 24);
