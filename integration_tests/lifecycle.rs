@@ -115,3 +115,26 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     assert!(control.pause().is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The power button of the riscv64 machine is a virtio-input power key:
+/// the guest sees KEY_POWER on /dev/input/event0 and powers off cleanly.
+#[test]
+fn the_power_button_shuts_a_riscv_guest_down() {
+    use ember::{GuestArch, VmBuilder};
+    let (image, _) = guest();
+    let vm = VmBuilder::new(GuestArch::Riscv64)
+        .kernel(image)
+        .initrd(test_initramfs())
+        .cmdline("console=ttyS0 panic=-1 quiet ember_test=powerkey")
+        .memory_mib(128)
+        .start()
+        .expect("start the VM");
+    vm.wait_for_output("waiting for the power key", PATIENCE)
+        .expect("the guest waits for the key");
+    vm.control().power_button().expect("press the power button");
+    let out = vm
+        .wait_for_output("EMBER-TEST-DONE", PATIENCE)
+        .expect("the guest reacts");
+    assert!(out.contains("EMBER-TEST: power key pressed"), "{out}");
+    assert_eq!(vm.wait(PATIENCE).unwrap(), ExitReason::PowerOff);
+}

@@ -17,6 +17,8 @@
  *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
  *            `ember_peer`:7777 and wait for the echo, then echo one datagram
  *            received on port 7778.
+ *   powerkey wait for KEY_POWER from the virtio-input power key, then power
+ *            off (the control API's power button).
  *   echo     read a line from ttyS0 and print it back.
  *   count    print an increasing counter every 10 ms (pause/resume tests).
  *   blksnap  write a pattern (from `ember_data`) to the first 4 KiB of raw
@@ -32,6 +34,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/input.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -436,6 +439,31 @@ static int test_echo(void) {
     return 0;
 }
 
+/* Waits for the power key (virtio-input) and powers off, as a distribution's
+ * logind or acpid would. */
+static int test_powerkey(void) {
+    int fd = -1;
+    for (int i = 0; i < 50 && fd < 0; i++) {
+        fd = open("/dev/input/event0", O_RDONLY);
+        if (fd < 0) { struct timespec t = {0, 100 * 1000 * 1000}; nanosleep(&t, NULL); }
+    }
+    if (fd < 0) {
+        say("error open /dev/input/event0: %s", strerror(errno));
+        return 1;
+    }
+    say("waiting for the power key");
+    struct input_event ev;
+    while (read(fd, &ev, sizeof ev) == (ssize_t)sizeof ev) {
+        if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1) {
+            say("power key pressed");
+            close(fd);
+            return 0;
+        }
+    }
+    say("error reading /dev/input/event0: %s", strerror(errno));
+    return 1;
+}
+
 int main(void) {
     mkdir("/dev", 0755);
     mkdir("/proc", 0755);
@@ -454,6 +482,7 @@ int main(void) {
     else if (strcmp(test, "netbench") == 0) rc = test_netbench();
     else if (strcmp(test, "count") == 0) rc = test_count();
     else if (strcmp(test, "echo") == 0) rc = test_echo();
+    else if (strcmp(test, "powerkey") == 0) rc = test_powerkey();
     else if (strcmp(test, "blksnap") == 0) rc = test_blksnap();
     else { say("error unknown test '%s'", test); rc = 1; }
     printf("EMBER-TEST-DONE rc=%d\n", rc);

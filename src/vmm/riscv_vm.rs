@@ -26,7 +26,7 @@ use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
-use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
+use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
 use crate::vmm::vm::VmError;
 
 /// How a riscv64 run ended.
@@ -167,9 +167,11 @@ impl RiscvVm {
             // A restore loads guest memory instead.
             kernel: config.kernel.clone().filter(|_| !restoring),
             initrd: config.initrd.clone().filter(|_| !restoring),
+            // The devices asked for, plus the power key (virtio-input, the
+            // power button of this ACPI-less machine) if a slot is left.
             virtio: {
                 let mut alloc = VirtioMmioAllocator::new(VIRTIO_MMIO_WINDOW);
-                (0..device_count(&config))
+                (0..device_count(&config) + 1)
                     .map_while(|_| alloc.allocate())
                     .collect()
             },
@@ -211,7 +213,10 @@ impl RiscvVm {
             &machine.memory,
             &machine_config.virtio,
             &irq_for,
-            Box::new(output),
+            MachineExtras {
+                console_output: Box::new(output),
+                power_key: machine_config.virtio.len() > device_count(&config),
+            },
         )?;
         let ram_block = tree.ram_block(machine.ram)?;
         let tree = Arc::new(Mutex::new(tree));
@@ -227,7 +232,10 @@ impl RiscvVm {
             exit: exit.clone(),
             tree: tree.clone(),
             input: console_target(&virtio, &serial),
-            power_button: None,
+            power_button: virtio
+                .power_key
+                .clone()
+                .map(|key| Box::new(move || key.press()) as crate::vmm::live::PowerButton),
         });
         Ok(RiscvVm {
             config,

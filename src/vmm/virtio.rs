@@ -24,6 +24,7 @@ use event_manager::MutEventSubscriber;
 use crate::arch::virtio_mmio::VirtioMmioSlot;
 use crate::devices::virtio::block::{Block, BlockConfig};
 use crate::devices::virtio::console::{Console, ConsoleInput as VirtioConsoleInput};
+use crate::devices::virtio::input::{KeyEvents, PowerKey};
 use crate::devices::virtio::mmio::{MmioStats, VirtioMmio, NOTIFY_OFFSET, WINDOW_SIZE};
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::rng::Rng;
@@ -54,12 +55,22 @@ pub struct VirtioDevices {
     pub devices: Vec<PlacedDevice>,
     /// Input for virtio-console, when the console is hvc0.
     pub console_input: Option<Arc<VirtioConsoleInput>>,
+    /// The virtio-input power key, when the machine has one.
+    pub power_key: Option<Arc<KeyEvents>>,
     /// The guest-RAM view devices use.
     pub memory: GuestMemoryHandle,
 }
 
 /// Gives the interrupt line of a slot.
 pub type IrqFor<'a> = dyn Fn(&VirtioMmioSlot) -> Result<Arc<dyn IrqLine>, VmError> + 'a;
+
+/// What the machine adds to the devices `config` asks for.
+pub struct MachineExtras {
+    /// Where virtio-console output goes.
+    pub console_output: Box<dyn Write + Send>,
+    /// Add the virtio-input power key (machines without ACPI).
+    pub power_key: bool,
+}
 
 /// How many transports `config` needs (disks, nets, rng, console).
 pub fn device_count(config: &VmConfig) -> usize {
@@ -95,8 +106,12 @@ pub fn build_virtio_devices(
     memory: &AddressSpace,
     slots: &[VirtioMmioSlot],
     irq_for: &IrqFor<'_>,
-    console_output: Box<dyn Write + Send>,
+    extras: MachineExtras,
 ) -> Result<VirtioDevices, VmError> {
+    let MachineExtras {
+        console_output,
+        power_key,
+    } = extras;
     let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, disk) in config.disks.iter().enumerate() {
         let block = Block::new(&BlockConfig {
@@ -124,6 +139,12 @@ pub fn build_virtio_devices(
             .map_err(|e| VmError::Device(format!("virtio-console: {e}")))?;
         console_input = Some(console.input());
         wanted.push(("console hvc0".into(), Box::new(console)));
+    }
+    let mut key_events = None;
+    if power_key {
+        let key = PowerKey::new().map_err(|e| VmError::Device(format!("virtio-input: {e}")))?;
+        key_events = Some(key.events());
+        wanted.push(("input power-key".into(), Box::new(key)));
     }
     if wanted.len() > slots.len() {
         return Err(VmError::Device(format!(
@@ -177,6 +198,7 @@ pub fn build_virtio_devices(
     Ok(VirtioDevices {
         devices,
         console_input,
+        power_key: key_events,
         memory: mem,
     })
 }

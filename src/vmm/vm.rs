@@ -45,7 +45,7 @@ use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
-use crate::vmm::virtio::{build_virtio_devices, device_count, VirtioDevices};
+use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
 /// image: resources/guests/hello.s, assembled by build.rs.
@@ -243,7 +243,10 @@ impl Vm {
             &memory,
             &slots,
             &irq_for,
-            Box::new(output),
+            MachineExtras {
+                console_output: Box::new(output),
+                power_key: false,
+            },
         )?;
         let virtio_irqs = triggers
             .into_iter()

@@ -46,6 +46,7 @@ pub mod block;
 pub mod console;
 pub mod device;
 pub mod fuzz;
+pub mod input;
 pub mod mmio;
 pub mod net;
 pub mod rng;
