@@ -150,9 +150,16 @@ impl VmBuilder {
     }
 
     /// Builds the VM and runs it on a new thread.
-    pub fn start(self) -> Result<RunningVm, InstanceError> {
-        let ConsoleOutput::Capture(output) = self.config.console_output.clone() else {
-            unreachable!("the builder always captures the console");
+    pub fn start(mut self) -> Result<RunningVm, InstanceError> {
+        // The builder always captures the console; keep it that way even
+        // if that ever changes.
+        let output = match &self.config.console_output {
+            ConsoleOutput::Capture(c) => c.clone(),
+            _ => {
+                let c = OutputCapture::new();
+                self.config.console_output = ConsoleOutput::Capture(c.clone());
+                c
+            }
         };
         match self.config.arch {
             GuestArch::Riscv64 => {
