@@ -274,10 +274,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn host_descriptors_are_edge_triggered_and_wait_for_activation() {
-        let (_tree, _space, mem) = ram_handle(0x10_0000);
-        let (mut tx, rx) = UnixStream::pair().unwrap();
+    /// A transport over a [`HostDev`] watching `rx`, on its own event loop.
+    fn host_dev_transport(
+        rx: &UnixStream,
+        mem: &crate::devices::virtio::GuestMemoryHandle,
+    ) -> (VirtioMmio, Arc<RecordingIrq>, Arc<AtomicUsize>, Manager) {
         let calls = Arc::new(AtomicUsize::new(0));
         let dev = HostDev {
             fd: rx.as_raw_fd(),
@@ -287,13 +288,15 @@ mod tests {
         let mmio = VirtioMmio::new(Box::new(dev), irq.clone(), mem.clone()).unwrap();
         let mut manager = Manager::new().unwrap();
         manager.add_subscriber(Box::new(VirtioSubscriber::new(mmio.clone())));
+        (mmio, irq, calls, manager)
+    }
 
-        // Input before DRIVER_OK reaches nobody.
-        tx.write_all(b"early").unwrap();
-        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
-        assert_eq!(mmio.stats().host_events, 1);
-
+    /// Negotiates VERSION_1 and sets up one 4-entry queue, as a driver
+    /// would, up to DRIVER_OK.
+    fn drive_to_driver_ok(
+        mmio: &VirtioMmio,
+        mem: &crate::devices::virtio::GuestMemoryHandle,
+    ) -> TestQueue {
         let w = |off: u64, v: u32| mmio.write(off, 4, v as u64);
         w(0x70, 3);
         w(0x24, 1);
@@ -306,6 +309,22 @@ mod tests {
         w(0xa0, tq.used as u32);
         w(0x44, 1);
         w(0x70, 0xf);
+        tq
+    }
+
+    #[test]
+    fn host_descriptors_are_edge_triggered_and_wait_for_activation() {
+        let (_tree, _space, mem) = ram_handle(0x10_0000);
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let (mmio, irq, calls, mut manager) = host_dev_transport(&rx, &mem);
+
+        // Input before DRIVER_OK reaches nobody.
+        tx.write_all(b"early").unwrap();
+        assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(mmio.stats().host_events, 1);
+
+        let _tq = drive_to_driver_ok(&mmio, &mem);
         assert!(mmio.is_active());
         // Activation queues one catch-up pass over the ready queue.
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
@@ -328,27 +347,8 @@ mod tests {
     fn a_paused_transport_does_no_device_work_until_resumed() {
         let (_tree, _space, mem) = ram_handle(0x10_0000);
         let (mut tx, rx) = UnixStream::pair().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let dev = HostDev {
-            fd: rx.as_raw_fd(),
-            calls: calls.clone(),
-        };
-        let irq = Arc::new(RecordingIrq::default());
-        let mmio = VirtioMmio::new(Box::new(dev), irq.clone(), mem.clone()).unwrap();
-        let mut manager = Manager::new().unwrap();
-        manager.add_subscriber(Box::new(VirtioSubscriber::new(mmio.clone())));
-        let w = |off: u64, v: u32| mmio.write(off, 4, v as u64);
-        w(0x70, 3);
-        w(0x24, 1);
-        w(0x20, 1);
-        w(0x70, 0xb);
-        let tq = TestQueue::new(mem.load().memory(), 0x4000, 4);
-        w(0x38, 4);
-        w(0x80, tq.desc as u32);
-        w(0x90, tq.avail as u32);
-        w(0xa0, tq.used as u32);
-        w(0x44, 1);
-        w(0x70, 0xf);
+        let (mmio, irq, calls, mut manager) = host_dev_transport(&rx, &mem);
+        let _tq = drive_to_driver_ok(&mmio, &mem);
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
         let before = mmio.stats().queue_events;
 
@@ -361,7 +361,7 @@ mod tests {
             0,
             "host event handled while paused"
         );
-        w(0x50, 0);
+        mmio.write(0x50, 4, 0);
         assert_eq!(manager.run_with_timeout(1000).unwrap(), 1);
         assert!(irq.take().is_empty());
 
