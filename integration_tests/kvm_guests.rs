@@ -708,31 +708,8 @@ fn the_power_button_interrupts_the_guest() {
         .set IDTR, 0x207100
         .set FLAG, 0x207000
         .set VECTOR, 0x32
-        mov $0xff, %al
-        out %al, $0x21
-        out %al, $0xa1
-        lea handler(%rip), %rax
-        mov $IDT + VECTOR * 16, %rdi
-        mov %ax, (%rdi)
-        mov %cs, %dx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
-        movw $VECTOR * 16 + 15, IDTR
-        movq $IDT, IDTR + 2
-        lidt IDTR
-        mov $0xfee00000, %r12
-        movl $0x1ff, 0xf0(%r12)
-        movl $0, 0x80(%r12)
-        mov $0xfec00000, %r13
-        movl $0x10 + 2 * 23, (%r13)
-        movl $VECTOR, 0x10(%r13)
-        movl $0x11 + 2 * 23, (%r13)
-        movl $0, 0x10(%r13)
+        # (common::route_irq_asm goes here)
+        ROUTE_IRQ
         movl $0, FLAG
         mov $0x500, %dx
         mov $1, %eax
@@ -753,7 +730,11 @@ fn the_power_button_interrupts_the_guest() {
         iretq
     "#;
     let mut cfg = config("power-button", None);
-    cfg.kernel = Some(common::elf64_from_asm("power-button", guest));
+    let guest = guest.replace(
+        "        # (common::route_irq_asm goes here)\n        ROUTE_IRQ\n",
+        &common::route_irq_asm(23),
+    );
+    cfg.kernel = Some(common::elf64_from_asm("power-button", &guest));
     cfg.debug_exit = Some(0x501);
     let vm = Vm::new(cfg).unwrap();
     let results = results_port(&vm);

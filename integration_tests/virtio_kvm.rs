@@ -40,10 +40,6 @@ const GUEST: &str = r#"
         .set VECTOR, 0x30
 
         mov $BASE, %rbx
-        # Mask the 8259s: only the IOAPIC may deliver.
-        mov $0xff, %al
-        out %al, $0x21
-        out %al, $0xa1
         mov $1, %cl
         cmpl $0x74726976, 0x00(%rbx)
         jne fail
@@ -81,31 +77,8 @@ const GUEST: &str = r#"
         mov $0x500, %dx
         out %eax, (%dx)
 
-        # IDT entry for VECTOR, interrupt gate to `handler`.
-        lea handler(%rip), %rax
-        mov $IDT + VECTOR * 16, %rdi
-        mov %ax, (%rdi)
-        mov %cs, %dx
-        mov %dx, 2(%rdi)
-        movw $0x8e00, 4(%rdi)
-        shr $16, %rax
-        mov %ax, 6(%rdi)
-        shr $16, %rax
-        mov %eax, 8(%rdi)
-        movl $0, 12(%rdi)
-        movw $VECTOR * 16 + 15, IDTR
-        movq $IDT, IDTR + 2
-        lidt IDTR
-        # Local APIC on, IOAPIC pin 5 -> VECTOR, edge, unmasked, CPU 0.
-        # (Addresses above 2 GiB need a register: disp32 is sign-extended.)
-        mov $0xfee00000, %r12
-        movl $0x1ff, 0xf0(%r12)
-        movl $0, 0x80(%r12)
-        mov $0xfec00000, %r13
-        movl $0x1a, (%r13)
-        movl $VECTOR, 0x10(%r13)
-        movl $0x1b, (%r13)
-        movl $0, 0x10(%r13)
+        # (common::route_irq_asm goes here)
+        ROUTE_IRQ
 
         # Request 1: read sector 1 into DATA.
         movl $0, HDR                 # VIRTIO_BLK_T_IN
@@ -204,7 +177,13 @@ fn a_hand_driven_virtio_blk_request_goes_through_ioeventfd_and_irqfd() {
     std::fs::write(&disk, &image).unwrap();
 
     let mut cfg = VmConfig {
-        kernel: Some(elf64_from_asm("virtio-blk", GUEST)),
+        kernel: Some(elf64_from_asm(
+            "virtio-blk",
+            &GUEST.replace(
+                "        # (common::route_irq_asm goes here)\n        ROUTE_IRQ\n",
+                &common::route_irq_asm(5),
+            ),
+        )),
         memory: 64 << 20,
         debug_exit: Some(0x501),
         console_input: ConsoleInput::None,

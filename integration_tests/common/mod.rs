@@ -226,3 +226,44 @@ pub fn elf64_from_asm(name: &str, source: &str) -> PathBuf {
     let code = std::fs::read(&bin).expect("read assembled code");
     tiny_elf_file(name, &code, false)
 }
+
+/// 64-bit guest code that routes IOAPIC pin `pin` to the CPU's vector
+/// `VECTOR` with handler `handler`: masks the 8259s (only the IOAPIC may
+/// deliver), fills the IDT gate and loads the IDT, enables the local APIC
+/// and programs the pin (edge, active high, unmasked, CPU 0). The guest
+/// defines `IDT`, `IDTR`, `VECTOR` and the label `handler`; `%r12` holds the
+/// local APIC's base afterwards, for the handler's EOI. (Addresses above
+/// 2 GiB need a register: a disp32 is sign-extended.)
+pub fn route_irq_asm(pin: u32) -> String {
+    format!(
+        r#"
+        mov $0xff, %al
+        out %al, $0x21
+        out %al, $0xa1
+        lea handler(%rip), %rax
+        mov $IDT + VECTOR * 16, %rdi
+        mov %ax, (%rdi)
+        mov %cs, %dx
+        mov %dx, 2(%rdi)
+        movw $0x8e00, 4(%rdi)
+        shr $16, %rax
+        mov %ax, 6(%rdi)
+        shr $16, %rax
+        mov %eax, 8(%rdi)
+        movl $0, 12(%rdi)
+        movw $VECTOR * 16 + 15, IDTR
+        movq $IDT, IDTR + 2
+        lidt IDTR
+        mov $0xfee00000, %r12
+        movl $0x1ff, 0xf0(%r12)
+        movl $0, 0x80(%r12)
+        mov $0xfec00000, %r13
+        movl ${low}, (%r13)
+        movl $VECTOR, 0x10(%r13)
+        movl ${high}, (%r13)
+        movl $0, 0x10(%r13)
+"#,
+        low = 0x10 + 2 * pin,
+        high = 0x11 + 2 * pin,
+    )
+}
