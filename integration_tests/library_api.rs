@@ -9,22 +9,15 @@ mod riscv_linux;
 use std::time::Duration;
 
 use ember::vmm::exit::ExitReason;
-use ember::{GuestArch, VmBuilder, VmControl, VmState};
+use ember::{VmBuilder, VmControl, VmState};
 
-use riscv_linux::{guest, test_initramfs};
+use riscv_linux::start_test_guest;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_riscv_guest_reads_what_the_test_types() {
-    let (image, _) = guest();
-    let vm = VmBuilder::new(GuestArch::Riscv64)
-        .kernel(image)
-        .initrd(test_initramfs())
-        .cmdline("console=ttyS0 panic=-1 quiet ember_test=echo")
-        .memory_mib(128)
-        .start()
-        .expect("start the VM");
+    let vm = start_test_guest("echo");
     assert_eq!(vm.state(), VmState::Running);
     vm.wait_for_output("EMBER-TEST: ready for input", PATIENCE)
         .expect("the guest is ready");
@@ -41,14 +34,7 @@ fn a_riscv_guest_reads_what_the_test_types() {
 
 #[test]
 fn waiting_for_output_that_never_comes_times_out_and_drop_cleans_up() {
-    let (image, _) = guest();
-    let vm = VmBuilder::new(GuestArch::Riscv64)
-        .kernel(image)
-        .initrd(test_initramfs())
-        .cmdline("console=ttyS0 panic=-1 quiet ember_test=count")
-        .memory_mib(128)
-        .start()
-        .expect("start the VM");
+    let vm = start_test_guest("count");
     let err = vm
         .wait_for_output("never printed", Duration::from_millis(200))
         .unwrap_err();
@@ -68,16 +54,9 @@ fn last_count(text: &str) -> Option<u64> {
 
 #[test]
 fn snapshot_and_restore_through_the_library() {
-    let (image, _) = guest();
     let dir = std::env::temp_dir().join(format!("ember-lib-snap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let vm = VmBuilder::new(GuestArch::Riscv64)
-        .kernel(image)
-        .initrd(test_initramfs())
-        .cmdline("console=ttyS0 panic=-1 quiet ember_test=count")
-        .memory_mib(128)
-        .start()
-        .expect("start the VM");
+    let vm = start_test_guest("count");
     vm.wait_for_output("count=5\r\n", PATIENCE)
         .expect("counting");
     assert!(vm.snapshot(&dir).is_err(), "a running VM cannot be saved");

@@ -16,7 +16,7 @@ use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::RiscvVm;
 
-use riscv_linux::{guest, test_initramfs};
+use riscv_linux::{guest, start_test_guest, test_initramfs};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -120,15 +120,7 @@ fn pause_stops_the_guest_and_resume_continues_it() {
 /// the guest sees KEY_POWER on /dev/input/event0 and powers off cleanly.
 #[test]
 fn the_power_button_shuts_a_riscv_guest_down() {
-    use ember::{GuestArch, VmBuilder};
-    let (image, _) = guest();
-    let vm = VmBuilder::new(GuestArch::Riscv64)
-        .kernel(image)
-        .initrd(test_initramfs())
-        .cmdline("console=ttyS0 panic=-1 quiet ember_test=powerkey")
-        .memory_mib(128)
-        .start()
-        .expect("start the VM");
+    let vm = start_test_guest("powerkey");
     vm.wait_for_output("waiting for the power key", PATIENCE)
         .expect("the guest waits for the key");
     vm.control().power_button().expect("press the power button");

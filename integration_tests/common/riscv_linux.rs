@@ -98,3 +98,15 @@ pub fn test_initramfs() -> &'static PathBuf {
         PathBuf::from(text.trim())
     })
 }
+
+/// Starts the device-test guest in mode `ember_test=mode` through the
+/// library API (128 MiB, one hart, console captured).
+pub fn start_test_guest(mode: &str) -> ember::RunningVm {
+    ember::VmBuilder::new(ember::GuestArch::Riscv64)
+        .kernel(&guest().0)
+        .initrd(test_initramfs())
+        .cmdline(format!("console=ttyS0 panic=-1 quiet ember_test={mode}"))
+        .memory_mib(128)
+        .start()
+        .expect("start the VM")
+}
