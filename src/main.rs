@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use ember::accel::tcg::riscv64::jit::JitPolicy;
 use ember::accel::AccelChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
@@ -140,6 +141,11 @@ struct RunArgs {
     /// Serve the control API (docs/api.md) on a Unix socket at PATH
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Software CPU: compile guest code that runs often to host code (hot),
+    /// every block before it first runs (eager), or interpret only (off)
+    /// [default: hot]
+    #[arg(long, value_name = "POLICY")]
+    tcg_jit: Option<JitPolicy>,
     /// Restore the riscv64 VM saved in snapshot directory DIR and continue
     /// it. The machine (memory, CPUs, kernel, command line, disks, nets,
     /// rng, console) comes from the snapshot, so those flags are ignored;
@@ -179,6 +185,7 @@ impl RunArgs {
             disks: given(&self.disk),
             nets: given(&self.net),
             api_socket: self.api_socket.clone(),
+            tcg_jit: self.tcg_jit,
         }
     }
 }
@@ -235,12 +242,13 @@ fn report_tcg(outcome: &RiscvOutcome) {
         let lookups = h.tlb.fills + h.tlb.victim_hits;
         eprintln!(
             "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
-             {} jump-cache hits, {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
+             {} compiled to host code, {} jump-cache hits, {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
              {} traps, {} interrupts, {} SBI calls, {} WFI sleeps ({} slow-path lookups)",
             h.instructions,
             h.blocks,
             h.instructions as f64 / secs / 1e6,
             h.translations,
+            h.compilations,
             h.jump_cache_hits,
             h.tlb.fills,
             h.tlb.victim_hits,

@@ -27,6 +27,7 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ember::accel::tcg::riscv64::jit::JitPolicy;
 use ember::accel::tcg::riscv64::{Hart, RiscvSystem};
 use ember::accel::tcg::signals::HartSignals;
 use ember::memory::{AddressSpace, MemTxResult, MemoryTree, Unassigned};
@@ -302,6 +303,18 @@ pub struct Machine {
     pub deadline: Duration,
 }
 
+/// The compile policy the machines use: `EMBER_TEST_TCG_JIT=off|hot|eager`
+/// (tools/test.sh runs the instruction tests under each), else the
+/// default.
+pub fn jit_policy() -> JitPolicy {
+    match std::env::var("EMBER_TEST_TCG_JIT").as_deref() {
+        Ok("off") => JitPolicy::Off,
+        Ok("eager") => JitPolicy::Eager,
+        Ok("hot") | Err(_) => JitPolicy::Hot,
+        Ok(other) => panic!("EMBER_TEST_TCG_JIT={other}: want off, hot or eager"),
+    }
+}
+
 impl Machine {
     /// A machine with `image` loaded at [`RAM_BASE`] and the hart reset to
     /// it in S-mode.
@@ -333,9 +346,17 @@ impl Machine {
             exit,
             Box::new(move |bytes: &[u8]| sink.lock().unwrap().extend_from_slice(bytes)),
         );
+        let policy = jit_policy();
         let mut hart = Hart::new(sys.clone(), 0);
+        hart.set_jit_policy(policy);
         hart.reset_to(RAM_BASE, 0, 0);
-        let others = (1..harts).map(|i| Hart::new(sys.clone(), i)).collect();
+        let others = (1..harts)
+            .map(|i| {
+                let mut h = Hart::new(sys.clone(), i);
+                h.set_jit_policy(policy);
+                h
+            })
+            .collect();
         Machine {
             tree,
             memory,

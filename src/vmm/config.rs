@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::accel::tcg::riscv64::jit::JitPolicy;
 use crate::accel::AccelChoice;
 use crate::arch::GuestArch;
 use crate::vmm::console::{ConsoleInput, ConsoleOutput};
@@ -54,6 +55,9 @@ pub struct VmConfig {
     /// Where to serve the control API (docs/api.md), if anywhere. Only
     /// carried here; the socket server reads it.
     pub api_socket: Option<PathBuf>,
+    /// When the software CPU compiles guest code to host code
+    /// (`--tcg-jit`).
+    pub tcg_jit: JitPolicy,
 }
 
 /// `--disk path=FILE[,readonly=on][,id=NAME]`.
@@ -240,6 +244,7 @@ impl Default for VmConfig {
             rng: false,
             console: ConsoleKind::Serial,
             api_socket: None,
+            tcg_jit: JitPolicy::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use toml::{Spanned, Value};
 
+use crate::accel::tcg::riscv64::jit::JitPolicy;
 use crate::accel::AccelChoice;
 use crate::arch::GuestArch;
 use crate::devices::virtio::net::parse_mac;
@@ -112,6 +113,7 @@ pub struct VmSettings {
     pub disks: Option<Vec<DiskSpec>>,
     pub nets: Option<Vec<NetSpec>>,
     pub api_socket: Option<PathBuf>,
+    pub tcg_jit: Option<JitPolicy>,
 }
 
 impl VmSettings {
@@ -156,6 +158,7 @@ impl VmSettings {
             disks: flags.disks.or(self.disks),
             nets: flags.nets.or(self.nets),
             api_socket: flags.api_socket.or(self.api_socket),
+            tcg_jit: flags.tcg_jit.or(self.tcg_jit),
         }
     }
 
@@ -205,6 +208,7 @@ impl VmSettings {
             rng: self.rng.unwrap_or(defaults.rng),
             console: self.console.unwrap_or(defaults.console),
             api_socket: self.api_socket,
+            tcg_jit: self.tcg_jit.unwrap_or(defaults.tcg_jit),
         })
     }
 }
@@ -228,6 +232,7 @@ struct RawFile {
     rng: Raw,
     console: Raw,
     api_socket: Raw,
+    tcg_jit: Raw,
     serial: Option<RawSerial>,
     disk: Option<Vec<Spanned<RawDisk>>>,
     net: Option<Vec<Spanned<RawNet>>>,
@@ -638,6 +643,11 @@ impl Reader<'_> {
             disks,
             nets,
             api_socket: path("api_socket", &raw.api_socket)?,
+            tcg_jit: raw
+                .tcg_jit
+                .as_ref()
+                .map(|v| self.parsed("tcg_jit", v))
+                .transpose()?,
         })
     }
 }
@@ -677,6 +687,7 @@ debug_exit = 0x501
 rng = true
 console = "virtio"
 api_socket = "run/api.sock"
+tcg_jit = "off"
 
 [serial]
 input = "none"
@@ -732,6 +743,7 @@ mac = "52:54:00:12:34:56"
                     mac: Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
                 }]),
                 api_socket: Some("/vms/a/run/api.sock".into()),
+                tcg_jit: Some(JitPolicy::Off),
             }
         );
     }
@@ -850,6 +862,7 @@ mac = "52:54:00:12:34:56"
             ("arch = \"arm\"", "arch", &["unknown architecture"]),
             ("accel = \"hvf\"", "accel", &["unknown accelerator"]),
             ("console = \"tty\"", "console", &["serial or virtio"]),
+            ("tcg_jit = \"fast\"", "tcg_jit", &["off, hot or eager"]),
             ("debug_exit = 70000", "debug_exit", &["not a port"]),
             ("debug_exit = \"0xzz\"", "debug_exit", &["not a port"]),
             ("rng = \"maybe\"", "rng", &["on/off or a boolean"]),

@@ -316,6 +316,7 @@ impl RiscvVm {
             }
         };
         let started = Instant::now();
+        let jit = self.config.tcg_jit;
         let api = start_api(&self.config, &self.live)?;
         self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
@@ -326,6 +327,7 @@ impl RiscvVm {
                 .name(format!("ember-hart{id}"))
                 .spawn(move || {
                     let mut hart = Hart::new(system, id);
+                    hart.set_jit_policy(jit);
                     // The state is set before the first instruction: a
                     // restored hart 0 does not enter the kernel again.
                     match (saved, boot) {

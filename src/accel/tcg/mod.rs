@@ -3,6 +3,8 @@
 //! softmmu TLB in QEMU's design, translated-block caching with
 //! self-modifying-code detection, and the riscv64 hart.
 
+#[cfg(target_arch = "x86_64")]
+pub mod code_buffer;
 pub mod code_pages;
 pub mod pause;
 pub mod riscv64;

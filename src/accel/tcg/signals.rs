@@ -77,6 +77,12 @@ impl HartSignals {
         self.stop.load(Ordering::SeqCst)
     }
 
+    /// The flag [`HartSignals::needs_attention`] reads, for compiled code
+    /// that polls it directly.
+    pub fn attention_flag(&self) -> &AtomicBool {
+        &self.attention
+    }
+
     /// Something changed: the hot loop should look. Cheap enough to poll
     /// once per translated block.
     #[inline]

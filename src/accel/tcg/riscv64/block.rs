@@ -4,7 +4,8 @@
 //! A block never crosses a guest page, so it depends on exactly one physical
 //! page, whose generation (`CodePages`) it records; a block whose page
 //! generation moved on is decoded again. `fence.i` and topology changes
-//! drop the whole cache, like QEMU's `tb_flush`.
+//! drop the whole cache, like QEMU's `tb_flush`, together with the host
+//! code compiled from it (`jit.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -13,6 +14,9 @@ use crate::accel::tcg::tlb::{PAGE_MASK, PAGE_SIZE};
 
 use super::decode::{decode_parts, is_compressed, Insn};
 use super::hart::{Exception, Hart};
+use super::jit::JitState;
+#[cfg(target_arch = "x86_64")]
+use crate::accel::tcg::code_buffer::{CodeBuffer, ARENA_SIZE};
 
 /// Longest block, in instructions.
 const MAX_BLOCK_INSNS: usize = 64;
@@ -27,6 +31,7 @@ const MAX_BLOCKS: usize = 1 << 16;
 pub struct Block {
     pub generation: u32,
     pub insns: Box<[Insn]>,
+    pub jit: JitState,
 }
 
 #[derive(Clone, Copy)]
@@ -57,11 +62,15 @@ impl Hasher for AddrHasher {
 
 /// The per-hart block cache.
 pub struct BlockCache {
-    blocks: Vec<Block>,
+    pub(super) blocks: Vec<Block>,
     by_paddr: HashMap<u64, u32, BuildHasherDefault<AddrHasher>>,
     jump: Box<[JumpEntry]>,
     /// The last uncacheable block (one straddling two pages).
     scratch: Option<Block>,
+    /// Executable memory for compiled blocks, created at the first
+    /// compilation.
+    #[cfg(target_arch = "x86_64")]
+    code: Option<CodeBuffer>,
 }
 
 /// The id of [`BlockCache::scratch`].
@@ -86,14 +95,48 @@ impl BlockCache {
             by_paddr: HashMap::default(),
             jump: vec![EMPTY_JUMP; JUMP_CACHE].into_boxed_slice(),
             scratch: None,
+            #[cfg(target_arch = "x86_64")]
+            code: None,
         }
     }
 
-    /// Drops every block.
+    /// Drops every block and the code compiled from them.
+    ///
+    /// This may run from a helper called by compiled code (`fence.i`);
+    /// that code is not overwritten before it returns, because nothing is
+    /// installed in the arena until the next compilation, which happens
+    /// between blocks.
     pub fn flush(&mut self) {
         self.blocks.clear();
         self.by_paddr.clear();
         self.jump.fill(EMPTY_JUMP);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(code) = &mut self.code {
+            code.reset();
+        }
+    }
+
+    /// Forgets all compiled code (the arena is full) but keeps the blocks,
+    /// which compile again once hot.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn drop_compiled(&mut self) {
+        for b in &mut self.blocks {
+            if let JitState::Compiled(_) = b.jit {
+                b.jit = JitState::Cold(0);
+            }
+        }
+        if let Some(code) = &mut self.code {
+            code.reset();
+        }
+    }
+
+    /// The code arena, reserved on first use; `None` if the host refuses.
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn code_buffer(&mut self) -> Option<&mut CodeBuffer> {
+        if self.code.is_none() {
+            self.code = CodeBuffer::new(ARENA_SIZE).ok();
+        }
+        self.code.as_mut()
     }
 
     fn jump_slot(vpc: u64) -> usize {
@@ -190,6 +233,7 @@ impl Hart {
         let block = Block {
             generation,
             insns: insns.into_boxed_slice(),
+            jit: JitState::Cold(0),
         };
         if !cacheable {
             self.blocks.scratch = Some(block);

@@ -34,12 +34,16 @@ impl Hart {
         // Borrow the instructions out of the cache for the duration of the
         // block (a move of a pointer, no copy), so executing them can use
         // `&mut self` freely.
+        let compiled = self.compiled(id);
         let insns = match self.blocks_take(id) {
             Some(i) => i,
             None => return Ok(()),
         };
         self.inflight = insns.len().saturating_sub(1) as u64;
-        let result = self.run_insns(&insns);
+        let result = match compiled {
+            Some(f) => self.run_compiled(f, &insns),
+            None => self.run_insns(&insns),
+        };
         self.blocks_put_back(id, insns);
         result
     }
@@ -295,6 +299,16 @@ impl Hart {
             }
             self.pc = target;
             return Ok(());
+        }
+    }
+
+    /// Runs one instruction of the kinds [`Hart::step_cold`] handles, at
+    /// `pc`, for compiled code: `Some(target)` if it jumped.
+    pub(super) fn step_one_cold(&mut self, i: &Insn, pc: u64) -> Result<Option<u64>, Exception> {
+        let (rs1, rs2) = (self.x[i.rs1 as usize], self.x[i.rs2 as usize]);
+        match self.step_cold(i, pc, rs1, rs2)? {
+            Flow::Next => Ok(None),
+            Flow::Jump(target) => Ok(Some(target)),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::memory::FlatView;
 use crate::vmm::exit::ExitReason;
 
 use super::block::BlockCache;
+use super::jit::JitPolicy;
 use super::system::{HsmState, RiscvSystem, REQ_FENCE_I, REQ_FLUSH_TLB};
 
 /// Privilege levels the hart runs at.
@@ -87,6 +88,8 @@ pub struct HartStats {
     pub instructions: u64,
     pub blocks: u64,
     pub translations: u64,
+    /// Blocks compiled to host code.
+    pub compilations: u64,
     pub jump_cache_hits: u64,
     pub smc_invalidations: u64,
     pub traps: u64,
@@ -176,6 +179,10 @@ pub struct Hart {
     pub(super) budget: u32,
     /// Instructions retired in the running block before its last one.
     pub(super) inflight: u64,
+    /// When blocks are compiled to host code (`jit.rs`).
+    pub(super) jit_policy: JitPolicy,
+    /// The exception a helper called from compiled code raised.
+    pub(super) jit_exception: Option<Exception>,
     /// Stop after this many instructions (bounded runs for tests).
     limit: Option<u64>,
     pub stats: HartStats,
@@ -221,6 +228,8 @@ impl Hart {
             budget: CLOCK_CHECK_BLOCKS,
             limit: None,
             inflight: 0,
+            jit_policy: JitPolicy::default(),
+            jit_exception: None,
             stats: HartStats::default(),
         }
     }

@@ -6,6 +6,9 @@ pub mod decode;
 pub mod exec;
 pub mod fpu;
 pub mod hart;
+pub mod jit;
+#[cfg(target_arch = "x86_64")]
+pub mod jit_x86_64;
 pub mod mmu;
 pub mod sbi;
 pub mod system;

@@ -1,0 +1,306 @@
+//! The software CPU's second tier: blocks that run often are compiled to
+//! host code.
+//!
+//! Every block starts interpreted (`exec.rs`), which is cheap to set up
+//! and fine for code that runs a few times (most of a boot). Once a block
+//! has run [`HOT_THRESHOLD`] times it is compiled (on x86-64 hosts, by
+//! `jit_x86_64.rs`) into the hart's code arena (`code_buffer.rs`), and
+//! from then on runs as host code. Both tiers keep the same state in the
+//! same places (the hart's register file, pc and counters), so a block can
+//! switch tiers between any two runs and a trap looks the same from
+//! either. Compiled code calls back into Rust for loads and stores (the
+//! softmmu TLB) and for the instructions it does not generate inline.
+//!
+//! The compiled code lives exactly as long as its block: a block cache
+//! flush (`fence.i`, a topology change, the cache filling up) empties the
+//! arena as well, and a full arena drops all compiled code and lets hot
+//! blocks compile again.
+
+use super::decode::Insn;
+use super::hart::{Exception, Hart};
+
+/// Runs after which a block is compiled (QEMU compiles at once; waiting
+/// keeps code that runs a handful of times, most of a boot, from paying
+/// for compilation).
+pub const HOT_THRESHOLD: u32 = 50;
+
+/// When the software CPU compiles blocks to host code.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JitPolicy {
+    /// Never: interpret everything.
+    Off,
+    /// Blocks that have run [`HOT_THRESHOLD`] times.
+    #[default]
+    Hot,
+    /// Every block before its first run (for tests and debugging).
+    Eager,
+}
+
+impl std::str::FromStr for JitPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(JitPolicy::Off),
+            "hot" | "on" => Ok(JitPolicy::Hot),
+            "eager" => Ok(JitPolicy::Eager),
+            _ => Err(format!("'{s}' is not a JIT policy (use off, hot or eager)")),
+        }
+    }
+}
+
+impl JitPolicy {
+    /// Runs before compiling, `None` for never.
+    fn threshold(self) -> Option<u32> {
+        match self {
+            JitPolicy::Off => None,
+            JitPolicy::Hot => Some(HOT_THRESHOLD),
+            JitPolicy::Eager => Some(0),
+        }
+    }
+
+    /// Whether this host can compile at all (an x86-64 host).
+    pub fn supported() -> bool {
+        cfg!(target_arch = "x86_64")
+    }
+}
+
+/// A compiled block (see `jit_x86_64.rs` for the convention).
+pub type CompiledBlock = unsafe extern "sysv64" fn(
+    hart: *mut Hart,
+    insns: *const Insn,
+    attention: *const std::sync::atomic::AtomicBool,
+) -> u32;
+
+/// A block's standing with the compiler.
+#[derive(Clone, Copy, Debug)]
+pub enum JitState {
+    /// Interpreted so far, this many runs.
+    Cold(u32),
+    Compiled(CompiledBlock),
+    /// Cannot be compiled (stays interpreted).
+    Never,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod host {
+    use std::mem::offset_of;
+
+    use super::super::decode::Insn;
+    use super::super::hart::Hart;
+    use super::super::jit_x86_64::{compile, HartLayout, Helpers};
+    use super::CompiledBlock;
+    use crate::accel::tcg::code_buffer::CodeBuffer;
+
+    /// `rax:rdx` of a helper's return.
+    #[repr(C)]
+    pub struct Ret {
+        value: u64,
+        status: u64,
+    }
+
+    /// # Safety
+    /// `hart` is the hart running the compiled block, which lent it for the
+    /// call; nothing else uses it meanwhile.
+    unsafe extern "sysv64" fn load<const N: usize>(hart: *mut Hart, addr: u64) -> Ret {
+        // SAFETY: see the function's contract; the pointer came from the
+        // `&mut Hart` in `Hart::run_compiled`.
+        let hart = unsafe { &mut *hart };
+        match hart.load::<N>(addr) {
+            Ok(value) => Ret { value, status: 0 },
+            Err(e) => {
+                hart.jit_exception = Some(e);
+                Ret {
+                    value: 0,
+                    status: 1,
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`load`].
+    unsafe extern "sysv64" fn store<const N: usize>(hart: *mut Hart, addr: u64, value: u64) -> u64 {
+        // SAFETY: as in `load`.
+        let hart = unsafe { &mut *hart };
+        match hart.store::<N>(addr, value) {
+            Ok(()) => 0,
+            Err(e) => {
+                hart.jit_exception = Some(e);
+                1
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`load`]; `insn` points at the block's instruction being run.
+    unsafe extern "sysv64" fn cold(hart: *mut Hart, insn: *const Insn, pc: u64) -> Ret {
+        // SAFETY: as in `load`; the block's instructions are kept alive by
+        // `Hart::exec_block` for the whole run.
+        let (hart, insn) = unsafe { (&mut *hart, &*insn) };
+        match hart.step_one_cold(insn, pc) {
+            Ok(None) => Ret {
+                value: 0,
+                status: 0,
+            },
+            Ok(Some(target)) => Ret {
+                value: target,
+                status: 1,
+            },
+            Err(e) => {
+                hart.jit_exception = Some(e);
+                Ret {
+                    value: 0,
+                    status: 2,
+                }
+            }
+        }
+    }
+
+    fn layout() -> HartLayout {
+        // Offsets inside `Hart` are far below 2 GiB.
+        let off = |o: usize| o as i32;
+        HartLayout {
+            x: off(offset_of!(Hart, x)),
+            pc: off(offset_of!(Hart, pc)),
+            budget: off(offset_of!(Hart, budget)),
+            check: off(offset_of!(Hart, check)),
+            instructions: off(offset_of!(Hart, stats.instructions)),
+            blocks: off(offset_of!(Hart, stats.blocks)),
+        }
+    }
+
+    fn helpers() -> Helpers {
+        Helpers {
+            load: [
+                load::<1> as *const () as usize,
+                load::<2> as *const () as usize,
+                load::<4> as *const () as usize,
+                load::<8> as *const () as usize,
+            ],
+            store: [
+                store::<1> as *const () as usize,
+                store::<2> as *const () as usize,
+                store::<4> as *const () as usize,
+                store::<8> as *const () as usize,
+            ],
+            cold: cold as *const () as usize,
+        }
+    }
+
+    /// Host code for `insns`, or `None` if the block cannot be compiled.
+    pub fn translate(insns: &[Insn]) -> Option<Vec<u8>> {
+        compile(insns, &layout(), &helpers()).ok()
+    }
+
+    /// Installs `code` in `buffer`; `None` when it is full.
+    pub fn install(buffer: &mut CodeBuffer, code: &[u8]) -> Option<CompiledBlock> {
+        let ptr = buffer.install(code)?;
+        // SAFETY: `ptr` is the start of `code`, which `compile` generated
+        // as a function with exactly this signature and convention, now
+        // in executable memory that stays mapped and unchanged until the
+        // arena is reset, which drops every `CompiledBlock` first.
+        Some(unsafe { std::mem::transmute::<*const u8, CompiledBlock>(ptr) })
+    }
+}
+
+impl Hart {
+    /// Chooses when this hart compiles blocks (the VM's `--tcg-jit`).
+    pub fn set_jit_policy(&mut self, policy: JitPolicy) {
+        self.jit_policy = if JitPolicy::supported() {
+            policy
+        } else {
+            JitPolicy::Off
+        };
+        self.blocks.flush();
+    }
+
+    /// The compiled code for block `id`, compiling it if it has become
+    /// hot; `None` to interpret it.
+    #[inline]
+    pub(super) fn compiled(&mut self, id: u32) -> Option<CompiledBlock> {
+        let threshold = self.jit_policy.threshold()?;
+        let block = self.blocks.blocks.get_mut(id as usize)?;
+        match block.jit {
+            JitState::Compiled(f) => Some(f),
+            JitState::Never => None,
+            JitState::Cold(runs) if runs < threshold => {
+                block.jit = JitState::Cold(runs + 1);
+                None
+            }
+            JitState::Cold(_) => self.compile_block(id),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    fn compile_block(&mut self, id: u32) -> Option<CompiledBlock> {
+        let idx = id as usize;
+        let code = self
+            .blocks
+            .blocks
+            .get(idx)
+            .and_then(|b| host::translate(&b.insns));
+        let Some(code) = code else {
+            if let Some(b) = self.blocks.blocks.get_mut(idx) {
+                b.jit = JitState::Never;
+            }
+            return None;
+        };
+        let Some(buffer) = self.blocks.code_buffer() else {
+            // No executable memory: interpret from now on.
+            self.jit_policy = JitPolicy::Off;
+            return None;
+        };
+        let f = match host::install(buffer, &code) {
+            Some(f) => f,
+            None => {
+                // Full: start the arena over, as QEMU does.
+                self.blocks.drop_compiled();
+                let buffer = self.blocks.code_buffer()?;
+                match host::install(buffer, &code) {
+                    Some(f) => f,
+                    None => {
+                        self.jit_policy = JitPolicy::Off;
+                        return None;
+                    }
+                }
+            }
+        };
+        self.stats.compilations += 1;
+        let block = self.blocks.blocks.get_mut(idx)?;
+        block.jit = JitState::Compiled(f);
+        Some(f)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn compile_block(&mut self, _id: u32) -> Option<CompiledBlock> {
+        self.jit_policy = JitPolicy::Off;
+        None
+    }
+
+    /// Runs compiled block `f` for `insns`, with the interpreter's
+    /// contract (see [`Hart::exec_block`]).
+    pub(super) fn run_compiled(
+        &mut self,
+        f: CompiledBlock,
+        insns: &[Insn],
+    ) -> Result<(), Exception> {
+        let attention = self.signals.attention_flag() as *const _;
+        // SAFETY: `f` was compiled from exactly these instructions (a
+        // block's code and instructions are replaced together) and follows
+        // the convention documented in `jit_x86_64.rs`: it reads and writes
+        // only this hart's fields at the offsets it was given and calls the
+        // helpers above, which reborrow the hart from the pointer; `self`
+        // is not used while it runs.
+        let status = unsafe { f(self as *mut Hart, insns.as_ptr(), attention) };
+        if status == 0 {
+            return Ok(());
+        }
+        match self.jit_exception.take() {
+            Some(e) => Err(e),
+            // Not reachable: every failing helper leaves its exception.
+            // Re-running the instruction is the safe fallback.
+            None => Ok(()),
+        }
+    }
+}
