@@ -16,4 +16,12 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
 
+# The software CPU's instruction tests once more with each other compile
+# policy (the run above uses the default, compiling hot blocks): every
+# block interpreted, and every block compiled to host code before it runs.
+for policy in off eager; do
+    echo "== instruction tests with EMBER_TEST_TCG_JIT=$policy"
+    EMBER_TEST_TCG_JIT=$policy cargo test --locked --test tcg_instructions
+done
+
 echo "== tools/test.sh: all checks passed"

@@ -41,8 +41,13 @@ impl Hart {
         };
         self.inflight = insns.len().saturating_sub(1) as u64;
         let result = match compiled {
-            Some(f) => self.run_compiled(f, &insns),
-            None => self.run_insns(&insns),
+            Ok(f) => self.run_compiled(f, &insns),
+            Err(max_loops) => {
+                self.loops_left = max_loops;
+                let r = self.run_insns(&insns);
+                self.count_self_loops(id, max_loops - self.loops_left);
+                r
+            }
         };
         self.blocks_put_back(id, insns);
         result
@@ -287,12 +292,17 @@ impl Hart {
             };
             // The instruction just run jumped: the block ends here.
             self.stats.instructions += before(&it) + 1;
-            if target == start && self.budget > 0 && !self.check && !self.signals.needs_attention()
+            if target == start
+                && self.budget > 0
+                && self.loops_left > 0
+                && !self.check
+                && !self.signals.needs_attention()
             {
                 // Run the block again. `stats.instructions` is kept exact
                 // for a CSR read later in this block (see
                 // `Hart::inflight`).
                 self.budget -= 1;
+                self.loops_left -= 1;
                 self.stats.blocks += 1;
                 it = insns.iter();
                 continue;

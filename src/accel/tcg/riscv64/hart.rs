@@ -181,6 +181,9 @@ pub struct Hart {
     pub(super) inflight: u64,
     /// When blocks are compiled to host code (`jit.rs`).
     pub(super) jit_policy: JitPolicy,
+    /// Self-loop iterations the interpreter may still run in the current
+    /// block before it should be compiled instead.
+    pub(super) loops_left: u32,
     /// The exception a helper called from compiled code raised.
     pub(super) jit_exception: Option<Exception>,
     /// Stop after this many instructions (bounded runs for tests).
@@ -230,6 +233,7 @@ impl Hart {
             inflight: 0,
             jit_policy: JitPolicy::default(),
             jit_exception: None,
+            loops_left: 0,
             stats: HartStats::default(),
         }
     }

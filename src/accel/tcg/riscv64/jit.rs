@@ -215,19 +215,39 @@ impl Hart {
     }
 
     /// The compiled code for block `id`, compiling it if it has become
-    /// hot; `None` to interpret it.
+    /// hot; else `Err(n)`: interpret it, looping on itself at most `n`
+    /// times (a block that loops on itself becomes hot by its
+    /// iterations, which [`Hart::count_self_loops`] adds).
     #[inline]
-    pub(super) fn compiled(&mut self, id: u32) -> Option<CompiledBlock> {
-        let threshold = self.jit_policy.threshold()?;
-        let block = self.blocks.blocks.get_mut(id as usize)?;
+    pub(super) fn compiled(&mut self, id: u32) -> Result<CompiledBlock, u32> {
+        let Some(threshold) = self.jit_policy.threshold() else {
+            return Err(u32::MAX);
+        };
+        let Some(block) = self.blocks.blocks.get_mut(id as usize) else {
+            return Err(u32::MAX);
+        };
         match block.jit {
-            JitState::Compiled(f) => Some(f),
-            JitState::Never => None,
+            JitState::Compiled(f) => Ok(f),
+            JitState::Never => Err(u32::MAX),
             JitState::Cold(runs) if runs < threshold => {
                 block.jit = JitState::Cold(runs + 1);
-                None
+                Err(threshold - runs)
             }
-            JitState::Cold(_) => self.compile_block(id),
+            JitState::Cold(_) => self.compile_block(id).ok_or(u32::MAX),
+        }
+    }
+
+    /// Counts `loops` self-loop iterations of interpreted block `id` as
+    /// runs.
+    #[inline]
+    pub(super) fn count_self_loops(&mut self, id: u32, loops: u32) {
+        if loops == 0 {
+            return;
+        }
+        if let Some(block) = self.blocks.blocks.get_mut(id as usize) {
+            if let JitState::Cold(runs) = block.jit {
+                block.jit = JitState::Cold(runs.saturating_add(loops));
+            }
         }
     }
 

@@ -1,0 +1,176 @@
+//! The software CPU's two tiers agree: random programs (integer,
+//! multiply/divide, shifts, loads and stores of every width, forward
+//! branches, a counted loop, compressed and full-size encodings) run once
+//! interpreted only, once compiling blocks when hot (so blocks change tier
+//! in the middle of the loop) and once compiling every block before it
+//! runs. Registers, memory and the retired-instruction count must match
+//! exactly. The interpreter itself is checked against an ISA model in
+//! tcg_instructions.rs, which tools/test.sh also runs with every block
+//! compiled.
+
+#[path = "common/riscv.rs"]
+mod riscv;
+
+use std::fmt::Write;
+
+use ember::accel::tcg::riscv64::jit::JitPolicy;
+use proptest::prelude::*;
+use riscv::*;
+
+/// Registers the random instructions use (x0 as a destination checks that
+/// writes to it vanish). s2 holds the data address and s3 the loop count.
+const POOL: &[&str] = &[
+    "zero", "t0", "t1", "t2", "s0", "s1", "a0", "a1", "a2", "a3", "a4", "a5",
+];
+const RR: &[&str] = &[
+    "add", "sub", "sll", "slt", "sltu", "xor", "srl", "sra", "or", "and", "addw", "subw", "sllw",
+    "srlw", "sraw", "mul", "mulh", "mulhsu", "mulhu", "div", "divu", "rem", "remu", "mulw", "divw",
+    "divuw", "remw", "remuw",
+];
+const RI: &[&str] = &["addi", "slti", "sltiu", "xori", "ori", "andi", "addiw"];
+const SHIFT: &[&str] = &["slli", "srli", "srai"];
+const SHIFTW: &[&str] = &["slliw", "srliw", "sraiw"];
+const LOADS: &[&str] = &["lb", "lh", "lw", "ld", "lbu", "lhu", "lwu"];
+const STORES: &[&str] = &["sb", "sh", "sw", "sd"];
+const BRANCHES: &[&str] = &["beq", "bne", "blt", "bge", "bltu", "bgeu"];
+/// Bytes of data the loads and stores reach (from `DATA`).
+const DATA_LEN: usize = 320;
+/// Loop iterations: more than `jit::HOT_THRESHOLD`, so under the hot
+/// policy the loop's blocks switch tier part-way.
+const ITERATIONS: u64 = 60;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Rr(usize, usize, usize, usize),
+    Ri(usize, usize, usize, i32),
+    Shift(usize, usize, usize, u32),
+    ShiftW(usize, usize, usize, u32),
+    Lui(usize, u32),
+    Load(usize, usize, u32),
+    Store(usize, usize, u32),
+    /// Skip the next `n` steps when the branch is taken.
+    Branch(usize, usize, usize, usize),
+}
+
+fn reg() -> impl Strategy<Value = usize> {
+    0..POOL.len()
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..RR.len(), reg(), reg(), reg()).prop_map(|(o, d, a, b)| Step::Rr(o, d, a, b)),
+        2 => (0..RI.len(), reg(), reg(), -2048i32..2048).prop_map(|(o, d, a, i)| Step::Ri(o, d, a, i)),
+        1 => (0..SHIFT.len(), reg(), reg(), 0u32..64).prop_map(|(o, d, a, s)| Step::Shift(o, d, a, s)),
+        1 => (0..SHIFTW.len(), reg(), reg(), 0u32..32).prop_map(|(o, d, a, s)| Step::ShiftW(o, d, a, s)),
+        1 => (reg(), 0u32..(1 << 20)).prop_map(|(d, i)| Step::Lui(d, i)),
+        2 => (0..LOADS.len(), reg(), 0u32..(DATA_LEN as u32 - 8)).prop_map(|(o, d, off)| Step::Load(o, d, off)),
+        2 => (0..STORES.len(), reg(), 0u32..(DATA_LEN as u32 - 8)).prop_map(|(o, s, off)| Step::Store(o, s, off)),
+        2 => (0..BRANCHES.len(), reg(), reg(), 1usize..6).prop_map(|(o, a, b, n)| Step::Branch(o, a, b, n)),
+    ]
+}
+
+/// Register values: corner cases for division, shifts and comparisons,
+/// and anything else.
+fn value() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        prop::sample::select(vec![
+            0u64,
+            1,
+            u64::MAX,
+            i64::MIN as u64,
+            i64::MAX as u64,
+            0xffff_ffff,
+            0x8000_0000,
+            0x7fff_ffff,
+            0xffff_ffff_8000_0000,
+            63,
+            64,
+            32,
+        ]),
+        any::<u64>(),
+        0u64..1000,
+    ]
+}
+
+fn source(init: &[u64], steps: &[Step]) -> String {
+    let mut s = String::from("main:\n    li s2, DATA\n");
+    for (r, v) in POOL.iter().zip(init).skip(1) {
+        writeln!(s, "    li {r}, {v:#x}").unwrap();
+    }
+    writeln!(s, "    li s3, {ITERATIONS}\nloop:\n    .option rvc").unwrap();
+    // Labels a branch at step k jumps to, placed after step k + n.
+    let mut labels: Vec<Vec<usize>> = vec![Vec::new(); steps.len() + 1];
+    for (k, st) in steps.iter().enumerate() {
+        for &from in &labels[k] {
+            writeln!(s, "L{from}:").unwrap();
+        }
+        let p = |i: usize| POOL[i];
+        match *st {
+            Step::Rr(o, d, a, b) => writeln!(s, "    {} {}, {}, {}", RR[o], p(d), p(a), p(b)),
+            Step::Ri(o, d, a, i) => writeln!(s, "    {} {}, {}, {i}", RI[o], p(d), p(a)),
+            Step::Shift(o, d, a, sh) => writeln!(s, "    {} {}, {}, {sh}", SHIFT[o], p(d), p(a)),
+            Step::ShiftW(o, d, a, sh) => {
+                writeln!(s, "    {} {}, {}, {sh}", SHIFTW[o], p(d), p(a))
+            }
+            Step::Lui(d, i) => writeln!(s, "    lui {}, {i:#x}", p(d)),
+            Step::Load(o, d, off) => writeln!(s, "    {} {}, {off}(s2)", LOADS[o], p(d)),
+            Step::Store(o, v, off) => writeln!(s, "    {} {}, {off}(s2)", STORES[o], p(v)),
+            Step::Branch(o, a, b, n) => {
+                labels[(k + 1 + n).min(steps.len())].push(k);
+                writeln!(s, "    {} {}, {}, L{k}", BRANCHES[o], p(a), p(b))
+            }
+        }
+        .unwrap();
+    }
+    for &from in &labels[steps.len()] {
+        writeln!(s, "L{from}:").unwrap();
+    }
+    s.push_str("    addi s3, s3, -1\n    bnez s3, loop\n    .option norvc\n    sbi 8, 0\n");
+    s
+}
+
+/// What a run leaves behind.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    x: Vec<u64>,
+    data: Vec<u8>,
+    instructions: u64,
+    traps: usize,
+}
+
+fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, u64) {
+    let mut m = Machine::load(p);
+    m.hart.set_jit_policy(policy);
+    m.write(DATA, data);
+    m.run_to_poweroff();
+    let outcome = Outcome {
+        x: m.hart.x[..32].to_vec(),
+        data: m.read(DATA, DATA_LEN),
+        instructions: m.hart.stats.instructions,
+        traps: m.traps().len(),
+    };
+    (outcome, m.hart.stats.compilations)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn compiled_blocks_match_the_interpreter(
+        init in prop::collection::vec(value(), POOL.len()),
+        steps in prop::collection::vec(step(), 1..40),
+        data in prop::collection::vec(any::<u8>(), DATA_LEN),
+    ) {
+        let p = assemble(&program(&source(&init, &steps)));
+        let (interpreted, none) = run(&p, &data, JitPolicy::Off);
+        prop_assert_eq!(none, 0);
+        prop_assert_eq!(interpreted.traps, 0);
+        for policy in [JitPolicy::Hot, JitPolicy::Eager] {
+            let (compiled, compilations) = run(&p, &data, policy);
+            prop_assert_eq!(&compiled, &interpreted, "{:?}", policy);
+            if JitPolicy::supported() {
+                prop_assert!(compilations > 0, "{:?} compiled nothing", policy);
+            }
+        }
+    }
+}
