@@ -1,6 +1,7 @@
 //! The software CPU's two tiers agree: random programs (integer,
 //! multiply/divide, shifts, loads and stores of every width, forward
-//! branches, a counted loop, compressed and full-size encodings) run once
+//! branches, a counted loop, compressed and full-size encodings, accesses
+//! that straddle a page boundary) run once
 //! interpreted only, once compiling blocks when hot (so blocks change tier
 //! in the middle of the loop) and once compiling every block before it
 //! runs. Registers, memory and the retired-instruction count must match
@@ -33,8 +34,10 @@ const SHIFTW: &[&str] = &["slliw", "srliw", "sraiw"];
 const LOADS: &[&str] = &["lb", "lh", "lw", "ld", "lbu", "lhu", "lwu"];
 const STORES: &[&str] = &["sb", "sh", "sw", "sd"];
 const BRANCHES: &[&str] = &["beq", "bne", "blt", "bge", "bltu", "bgeu"];
-/// Bytes of data the loads and stores reach (from `DATA`).
+/// Bytes of data the loads and stores reach, from `BASE`: across a page
+/// boundary, so that some accesses straddle two pages.
 const DATA_LEN: usize = 320;
+const BASE: u64 = DATA + 4096 - 160;
 /// Loop iterations: more than `jit::HOT_THRESHOLD`, so under the hot
 /// policy the loop's blocks switch tier part-way.
 const ITERATIONS: u64 = 60;
@@ -93,7 +96,7 @@ fn value() -> impl Strategy<Value = u64> {
 }
 
 fn source(init: &[u64], steps: &[Step]) -> String {
-    let mut s = String::from("main:\n    li s2, DATA\n");
+    let mut s = format!("main:\n    li s2, {BASE:#x}\n");
     for (r, v) in POOL.iter().zip(init).skip(1) {
         writeln!(s, "    li {r}, {v:#x}").unwrap();
     }
@@ -141,11 +144,11 @@ struct Outcome {
 fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, u64) {
     let mut m = Machine::load(p);
     m.hart.set_jit_policy(policy);
-    m.write(DATA, data);
+    m.write(BASE, data);
     m.run_to_poweroff();
     let outcome = Outcome {
         x: m.hart.x[..32].to_vec(),
-        data: m.read(DATA, DATA_LEN),
+        data: m.read(BASE, DATA_LEN),
         instructions: m.hart.stats.instructions,
         traps: m.traps().len(),
     };

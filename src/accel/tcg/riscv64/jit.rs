@@ -69,6 +69,7 @@ pub type CompiledBlock = unsafe extern "sysv64" fn(
     hart: *mut Hart,
     insns: *const Insn,
     attention: *const std::sync::atomic::AtomicBool,
+    tlb: *const crate::accel::tcg::tlb::TlbEntry,
 ) -> u32;
 
 /// A block's standing with the compiler.
@@ -90,6 +91,7 @@ mod host {
     use super::super::jit_x86_64::{compile, HartLayout, Helpers};
     use super::CompiledBlock;
     use crate::accel::tcg::code_buffer::CodeBuffer;
+    use crate::accel::tcg::tlb::TlbEntry;
 
     /// `rax:rdx` of a helper's return.
     #[repr(C)]
@@ -166,6 +168,10 @@ mod host {
             check: off(offset_of!(Hart, check)),
             instructions: off(offset_of!(Hart, stats.instructions)),
             blocks: off(offset_of!(Hart, stats.blocks)),
+            tlb_stride: off(std::mem::size_of::<TlbEntry>()),
+            tlb_read: off(offset_of!(TlbEntry, addr_read)),
+            tlb_write: off(offset_of!(TlbEntry, addr_write)),
+            tlb_addend: off(offset_of!(TlbEntry, addend)),
         }
     }
 
@@ -306,13 +312,18 @@ impl Hart {
         insns: &[Insn],
     ) -> Result<(), Exception> {
         let attention = self.signals.attention_flag() as *const _;
+        let tlb = self.tlb.modes[self.mmu_idx].table.as_ptr();
         // SAFETY: `f` was compiled from exactly these instructions (a
         // block's code and instructions are replaced together) and follows
         // the convention documented in `jit_x86_64.rs`: it reads and writes
         // only this hart's fields at the offsets it was given and calls the
         // helpers above, which reborrow the hart from the pointer; `self`
-        // is not used while it runs.
-        let status = unsafe { f(self as *mut Hart, insns.as_ptr(), attention) };
+        // is not used while it runs. Its inline loads and stores use the
+        // TLB `tlb` points to exactly as `Hart::load`/`store`'s fast path
+        // does: a comparator without flag bits is only installed for a RAM
+        // page of the view the hart holds, and the page check keeps the
+        // whole access inside that page.
+        let status = unsafe { f(self as *mut Hart, insns.as_ptr(), attention, tlb) };
         if status == 0 {
             return Ok(());
         }

@@ -4,7 +4,9 @@
 //! used). The generated function keeps guest registers in the hart's
 //! register file (`[rbx + 8 * r]`), as QEMU's TCG keeps them in `env`, and
 //! does the integer, multiply/divide and branch instructions inline. Loads
-//! and stores call the interpreter's TLB code through small helpers, and
+//! and stores do the softmmu TLB lookup inline and call the interpreter's
+//! TLB code through small helpers only on a miss (or MMIO, or a page
+//! crossing), and
 //! every other instruction (system, CSR, atomic, floating point) calls the
 //! interpreter for that one instruction, so every block can be compiled
 //! and both tiers share one implementation of the rarer instructions.
@@ -14,19 +16,22 @@
 //! is ours because no crate maps RISC-V onto x86-64.
 //!
 //! Calling convention of a compiled block (System V):
-//! `fn(hart: *mut Hart, insns: *const Insn, attention: *const AtomicBool)
-//! -> u32`, returning [`EXIT_OK`] (the hart's `pc` holds the next pc) or
+//! `fn(hart: *mut Hart, insns: *const Insn, attention: *const AtomicBool,
+//! tlb: *const TlbEntry) -> u32` (`tlb`: the current MMU mode's table,
+//! which cannot change inside a block: only block-ending instructions
+//! switch modes), returning [`EXIT_OK`] (the hart's `pc` holds the next pc) or
 //! [`EXIT_EXCEPTION`] (`pc` holds the faulting instruction's pc and the
 //! helper that failed left the exception in the hart). In both cases the
 //! hart's instruction count already includes what the block retired, with
 //! the same rules as the interpreter (see `exec.rs`). Registers while the
 //! block runs: `r12` the hart, `rbx` its register file, `r13` the block's
 //! start pc, `r14` the block's decoded instructions, `r15` the attention
-//! flag.
+//! flag, `rbp` the TLB table.
 
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 
 use super::decode::{Insn, Op};
+use crate::accel::tcg::tlb::{PAGE_BITS, PAGE_MASK, TLB_ENTRIES};
 
 type Asm = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
 
@@ -46,6 +51,11 @@ pub struct HartLayout {
     pub check: i32,
     pub instructions: i32,
     pub blocks: i32,
+    /// Size of a `TlbEntry` and the offsets of its fields.
+    pub tlb_stride: i32,
+    pub tlb_read: i32,
+    pub tlb_write: i32,
+    pub tlb_addend: i32,
 }
 
 /// Addresses of the Rust helpers generated code calls.
@@ -86,6 +96,23 @@ enum Stub {
         label: DynamicLabel,
         retired: u64,
         off: i64,
+    },
+    /// A load the inline TLB lookup could not do (miss, MMIO, page
+    /// crossing): the interpreter's load, then back with the value in rax.
+    SlowLoad {
+        label: DynamicLabel,
+        back: DynamicLabel,
+        fault: DynamicLabel,
+        size_log2: usize,
+        signed: bool,
+    },
+    /// The same for a store of guest register at offset `rs2`.
+    SlowStore {
+        label: DynamicLabel,
+        back: DynamicLabel,
+        fault: DynamicLabel,
+        size_log2: usize,
+        rs2: i32,
     },
 }
 
@@ -146,6 +173,7 @@ impl Gen {
             ; mov r13, QWORD [rdi + l.pc]
             ; mov r14, rsi
             ; mov r15, rdx
+            ; mov rbp, rcx
             ; =>top
             ; inc QWORD [r12 + l.blocks]
         );
@@ -231,6 +259,53 @@ impl Gen {
                     ; jmp =>exit
                 );
             }
+            Stub::SlowLoad {
+                label,
+                back,
+                fault,
+                size_log2,
+                signed,
+            } => {
+                // rsi still holds the guest virtual address.
+                let helper = self.h.load[size_log2] as i64;
+                dynasm!(self.a
+                    ; .arch x64
+                    ; =>label
+                    ; mov rdi, r12
+                    ; mov rax, QWORD helper
+                    ; call rax
+                    ; test rdx, rdx
+                    ; jnz =>fault
+                );
+                if signed {
+                    match size_log2 {
+                        0 => dynasm!(self.a ; .arch x64 ; movsx rax, al),
+                        1 => dynasm!(self.a ; .arch x64 ; movsx rax, ax),
+                        _ => dynasm!(self.a ; .arch x64 ; movsxd rax, eax),
+                    }
+                }
+                dynasm!(self.a ; .arch x64 ; jmp =>back);
+            }
+            Stub::SlowStore {
+                label,
+                back,
+                fault,
+                size_log2,
+                rs2,
+            } => {
+                let helper = self.h.store[size_log2] as i64;
+                dynasm!(self.a
+                    ; .arch x64
+                    ; =>label
+                    ; mov rdi, r12
+                    ; mov rdx, QWORD [rbx + rs2]
+                    ; mov rax, QWORD helper
+                    ; call rax
+                    ; test rax, rax
+                    ; jnz =>fault
+                    ; jmp =>back
+                );
+            }
             Stub::Fault {
                 label,
                 retired,
@@ -250,6 +325,31 @@ impl Gen {
             }
         }
         Ok(())
+    }
+
+    /// The softmmu fast path, inline (QEMU's `tcg_out_tlb_load`): with the
+    /// guest virtual address in rsi, looks up the current MMU mode's TLB
+    /// (table in rbp) and compares the page of the access's last byte with
+    /// the comparator at `comparator` (`addr_read` or `addr_write`). A
+    /// comparator with flag bits, a different page or an access that
+    /// crosses into the next page all mismatch and go to `slow` with rsi
+    /// unchanged; a hit leaves the host address in rsi.
+    fn tlb_lookup(&mut self, size_log2: usize, comparator: i32, slow: DynamicLabel) {
+        let l = self.l;
+        let last = (1i32 << size_log2) - 1;
+        let page_mask = PAGE_MASK as i64 as i32;
+        dynasm!(self.a
+            ; .arch x64
+            ; mov rax, rsi
+            ; shr rax, PAGE_BITS as i8
+            ; and eax, (TLB_ENTRIES - 1) as i32
+            ; imul eax, eax, l.tlb_stride
+            ; lea rdx, [rsi + last]
+            ; and rdx, page_mask
+            ; cmp rdx, QWORD [rbp + rax + comparator]
+            ; jne =>slow
+            ; add rsi, QWORD [rbp + rax + l.tlb_addend]
+        );
     }
 
     /// `rax = start + v`.
@@ -384,24 +484,29 @@ impl Gen {
                     Op::Lhu => (1, false),
                     _ => (2, false),
                 };
-                let helper = self.h.load[size_log2] as i64;
+                let slow = self.a.new_dynamic_label();
+                let back = self.a.new_dynamic_label();
                 let fault = self.fault(k, i);
-                asm!(
-                    ; mov rdi, r12
-                    ; mov rsi, QWORD [rbx + rs1]
-                    ; add rsi, imm32(imm)?
-                    ; mov rax, QWORD helper
-                    ; call rax
-                    ; test rdx, rdx
-                    ; jnz =>fault
-                );
-                if signed {
-                    match size_log2 {
-                        0 => asm!(; movsx rax, al),
-                        1 => asm!(; movsx rax, ax),
-                        _ => asm!(; movsxd rax, eax),
-                    }
+                self.stubs.push(Stub::SlowLoad {
+                    label: slow,
+                    back,
+                    fault,
+                    size_log2,
+                    signed,
+                });
+                asm!(; mov rsi, QWORD [rbx + rs1] ; add rsi, imm32(imm)?);
+                self.tlb_lookup(size_log2, l.tlb_read, slow);
+                // rsi = host address.
+                match (size_log2, signed) {
+                    (0, true) => asm!(; movsx rax, BYTE [rsi]),
+                    (1, true) => asm!(; movsx rax, WORD [rsi]),
+                    (2, true) => asm!(; movsxd rax, DWORD [rsi]),
+                    (0, false) => asm!(; movzx eax, BYTE [rsi]),
+                    (1, false) => asm!(; movzx eax, WORD [rsi]),
+                    (2, false) => asm!(; mov eax, DWORD [rsi]),
+                    _ => asm!(; mov rax, QWORD [rsi]),
                 }
+                asm!(; =>back);
                 put!();
             }
             Op::Sb | Op::Sh | Op::Sw | Op::Sd => {
@@ -411,18 +516,26 @@ impl Gen {
                     Op::Sw => 2,
                     _ => 3,
                 };
-                let helper = self.h.store[size_log2] as i64;
+                let slow = self.a.new_dynamic_label();
+                let back = self.a.new_dynamic_label();
                 let fault = self.fault(k, i);
-                asm!(
-                    ; mov rdi, r12
-                    ; mov rsi, QWORD [rbx + rs1]
-                    ; add rsi, imm32(imm)?
-                    ; mov rdx, QWORD [rbx + rs2]
-                    ; mov rax, QWORD helper
-                    ; call rax
-                    ; test rax, rax
-                    ; jnz =>fault
-                );
+                self.stubs.push(Stub::SlowStore {
+                    label: slow,
+                    back,
+                    fault,
+                    size_log2,
+                    rs2,
+                });
+                asm!(; mov rsi, QWORD [rbx + rs1] ; add rsi, imm32(imm)?);
+                self.tlb_lookup(size_log2, l.tlb_write, slow);
+                asm!(; mov rdx, QWORD [rbx + rs2]);
+                match size_log2 {
+                    0 => asm!(; mov BYTE [rsi], dl),
+                    1 => asm!(; mov WORD [rsi], dx),
+                    2 => asm!(; mov DWORD [rsi], edx),
+                    _ => asm!(; mov QWORD [rsi], rdx),
+                }
+                asm!(; =>back);
             }
             Op::Addi => {
                 asm!(; mov rax, QWORD [rbx + rs1] ; add rax, imm32(imm)?);
