@@ -141,7 +141,14 @@ struct Outcome {
     traps: usize,
 }
 
-fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, u64) {
+/// Statistics of a run: blocks compiled, chain links made.
+#[derive(Debug, Default)]
+struct JitStats {
+    compilations: u64,
+    chained: u64,
+}
+
+fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, JitStats) {
     let mut m = Machine::load(p);
     m.hart.set_jit_policy(policy);
     m.write(BASE, data);
@@ -152,7 +159,58 @@ fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, u64) {
         instructions: m.hart.stats.instructions,
         traps: m.traps().len(),
     };
-    (outcome, m.hart.stats.compilations)
+    let stats = JitStats {
+        compilations: m.hart.stats.compilations,
+        chained: m.hart.stats.chained,
+    };
+    (outcome, stats)
+}
+
+/// A loop through several blocks on one page (jumps, a taken branch, a
+/// call and return, a load and store) runs chained from block to block
+/// once compiled, with the interpreter's results.
+#[test]
+fn chained_blocks_match_the_interpreter() {
+    let p = assemble(&program(&format!(
+        r#"
+main:
+    li s2, {BASE:#x}
+    li s3, 500
+    li t0, 0
+    li t1, 7
+loop:
+    addi t0, t0, 3
+    j 1f
+2:
+    mul t1, t1, t0
+    andi t2, t1, 4
+    beqz t2, 3f
+    addi t0, t0, 1
+3:
+    call leaf
+    addi s3, s3, -1
+    bnez s3, loop
+    sbi 8, 0
+1:
+    xor t1, t1, t0
+    sd t1, 0(s2)
+    j 2b
+leaf:
+    ld a0, 0(s2)
+    add a1, a1, a0
+    ret
+"#
+    )));
+    let data = vec![0u8; DATA_LEN];
+    let (interpreted, _) = run(&p, &data, JitPolicy::Off);
+    for policy in [JitPolicy::Hot, JitPolicy::Eager] {
+        let (compiled, stats) = run(&p, &data, policy);
+        assert_eq!(compiled, interpreted, "{policy:?}");
+        if JitPolicy::supported() {
+            assert!(stats.compilations > 0, "{policy:?}: {stats:?}");
+            assert!(stats.chained > 0, "{policy:?}: {stats:?}");
+        }
+    }
 }
 
 proptest! {
@@ -166,13 +224,13 @@ proptest! {
     ) {
         let p = assemble(&program(&source(&init, &steps)));
         let (interpreted, none) = run(&p, &data, JitPolicy::Off);
-        prop_assert_eq!(none, 0);
+        prop_assert_eq!(none.compilations, 0);
         prop_assert_eq!(interpreted.traps, 0);
         for policy in [JitPolicy::Hot, JitPolicy::Eager] {
-            let (compiled, compilations) = run(&p, &data, policy);
+            let (compiled, stats) = run(&p, &data, policy);
             prop_assert_eq!(&compiled, &interpreted, "{:?}", policy);
             if JitPolicy::supported() {
-                prop_assert!(compilations > 0, "{:?} compiled nothing", policy);
+                prop_assert!(stats.compilations > 0, "{:?} compiled nothing", policy);
             }
         }
     }

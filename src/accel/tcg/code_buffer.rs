@@ -24,6 +24,9 @@ pub struct CodeBuffer {
     write: MmapMut,
     exec: Mmap,
     used: usize,
+    /// Counts resets, so that an address taken before one is not trusted
+    /// after it.
+    epoch: u64,
 }
 
 /// An anonymous memory file of `size` bytes.
@@ -58,6 +61,7 @@ impl CodeBuffer {
             write,
             exec,
             used: 0,
+            epoch: 0,
         })
     }
 
@@ -66,6 +70,26 @@ impl CodeBuffer {
     /// installation overwrites it.
     pub fn reset(&mut self) {
         self.used = 0;
+        self.epoch += 1;
+    }
+
+    /// How many times the arena was reset.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Overwrites the 8 bytes at `addr` (an executable-mapping address
+    /// inside installed code, 8-aligned): a chain slot. Returns whether
+    /// `addr` was such a place.
+    pub fn patch_u64(&mut self, addr: usize, value: u64) -> bool {
+        let Some(off) = addr.checked_sub(self.exec.as_ptr() as usize) else {
+            return false;
+        };
+        if off % 8 != 0 || off.saturating_add(8) > self.used {
+            return false;
+        }
+        self.write[off..off + 8].copy_from_slice(&value.to_ne_bytes());
+        true
     }
 
     /// Bytes installed since the last reset.
@@ -114,6 +138,22 @@ mod tests {
         assert_eq!(d, a);
         // SAFETY: as above.
         assert_eq!(unsafe { *d.add(4095) }, 0xcc);
+    }
+
+    #[test]
+    fn patches_only_installed_aligned_slots() {
+        let mut b = CodeBuffer::new(4096).unwrap();
+        let p = b.install(&[0u8; 24]).unwrap() as usize;
+        assert!(b.patch_u64(p + 8, 0x1122_3344_5566_7788));
+        // SAFETY: inside the installed bytes.
+        assert_eq!(unsafe { *(p as *const u8).add(8) }, 0x88);
+        assert!(!b.patch_u64(p + 4, 1), "unaligned");
+        assert!(!b.patch_u64(p + 24, 1), "past the installed code");
+        assert!(!b.patch_u64(p.wrapping_sub(8), 1), "before the arena");
+        let e = b.epoch();
+        b.reset();
+        assert_eq!(b.epoch(), e + 1);
+        assert!(!b.patch_u64(p, 1), "nothing is installed after a reset");
     }
 
     #[test]

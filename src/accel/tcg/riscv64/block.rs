@@ -30,6 +30,8 @@ const MAX_BLOCKS: usize = 1 << 16;
 /// One translated block.
 pub struct Block {
     pub generation: u32,
+    /// Guest physical address of the first instruction.
+    pub paddr: u64,
     pub insns: Box<[Insn]>,
     pub jit: JitState,
 }
@@ -121,7 +123,7 @@ impl BlockCache {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn drop_compiled(&mut self) {
         for b in &mut self.blocks {
-            if let JitState::Compiled(_) = b.jit {
+            if let JitState::Compiled { .. } = b.jit {
                 b.jit = JitState::Cold(0);
             }
         }
@@ -131,6 +133,14 @@ impl BlockCache {
     }
 
     /// The code arena, reserved on first use; `None` if the host refuses.
+    /// The arena's reset count (0 before it exists).
+    pub(super) fn code_epoch(&self) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        return self.code.as_ref().map_or(0, CodeBuffer::epoch);
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    }
+
     #[cfg(target_arch = "x86_64")]
     pub(super) fn code_buffer(&mut self) -> Option<&mut CodeBuffer> {
         if self.code.is_none() {
@@ -232,6 +242,7 @@ impl Hart {
         }
         let block = Block {
             generation,
+            paddr,
             insns: insns.into_boxed_slice(),
             jit: JitState::Cold(0),
         };

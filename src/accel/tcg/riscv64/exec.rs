@@ -35,13 +35,18 @@ impl Hart {
         // block (a move of a pointer, no copy), so executing them can use
         // `&mut self` freely.
         let compiled = self.compiled(id);
+        if let Some(link) = self.pending_link.take() {
+            if compiled.is_ok() {
+                self.link(link, id);
+            }
+        }
         let insns = match self.blocks_take(id) {
             Some(i) => i,
             None => return Ok(()),
         };
         self.inflight = insns.len().saturating_sub(1) as u64;
         let result = match compiled {
-            Ok(f) => self.run_compiled(f, &insns),
+            Ok(f) => self.run_compiled(id, f),
             Err(max_loops) => {
                 self.loops_left = max_loops;
                 let r = self.run_insns(&insns);

@@ -15,7 +15,7 @@ use crate::memory::FlatView;
 use crate::vmm::exit::ExitReason;
 
 use super::block::BlockCache;
-use super::jit::JitPolicy;
+use super::jit::{JitPolicy, PendingLink};
 use super::system::{HsmState, RiscvSystem, REQ_FENCE_I, REQ_FLUSH_TLB};
 
 /// Privilege levels the hart runs at.
@@ -90,6 +90,8 @@ pub struct HartStats {
     pub translations: u64,
     /// Blocks compiled to host code.
     pub compilations: u64,
+    /// Direct jumps linked between compiled blocks.
+    pub chained: u64,
     pub jump_cache_hits: u64,
     pub smc_invalidations: u64,
     pub traps: u64,
@@ -184,6 +186,11 @@ pub struct Hart {
     /// Self-loop iterations the interpreter may still run in the current
     /// block before it should be compiled instead.
     pub(super) loops_left: u32,
+    /// Written by compiled code: the chain slot it left unlinked (0 for
+    /// none).
+    pub(super) link_slot: u64,
+    /// That slot, waiting for the next block (see `Hart::link`).
+    pub(super) pending_link: Option<PendingLink>,
     /// The exception a helper called from compiled code raised.
     pub(super) jit_exception: Option<Exception>,
     /// Stop after this many instructions (bounded runs for tests).
@@ -233,6 +240,8 @@ impl Hart {
             inflight: 0,
             jit_policy: JitPolicy::default(),
             jit_exception: None,
+            link_slot: 0,
+            pending_link: None,
             loops_left: 0,
             stats: HartStats::default(),
         }
@@ -655,6 +664,9 @@ impl Hart {
     pub fn run(&mut self) {
         loop {
             if self.check || self.budget == 0 || self.signals.needs_attention() {
+                // Whatever service does (an interrupt, a flush) breaks the
+                // link between the last block and the next.
+                self.pending_link = None;
                 if !self.service() {
                     return;
                 }
@@ -674,10 +686,14 @@ impl Hart {
             match self.fetch_block() {
                 Ok(block) => {
                     if let Err(e) = self.exec_block(block) {
+                        self.pending_link = None;
                         self.take_exception(e);
                     }
                 }
-                Err(e) => self.take_exception(e),
+                Err(e) => {
+                    self.pending_link = None;
+                    self.take_exception(e);
+                }
             }
         }
     }

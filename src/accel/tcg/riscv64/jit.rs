@@ -16,8 +16,8 @@
 //! arena as well, and a full arena drops all compiled code and lets hot
 //! blocks compile again.
 
-use super::decode::Insn;
 use super::hart::{Exception, Hart};
+use crate::accel::tcg::tlb::PAGE_MASK;
 
 /// Runs after which a block is compiled (QEMU compiles at once; waiting
 /// keeps code that runs a handful of times, most of a boot, from paying
@@ -67,17 +67,30 @@ impl JitPolicy {
 /// A compiled block (see `jit_x86_64.rs` for the convention).
 pub type CompiledBlock = unsafe extern "sysv64" fn(
     hart: *mut Hart,
-    insns: *const Insn,
     attention: *const std::sync::atomic::AtomicBool,
     tlb: *const crate::accel::tcg::tlb::TlbEntry,
 ) -> u32;
+
+/// A chain slot compiled code left unlinked on its way out: linked to the
+/// next block the run loop runs, if that qualifies (see [`Hart::link`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PendingLink {
+    /// Executable-arena address of the slot.
+    pub slot: usize,
+    /// Physical page of the block that left it.
+    pub page: u64,
+    /// The arena's epoch then.
+    pub epoch: u64,
+}
 
 /// A block's standing with the compiler.
 #[derive(Clone, Copy, Debug)]
 pub enum JitState {
     /// Interpreted so far, this many runs.
     Cold(u32),
-    Compiled(CompiledBlock),
+    /// Host code: called from the run loop at `entry`, jumped to from
+    /// chained blocks at `chain` (an address in the executable arena).
+    Compiled { entry: CompiledBlock, chain: usize },
     /// Cannot be compiled (stays interpreted).
     Never,
 }
@@ -88,8 +101,8 @@ mod host {
 
     use super::super::decode::Insn;
     use super::super::hart::Hart;
-    use super::super::jit_x86_64::{compile, HartLayout, Helpers};
-    use super::CompiledBlock;
+    use super::super::jit_x86_64::{compile, Compiled, HartLayout, Helpers};
+    use super::{CompiledBlock, JitState};
     use crate::accel::tcg::code_buffer::CodeBuffer;
     use crate::accel::tcg::tlb::TlbEntry;
 
@@ -168,6 +181,8 @@ mod host {
             check: off(offset_of!(Hart, check)),
             instructions: off(offset_of!(Hart, stats.instructions)),
             blocks: off(offset_of!(Hart, stats.blocks)),
+            inflight: off(offset_of!(Hart, inflight)),
+            link_slot: off(offset_of!(Hart, link_slot)),
             tlb_stride: off(std::mem::size_of::<TlbEntry>()),
             tlb_read: off(offset_of!(TlbEntry, addr_read)),
             tlb_write: off(offset_of!(TlbEntry, addr_write)),
@@ -193,19 +208,32 @@ mod host {
         }
     }
 
-    /// Host code for `insns`, or `None` if the block cannot be compiled.
-    pub fn translate(insns: &[Insn]) -> Option<Vec<u8>> {
-        compile(insns, &layout(), &helpers()).ok()
+    /// Host code for `insns` (a block starting at guest physical `paddr`),
+    /// or `None` if the block cannot be compiled.
+    pub fn translate(insns: &[Insn], paddr: u64) -> Option<Compiled> {
+        let page_offset = paddr & !crate::accel::tcg::tlb::PAGE_MASK;
+        compile(
+            insns,
+            page_offset,
+            insns.as_ptr() as usize,
+            &layout(),
+            &helpers(),
+        )
+        .ok()
     }
 
     /// Installs `code` in `buffer`; `None` when it is full.
-    pub fn install(buffer: &mut CodeBuffer, code: &[u8]) -> Option<CompiledBlock> {
-        let ptr = buffer.install(code)?;
+    pub fn install(buffer: &mut CodeBuffer, code: &Compiled) -> Option<JitState> {
+        let ptr = buffer.install(&code.code)?;
         // SAFETY: `ptr` is the start of `code`, which `compile` generated
         // as a function with exactly this signature and convention, now
         // in executable memory that stays mapped and unchanged until the
         // arena is reset, which drops every `CompiledBlock` first.
-        Some(unsafe { std::mem::transmute::<*const u8, CompiledBlock>(ptr) })
+        let entry = unsafe { std::mem::transmute::<*const u8, CompiledBlock>(ptr) };
+        Some(JitState::Compiled {
+            entry,
+            chain: ptr as usize + code.chain_entry,
+        })
     }
 }
 
@@ -233,7 +261,7 @@ impl Hart {
             return Err(u32::MAX);
         };
         match block.jit {
-            JitState::Compiled(f) => Ok(f),
+            JitState::Compiled { entry, .. } => Ok(entry),
             JitState::Never => Err(u32::MAX),
             JitState::Cold(runs) if runs < threshold => {
                 block.jit = JitState::Cold(runs + 1);
@@ -265,7 +293,7 @@ impl Hart {
             .blocks
             .blocks
             .get(idx)
-            .and_then(|b| host::translate(&b.insns));
+            .and_then(|b| host::translate(&b.insns, b.paddr));
         let Some(code) = code else {
             if let Some(b) = self.blocks.blocks.get_mut(idx) {
                 b.jit = JitState::Never;
@@ -277,14 +305,14 @@ impl Hart {
             self.jit_policy = JitPolicy::Off;
             return None;
         };
-        let f = match host::install(buffer, &code) {
-            Some(f) => f,
+        let state = match host::install(buffer, &code) {
+            Some(s) => s,
             None => {
                 // Full: start the arena over, as QEMU does.
                 self.blocks.drop_compiled();
                 let buffer = self.blocks.code_buffer()?;
                 match host::install(buffer, &code) {
-                    Some(f) => f,
+                    Some(s) => s,
                     None => {
                         self.jit_policy = JitPolicy::Off;
                         return None;
@@ -294,9 +322,38 @@ impl Hart {
         };
         self.stats.compilations += 1;
         let block = self.blocks.blocks.get_mut(idx)?;
-        block.jit = JitState::Compiled(f);
-        Some(f)
+        block.jit = state;
+        match state {
+            JitState::Compiled { entry, .. } => Some(entry),
+            _ => None,
+        }
     }
+
+    /// Fills the chain slot the last compiled block left unlinked with
+    /// block `id`'s chain entry, if `id` is compiled, on the same physical
+    /// page as the block that left it, and the arena has not been reset
+    /// since (see `Stub::Exit` in `jit_x86_64.rs`).
+    #[cfg(target_arch = "x86_64")]
+    pub(super) fn link(&mut self, link: PendingLink, id: u32) {
+        let epoch = self.blocks.code_epoch();
+        let Some(block) = self.blocks.blocks.get(id as usize) else {
+            return;
+        };
+        let JitState::Compiled { chain, .. } = block.jit else {
+            return;
+        };
+        if link.epoch != epoch || block.paddr & PAGE_MASK != link.page {
+            return;
+        }
+        if let Some(code) = self.blocks.code_buffer() {
+            if code.patch_u64(link.slot, chain as u64) {
+                self.stats.chained += 1;
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) fn link(&mut self, _link: PendingLink, _id: u32) {}
 
     #[cfg(not(target_arch = "x86_64"))]
     fn compile_block(&mut self, _id: u32) -> Option<CompiledBlock> {
@@ -304,13 +361,16 @@ impl Hart {
         None
     }
 
-    /// Runs compiled block `f` for `insns`, with the interpreter's
-    /// contract (see [`Hart::exec_block`]).
-    pub(super) fn run_compiled(
-        &mut self,
-        f: CompiledBlock,
-        insns: &[Insn],
-    ) -> Result<(), Exception> {
+    /// Runs compiled block `id` (code `f`), with the interpreter's
+    /// contract (see [`Hart::exec_block`]); the caller holds the block's
+    /// instructions.
+    pub(super) fn run_compiled(&mut self, id: u32, f: CompiledBlock) -> Result<(), Exception> {
+        let page = self
+            .blocks
+            .blocks
+            .get(id as usize)
+            .map_or(u64::MAX, |b| b.paddr & PAGE_MASK);
+        self.link_slot = 0;
         let attention = self.signals.attention_flag() as *const _;
         let tlb = self.tlb.modes[self.mmu_idx].table.as_ptr();
         // SAFETY: `f` was compiled from exactly these instructions (a
@@ -323,8 +383,15 @@ impl Hart {
         // does: a comparator without flag bits is only installed for a RAM
         // page of the view the hart holds, and the page check keeps the
         // whole access inside that page.
-        let status = unsafe { f(self as *mut Hart, insns.as_ptr(), attention, tlb) };
+        let status = unsafe { f(self as *mut Hart, attention, tlb) };
         if status == 0 {
+            if self.link_slot != 0 {
+                self.pending_link = Some(PendingLink {
+                    slot: self.link_slot as usize,
+                    page,
+                    epoch: self.blocks.code_epoch(),
+                });
+            }
             return Ok(());
         }
         match self.jit_exception.take() {

@@ -16,8 +16,8 @@
 //! is ours because no crate maps RISC-V onto x86-64.
 //!
 //! Calling convention of a compiled block (System V):
-//! `fn(hart: *mut Hart, insns: *const Insn, attention: *const AtomicBool,
-//! tlb: *const TlbEntry) -> u32` (`tlb`: the current MMU mode's table,
+//! `fn(hart: *mut Hart, attention: *const AtomicBool, tlb: *const
+//! TlbEntry) -> u32` (`tlb`: the current MMU mode's table,
 //! which cannot change inside a block: only block-ending instructions
 //! switch modes), returning [`EXIT_OK`] (the hart's `pc` holds the next pc) or
 //! [`EXIT_EXCEPTION`] (`pc` holds the faulting instruction's pc and the
@@ -25,13 +25,15 @@
 //! hart's instruction count already includes what the block retired, with
 //! the same rules as the interpreter (see `exec.rs`). Registers while the
 //! block runs: `r12` the hart, `rbx` its register file, `r13` the block's
-//! start pc, `r14` the block's decoded instructions, `r15` the attention
+//! start pc, `r14` the block's decoded instructions (their address is
+//! built into the code: a block's instructions and code live and die
+//! together), `r15` the attention
 //! flag, `rbp` the TLB table.
 
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 
 use super::decode::{Insn, Op};
-use crate::accel::tcg::tlb::{PAGE_BITS, PAGE_MASK, TLB_ENTRIES};
+use crate::accel::tcg::tlb::{PAGE_BITS, PAGE_MASK, PAGE_SIZE, TLB_ENTRIES};
 
 type Asm = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
 
@@ -51,6 +53,11 @@ pub struct HartLayout {
     pub check: i32,
     pub instructions: i32,
     pub blocks: i32,
+    /// `u64`: instructions retired before the current one in this pass,
+    /// for CSR reads of `instret` (see `Hart::inflight`).
+    pub inflight: i32,
+    /// `u64`: where an unlinked chain slot was left (see [`Stub::Exit`]).
+    pub link_slot: i32,
     /// Size of a `TlbEntry` and the offsets of its fields.
     pub tlb_stride: i32,
     pub tlb_read: i32,
@@ -85,11 +92,19 @@ enum Stub {
     /// Instruction `index` jumped to the block's own start: count, then
     /// run the block again if nothing needs looking at.
     Loop { label: DynamicLabel, retired: u64 },
-    /// Leave the block for `start + target`.
+    /// Leave the block for `start + target`. With `chain` (the target is
+    /// on the block's own guest page, so the same physical page and
+    /// translation), the exit has a slot the run loop fills with the
+    /// target block's chain entry once that is compiled; the jump then
+    /// goes straight there. Only same-page targets are chained, as in
+    /// QEMU: every block on a page goes stale together (SMC), so a chain
+    /// never leads from valid code into stale code, and the hop checks
+    /// `check` (set by a store into a code page) and the attention flag.
     Exit {
         label: DynamicLabel,
         retired: u64,
         target: i64,
+        chain: bool,
     },
     /// Instruction at byte offset `off` faulted after `retired` others.
     Fault {
@@ -124,21 +139,34 @@ fn imm32(v: i64) -> Result<i32, CompileError> {
     i32::try_from(v).map_err(|_| CompileError::Immediate)
 }
 
-/// Compiles `insns` (one translated block) to position-independent x86-64
-/// code.
+/// A compiled block: position-independent x86-64 code.
+pub struct Compiled {
+    pub code: Vec<u8>,
+    /// Where blocks chained to this one jump in (see [`Stub::Exit`]).
+    pub chain_entry: usize,
+}
+
+/// Compiles `insns` (one translated block, starting `page_offset` bytes
+/// into its guest page; the instructions stay at `insns_addr` for as long
+/// as the code exists) to position-independent x86-64 code.
 pub fn compile(
     insns: &[Insn],
+    page_offset: u64,
+    insns_addr: usize,
     layout: &HartLayout,
     helpers: &Helpers,
-) -> Result<Vec<u8>, CompileError> {
+) -> Result<Compiled, CompileError> {
     let mut g = Gen {
         a: Asm::new(0),
         l: *layout,
         h: *helpers,
         stubs: Vec::new(),
+        slots: Vec::new(),
+        page_offset: page_offset as i64,
     };
-    g.block(insns)?;
-    g.a.finalize().map_err(|_| CompileError::Assembler)
+    let chain_entry = g.block(insns, insns_addr)?;
+    let code = g.a.finalize().map_err(|_| CompileError::Assembler)?;
+    Ok(Compiled { code, chain_entry })
 }
 
 struct Gen {
@@ -146,6 +174,78 @@ struct Gen {
     l: HartLayout,
     h: Helpers,
     stubs: Vec<Stub>,
+    /// Chain slots to emit after the code.
+    slots: Vec<DynamicLabel>,
+    page_offset: i64,
+}
+
+/// Whether `op` runs through the interpreter's cold path.
+fn is_cold(op: Op) -> bool {
+    !matches!(
+        op,
+        Op::Lui
+            | Op::Auipc
+            | Op::Jal
+            | Op::Jalr
+            | Op::Beq
+            | Op::Bne
+            | Op::Blt
+            | Op::Bge
+            | Op::Bltu
+            | Op::Bgeu
+            | Op::Lb
+            | Op::Lh
+            | Op::Lw
+            | Op::Ld
+            | Op::Lbu
+            | Op::Lhu
+            | Op::Lwu
+            | Op::Sb
+            | Op::Sh
+            | Op::Sw
+            | Op::Sd
+            | Op::Addi
+            | Op::Slti
+            | Op::Sltiu
+            | Op::Xori
+            | Op::Ori
+            | Op::Andi
+            | Op::Slli
+            | Op::Srli
+            | Op::Srai
+            | Op::Addiw
+            | Op::Slliw
+            | Op::Srliw
+            | Op::Sraiw
+            | Op::Add
+            | Op::Sub
+            | Op::Sll
+            | Op::Slt
+            | Op::Sltu
+            | Op::Xor
+            | Op::Srl
+            | Op::Sra
+            | Op::Or
+            | Op::And
+            | Op::Addw
+            | Op::Subw
+            | Op::Sllw
+            | Op::Srlw
+            | Op::Sraw
+            | Op::Mul
+            | Op::Mulh
+            | Op::Mulhsu
+            | Op::Mulhu
+            | Op::Div
+            | Op::Divu
+            | Op::Rem
+            | Op::Remu
+            | Op::Mulw
+            | Op::Divw
+            | Op::Divuw
+            | Op::Remw
+            | Op::Remuw
+    )
 }
 
 impl Gen {
@@ -154,7 +254,8 @@ impl Gen {
         8 * r as i32
     }
 
-    fn block(&mut self, insns: &[Insn]) -> Result<(), CompileError> {
+    /// Emits the block; returns the chain entry's offset.
+    fn block(&mut self, insns: &[Insn], insns_addr: usize) -> Result<usize, CompileError> {
         let top = self.a.new_dynamic_label();
         let exit = self.a.new_dynamic_label();
         let l = self.l;
@@ -171,9 +272,14 @@ impl Gen {
             ; mov r12, rdi
             ; lea rbx, [rdi + l.x]
             ; mov r13, QWORD [rdi + l.pc]
-            ; mov r14, rsi
-            ; mov r15, rdx
-            ; mov rbp, rcx
+            ; mov r15, rsi
+            ; mov rbp, rdx
+        );
+        // Chained blocks come in here, with r13 already their start pc.
+        let chain_entry = self.a.offset().0;
+        dynasm!(self.a
+            ; .arch x64
+            ; mov r14, QWORD insns_addr as i64
             ; =>top
             ; inc QWORD [r12 + l.blocks]
         );
@@ -183,16 +289,12 @@ impl Gen {
         }
         if !ended {
             // Fell off the end: the next pc follows the last instruction.
+            // After a cold instruction (a CSR write, an SBI call) the hart
+            // must go back to its run loop, so that exit never chains.
             let end = insns.last().map_or(0, |i| i.off as i64 + i.len as i64);
-            let n = insns.len() as i32;
-            dynasm!(self.a
-                ; .arch x64
-                ; add QWORD [r12 + l.instructions], n
-                ; lea rax, [r13 + end as i32]
-                ; mov QWORD [r12 + l.pc], rax
-                ; xor eax, eax
-                ; jmp =>exit
-            );
+            let chain = !insns.last().is_some_and(|i| is_cold(i.op));
+            let label = self.exit_stub(insns.len() as u64, end, chain);
+            dynasm!(self.a ; .arch x64 ; jmp =>label);
         }
         for stub in std::mem::take(&mut self.stubs) {
             self.stub(stub, top, exit)?;
@@ -209,7 +311,10 @@ impl Gen {
             ; pop rbp
             ; ret
         );
-        Ok(())
+        for slot in std::mem::take(&mut self.slots) {
+            dynasm!(self.a ; .arch x64 ; .align 8 ; =>slot ; .u64 0);
+        }
+        Ok(chain_entry)
     }
 
     fn stub(
@@ -244,6 +349,7 @@ impl Gen {
                 label,
                 retired,
                 target,
+                chain,
             } => {
                 let n = imm32(retired as i64)?;
                 dynasm!(self.a
@@ -251,6 +357,33 @@ impl Gen {
                     ; =>label
                     ; add QWORD [r12 + l.instructions], n
                 );
+                if chain {
+                    // Direct block chaining (QEMU's goto_tb): jump straight
+                    // into the target's code once the run loop has linked
+                    // the slot, under the checks the run loop would make.
+                    let slot = self.a.new_dynamic_label();
+                    self.slots.push(slot);
+                    let t = imm32(target)?;
+                    dynasm!(self.a
+                        ; .arch x64
+                        ; cmp DWORD [r12 + l.budget], 0
+                        ; je >plain
+                        ; cmp BYTE [r12 + l.check], 0
+                        ; jne >plain
+                        ; cmp BYTE [r15], 0
+                        ; jne >plain
+                        ; mov rax, QWORD [=>slot]
+                        ; test rax, rax
+                        ; jz >unlinked
+                        ; dec DWORD [r12 + l.budget]
+                        ; lea r13, [r13 + t]
+                        ; jmp rax
+                        ; unlinked:
+                        ; lea rax, [=>slot]
+                        ; mov QWORD [r12 + l.link_slot], rax
+                        ; plain:
+                    );
+                }
                 self.start_plus(target);
                 dynasm!(self.a
                     ; .arch x64
@@ -373,15 +506,24 @@ impl Gen {
     /// A label for leaving the block to `start + target` after `retired`
     /// instructions (looping when the target is the start).
     fn exit_to(&mut self, retired: u64, target: i64) -> DynamicLabel {
+        if target == 0 {
+            let label = self.a.new_dynamic_label();
+            self.stubs.push(Stub::Loop { label, retired });
+            return label;
+        }
+        self.exit_stub(retired, target, true)
+    }
+
+    /// An exit to `start + target`, chained if `chain` and the target is on
+    /// this block's page.
+    fn exit_stub(&mut self, retired: u64, target: i64, chain: bool) -> DynamicLabel {
         let label = self.a.new_dynamic_label();
-        self.stubs.push(if target == 0 {
-            Stub::Loop { label, retired }
-        } else {
-            Stub::Exit {
-                label,
-                retired,
-                target,
-            }
+        let in_page = (0..PAGE_SIZE as i64).contains(&(self.page_offset + target));
+        self.stubs.push(Stub::Exit {
+            label,
+            retired,
+            target,
+            chain: chain && in_page,
         });
         label
     }
@@ -800,7 +942,10 @@ impl Gen {
                 let insn_off = imm32(k as i64 * std::mem::size_of::<Insn>() as i64)?;
                 let off = i.off as i32;
                 let helper = self.h.cold as i64;
+                // `inflight` as the interpreter has it when this
+                // instruction runs (a CSR read of instret sees it).
                 asm!(
+                    ; mov QWORD [r12 + l.inflight], k as i32
                     ; mov rdi, r12
                     ; lea rsi, [r14 + insn_off]
                     ; lea rdx, [r13 + off]
