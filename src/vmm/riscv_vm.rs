@@ -96,6 +96,7 @@ impl RiscvVm {
         let snapshot = LoadedSnapshot::open(dir)?;
         let state = &snapshot.state;
         let base = VmConfig {
+            arch: crate::arch::GuestArch::Riscv64,
             console_input: options.console_input,
             console_output: options.console_output,
             ..VmConfig::default()

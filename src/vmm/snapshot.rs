@@ -203,15 +203,15 @@ impl SavedConfig {
         }
     }
 
-    /// The configuration to build the restored machine from; host-side
-    /// settings (console input and output, ...) come from `base`.
+    /// The configuration to build the restored machine from; the
+    /// architecture and host-side settings (console input and output, ...)
+    /// come from `base`.
     pub fn apply(&self, base: VmConfig) -> Result<VmConfig, SnapshotError> {
         let console = self
             .console
             .parse::<ConsoleKind>()
             .map_err(SnapshotError::Inconsistent)?;
         Ok(VmConfig {
-            arch: crate::arch::GuestArch::Riscv64,
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),

@@ -165,8 +165,8 @@ impl From<&SavedFpu> for kvm_fpu {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SavedFpuState {
-    Xsave(Blob<kvm_xsave>),
-    Fpu(SavedFpu),
+    Xsave(Box<Blob<kvm_xsave>>),
+    Fpu(Box<SavedFpu>),
 }
 
 /// What this KVM offers for saving vCPU state; probed once per VM.
@@ -312,11 +312,13 @@ pub fn capture_vcpu(
     let regs = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
     let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     let fpu = if caps.xsave {
-        SavedFpuState::Xsave(Blob(vcpu.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?))
+        SavedFpuState::Xsave(Box::new(Blob(
+            vcpu.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?,
+        )))
     } else {
-        SavedFpuState::Fpu(SavedFpu::from(
+        SavedFpuState::Fpu(Box::new(SavedFpu::from(
             &vcpu.get_fpu().map_err(ioctl("KVM_GET_FPU"))?,
-        ))
+        )))
     };
     let xcrs = if caps.xcrs {
         Some(Blob(vcpu.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?))
@@ -367,7 +369,7 @@ pub fn restore_vcpu(vcpu: &VcpuFd, state: &VcpuState) -> Result<(), StateError> 
             unsafe { vcpu.set_xsave(&x.0) }.map_err(ioctl("KVM_SET_XSAVE"))?
         }
         SavedFpuState::Fpu(f) => vcpu
-            .set_fpu(&kvm_fpu::from(f))
+            .set_fpu(&kvm_fpu::from(f.as_ref()))
             .map_err(ioctl("KVM_SET_FPU"))?,
     }
     if let Some(x) = &state.xcrs {

@@ -271,7 +271,7 @@ pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
                 ctx.index
             ))),
         };
-    ctx.live.publish(&stats);
+        ctx.live.publish(&stats);
         match next {
             Next::Continue => {}
             Next::Stop(reason) => {
