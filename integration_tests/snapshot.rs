@@ -80,7 +80,7 @@ fn restore_options(log: &Path) -> RestoreOptions {
     RestoreOptions {
         console_input: ConsoleInput::None,
         console_output: ConsoleOutput::File(log.to_path_buf()),
-        api_socket: None,
+        ..RestoreOptions::default()
     }
 }
 

@@ -146,10 +146,11 @@ struct RunArgs {
     /// [default: hot]
     #[arg(long, value_name = "POLICY")]
     tcg_jit: Option<JitPolicy>,
-    /// Restore the riscv64 VM saved in snapshot directory DIR and continue
-    /// it. The machine (memory, CPUs, kernel, command line, disks, nets,
-    /// rng, console) comes from the snapshot, so those flags are ignored;
-    /// --serial-input, --serial-output and --timings apply.
+    /// Restore the VM (riscv64, or x86_64 under KVM) saved in snapshot
+    /// directory DIR and continue it. The machine (memory, CPUs, kernel,
+    /// command line, disks, nets, rng, console; on x86_64 also firmware and
+    /// debug-exit) comes from the snapshot, so those flags are ignored;
+    /// --serial-input, --serial-output, --api-socket and --timings apply.
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
 }
@@ -305,15 +306,39 @@ fn run_riscv_vm(vm: RiscvVm, timings: bool) -> anyhow::Result<ExitCode> {
 
 fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.restore {
-        anyhow::ensure!(
-            matches!(args.arch, None | Some(GuestArch::Riscv64)),
-            "--restore: snapshots are of riscv64 VMs"
-        );
+        let manifest = ember::vmm::snapshot::read_manifest(dir)
+            .with_context(|| format!("restore {}", dir.display()))?;
+        let arch: GuestArch = manifest
+            .arch
+            .parse()
+            .map_err(|e| anyhow::anyhow!("restore {}: {e}", dir.display()))?;
+        if let Some(asked) = args.arch {
+            anyhow::ensure!(
+                asked == arch,
+                "--restore: {} holds a {} snapshot, not {}",
+                dir.display(),
+                arch.name(),
+                asked.name()
+            );
+        }
         let options = ember::vmm::riscv_vm::RestoreOptions {
             console_input: args.serial_input.clone().unwrap_or(ConsoleInput::Stdin),
             console_output: args.serial_output.clone().unwrap_or(ConsoleOutput::Stdout),
             api_socket: args.api_socket.clone(),
+            tcg_jit: args.tcg_jit.unwrap_or_default(),
         };
+        if arch == GuestArch::X86_64 {
+            let restore_started = Instant::now();
+            let vm =
+                Vm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
+            if args.timings {
+                eprintln!(
+                    "ember: snapshot restored in {:.3} ms",
+                    restore_started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            return run_x86_vm(vm, &args, started);
+        }
         let vm =
             RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
         return run_riscv_vm(vm, args.timings);
@@ -336,6 +361,12 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         print!("{}", vm.mtree());
         return Ok(ExitCode::SUCCESS);
     }
+    run_x86_vm(vm, &args, started)
+}
+
+/// Runs a built or restored x86_64 VM to its end and turns the outcome
+/// into the exit status.
+fn run_x86_vm(vm: Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let guest_ram = vm.guest_ram_resident_kib_probe();
     let outcome = vm.run()?;

@@ -76,7 +76,41 @@ impl I8042 {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The controller's registers, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        let state = self.lock();
+        I8042State {
+            ctr: state.ctr,
+            output: state.output.iter().copied().collect(),
+            awaiting_ctr: state.awaiting == Some(CMD_WRITE_CTR),
+        }
+    }
+
+    /// Loads a saved state (restore). The output queue is cut to the
+    /// length a running controller never exceeds.
+    pub fn restore_state(&self, saved: &I8042State) {
+        let mut state = self.lock();
+        state.ctr = saved.ctr;
+        let skip = saved.output.len().saturating_sub(MAX_OUTPUT);
+        state.output = saved.output[skip..].iter().copied().collect();
+        state.awaiting = saved.awaiting_ctr.then_some(CMD_WRITE_CTR);
+    }
 }
+
+/// What a snapshot saves of the controller.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    /// The command byte.
+    pub ctr: u8,
+    /// Answers the guest has not read yet, oldest first.
+    pub output: Vec<u8>,
+    /// A "write command byte" command waits for its argument.
+    pub awaiting_ctr: bool,
+}
+
+/// Answers kept for a guest that does not read them.
+const MAX_OUTPUT: usize = 16;
 
 impl RegionOps for I8042 {
     fn read(&self, offset: u64, _size: u32) -> u64 {
@@ -111,7 +145,7 @@ impl RegionOps for I8042 {
                     _ => {}
                 }
                 // A guest that never reads cannot grow the queue.
-                while state.output.len() > 16 {
+                while state.output.len() > MAX_OUTPUT {
                     state.output.pop_front();
                 }
             }
@@ -215,6 +249,23 @@ mod tests {
         }
         assert_eq!(n, 16);
         assert!(!exit.is_requested());
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let copy = I8042::new(Arc::new(ExitSignal::new().unwrap()));
+        let dev = I8042::new(Arc::new(ExitSignal::new().unwrap()));
+        dev.write(COMMAND, 1, CMD_SELF_TEST);
+        dev.write(COMMAND, 1, CMD_WRITE_CTR);
+        let saved = dev.state();
+        assert_eq!(saved.output, vec![0x55]);
+        assert!(saved.awaiting_ctr);
+        copy.restore_state(&saved);
+        assert_eq!(copy.state(), saved);
+        copy.write(DATA, 1, 0x44);
+        copy.write(COMMAND, 1, CMD_READ_CTR);
+        assert_eq!(copy.read(DATA, 1), 0x55);
+        assert_eq!(copy.read(DATA, 1), 0x44);
     }
 
     #[test]

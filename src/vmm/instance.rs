@@ -132,19 +132,25 @@ impl VmBuilder {
         &self.config
     }
 
-    /// Restores the riscv64 VM saved in snapshot directory `dir` (taken
-    /// with [`RunningVm::snapshot`], the API's `snapshot` or `ember ctl
-    /// snapshot`) and runs it on a new thread; it continues where it was.
+    /// Restores the VM saved in snapshot directory `dir` (taken with
+    /// [`RunningVm::snapshot`], the API's `snapshot` or `ember ctl
+    /// snapshot`; riscv64 or x86_64, as the snapshot's manifest says) and
+    /// runs it on a new thread; it continues where it was.
     pub fn restore(dir: impl AsRef<std::path::Path>) -> Result<RunningVm, InstanceError> {
+        let dir = dir.as_ref();
         let output = OutputCapture::new();
-        let vm = RiscvVm::restore(
-            dir.as_ref(),
-            crate::vmm::riscv_vm::RestoreOptions {
-                console_input: ConsoleInput::None,
-                console_output: ConsoleOutput::Capture(output.clone()),
-                api_socket: None,
-            },
-        )?;
+        let options = crate::vmm::riscv_vm::RestoreOptions {
+            console_input: ConsoleInput::None,
+            console_output: ConsoleOutput::Capture(output.clone()),
+            ..Default::default()
+        };
+        let manifest = crate::vmm::snapshot::read_manifest(dir).map_err(VmError::from)?;
+        if manifest.arch == crate::vmm::snapshot::ARCH_X86_64 {
+            let vm = Vm::restore(dir, options)?;
+            let control = vm.control();
+            return RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason));
+        }
+        let vm = RiscvVm::restore(dir, options)?;
         let control = vm.control();
         RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
     }
@@ -254,7 +260,7 @@ impl RunningVm {
 
     /// Writes a snapshot of the (paused) VM to `dir`; restore it with
     /// [`VmBuilder::restore`] or `ember run --restore DIR`. riscv64 on the
-    /// software CPU only.
+    /// software CPU and x86_64 under KVM.
     pub fn snapshot(&self, dir: impl AsRef<std::path::Path>) -> Result<(), InstanceError> {
         Ok(self.control.snapshot(dir.as_ref())?)
     }

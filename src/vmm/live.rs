@@ -20,6 +20,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::DeliverInput;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
+use crate::vmm::snapshot_x86::{X86SnapshotParts, X86SnapshotSource};
 use crate::vmm::virtio::PlacedDevice;
 
 /// How long a pause may take before it is reported as failed. Harts park
@@ -34,6 +35,9 @@ pub enum CpuBackend {
         slots: Mutex<Option<KvmMemory>>,
         /// One per vCPU, created when the vCPU threads start.
         exits: Mutex<Vec<Arc<LiveVcpuStats>>>,
+        /// What a snapshot reads, once KVM is set up; dropped when the VM
+        /// ends (it holds the VM descriptor).
+        snapshot: Mutex<Option<Arc<X86SnapshotParts>>>,
     },
     /// Software harts, with the machine parts a snapshot saves beyond
     /// what every VM has (the PLIC and guest RAM).
@@ -131,6 +135,16 @@ impl LiveVm {
     /// The VM has ended.
     pub fn set_shut_down(&self) {
         self.lock().state = VmState::ShutDown;
+        if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
+            snapshot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
+    /// KVM is set up: snapshots can be taken.
+    pub fn set_kvm_snapshot_parts(&self, parts: X86SnapshotParts) {
+        if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(parts));
+        }
     }
 
     /// The live counters of vCPU `index` (KVM), registered for
@@ -181,8 +195,8 @@ impl LiveVm {
     }
 
     /// Writes a snapshot of the paused VM to `dir` (see
-    /// [`crate::vmm::snapshot`]); the VM stays paused and can be resumed
-    /// or stopped afterwards. Software CPU only.
+    /// [`crate::vmm::snapshot`] and [`crate::vmm::snapshot_x86`]); the VM
+    /// stays paused and can be resumed or stopped afterwards.
     pub fn snapshot_with_stats(
         &self,
         dir: &std::path::Path,
@@ -193,9 +207,28 @@ impl LiveVm {
             return Err(ControlError::WrongState(inner.state, "paused"));
         }
         match &self.cpu {
-            CpuBackend::Kvm { .. } => Err(ControlError::Unsupported(
-                "snapshots of KVM VMs are not implemented yet".into(),
-            )),
+            CpuBackend::Kvm {
+                control, snapshot, ..
+            } => {
+                let parts = snapshot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .ok_or_else(|| {
+                        ControlError::Unsupported("KVM is not set up for this VM".into())
+                    })?;
+                crate::vmm::snapshot_x86::save(
+                    dir,
+                    &X86SnapshotSource {
+                        config: &self.config,
+                        parts: &parts,
+                        control,
+                        serial: &self.serial,
+                        devices: &self.devices,
+                    },
+                )
+                .map_err(|e| ControlError::Failed(format!("snapshot: {e}")))
+            }
             CpuBackend::Tcg { system, plic, ram } => crate::vmm::snapshot::save(
                 dir,
                 &SnapshotSource {

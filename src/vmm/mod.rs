@@ -10,5 +10,6 @@ pub mod instance;
 pub mod live;
 pub mod riscv_vm;
 pub mod snapshot;
+pub mod snapshot_x86;
 pub mod virtio;
 pub mod vm;

@@ -68,6 +68,9 @@ pub struct RestoreOptions {
     pub console_output: ConsoleOutput,
     /// Serve the control API here (`--api-socket`).
     pub api_socket: Option<std::path::PathBuf>,
+    /// The software CPU's compile policy (`--tcg-jit`): a property of the
+    /// host side, not of the saved machine.
+    pub tcg_jit: crate::accel::tcg::riscv64::jit::JitPolicy,
 }
 
 impl Default for RestoreOptions {
@@ -76,6 +79,7 @@ impl Default for RestoreOptions {
             console_input: ConsoleInput::Stdin,
             console_output: ConsoleOutput::Stdout,
             api_socket: None,
+            tcg_jit: Default::default(),
         }
     }
 }
@@ -96,12 +100,14 @@ impl RiscvVm {
         let snapshot = LoadedSnapshot::open(dir)?;
         let state = &snapshot.state;
         let base = VmConfig {
+            arch: crate::arch::GuestArch::Riscv64,
             console_input: options.console_input,
             console_output: options.console_output,
             ..VmConfig::default()
         };
         let mut config = state.config.apply(base)?;
         config.api_socket = options.api_socket;
+        config.tcg_jit = options.tcg_jit;
         let mut vm = Self::build(config, Some(state.time))?;
         let ram = {
             let tree = vm.lock_tree();

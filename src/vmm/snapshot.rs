@@ -51,8 +51,12 @@ use crate::vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig};
 pub const FORMAT: &str = "ember-snapshot";
 /// The only version this build reads and writes.
 pub const VERSION: u32 = 1;
-/// The one architecture snapshots exist for so far.
+/// The architecture of riscv64 snapshots (this module's [`SnapshotState`]).
 pub const ARCH: &str = "riscv64";
+/// The architecture of x86_64 KVM snapshots (`crate::vmm::snapshot_x86`).
+pub const ARCH_X86_64: &str = "x86_64";
+/// Every architecture this build restores.
+pub const KNOWN_ARCHES: &[&str] = &[ARCH, ARCH_X86_64];
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const STATE_FILE: &str = "state.json";
 pub const MEMORY_FILE: &str = "memory.bin";
@@ -84,8 +88,11 @@ pub enum SnapshotError {
         "snapshot format version {found} is not supported (this Ember reads version {VERSION})"
     )]
     Version { found: u32 },
-    #[error("the snapshot is of a {found} VM; only {ARCH} snapshots can be restored")]
-    Arch { found: String },
+    #[error("the snapshot is of a {found} VM; this restore needs a {expected} snapshot")]
+    Arch {
+        found: String,
+        expected: &'static str,
+    },
     #[error("{file} is {found} bytes, the manifest says {expected}: truncated or replaced")]
     Size {
         file: &'static str,
@@ -196,15 +203,15 @@ impl SavedConfig {
         }
     }
 
-    /// The configuration to build the restored machine from; host-side
-    /// settings (console input and output, ...) come from `base`.
+    /// The configuration to build the restored machine from; the
+    /// architecture and host-side settings (console input and output, ...)
+    /// come from `base`.
     pub fn apply(&self, base: VmConfig) -> Result<VmConfig, SnapshotError> {
         let console = self
             .console
             .parse::<ConsoleKind>()
             .map_err(SnapshotError::Inconsistent)?;
         Ok(VmConfig {
-            arch: crate::arch::GuestArch::Riscv64,
             kernel: self.kernel.clone(),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
@@ -410,7 +417,7 @@ pub fn save(dir: &Path, src: &SnapshotSource<'_>) -> Result<SnapshotStats, Snaps
         file: STATE_FILE,
         reason: e.to_string(),
     })?;
-    let data_pages = write_files(dir, &json, src.ram)?;
+    let data_pages = write_files(dir, ARCH, &json, src.ram)?;
     Ok(SnapshotStats {
         elapsed: started.elapsed(),
         data_pages,
@@ -418,10 +425,15 @@ pub fn save(dir: &Path, src: &SnapshotSource<'_>) -> Result<SnapshotStats, Snaps
     })
 }
 
-/// Writes the three files; returns how many memory pages hold data. The
-/// manifest goes first out and last in, so an interrupted write never
-/// leaves a directory that passes for a snapshot.
-pub fn write_files(dir: &Path, state_json: &[u8], ram: &RamBlock) -> Result<u64, SnapshotError> {
+/// Writes the three files of an `arch` snapshot; returns how many memory
+/// pages hold data. The manifest goes first out and last in, so an
+/// interrupted write never leaves a directory that passes for a snapshot.
+pub fn write_files(
+    dir: &Path,
+    arch: &str,
+    state_json: &[u8],
+    ram: &RamBlock,
+) -> Result<u64, SnapshotError> {
     std::fs::create_dir_all(dir).map_err(io("create snapshot directory", dir))?;
     let manifest_path = dir.join(MANIFEST_FILE);
     match std::fs::remove_file(&manifest_path) {
@@ -435,7 +447,7 @@ pub fn write_files(dir: &Path, state_json: &[u8], ram: &RamBlock) -> Result<u64,
     let manifest = Manifest {
         format: FORMAT.into(),
         version: VERSION,
-        arch: ARCH.into(),
+        arch: arch.into(),
         state: FileSum {
             size: state_json.len() as u64,
             crc32: crc32fast::hash(state_json),
@@ -694,12 +706,72 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    if manifest.arch != ARCH {
+    if !KNOWN_ARCHES.contains(&manifest.arch.as_str()) {
         return Err(SnapshotError::Arch {
             found: manifest.arch,
+            expected: "riscv64 or x86_64",
         });
     }
     Ok(manifest)
+}
+
+/// Reads the manifest of `dir` and requires an `arch` snapshot.
+pub fn read_manifest_of(dir: &Path, arch: &'static str) -> Result<Manifest, SnapshotError> {
+    let manifest = read_manifest(dir)?;
+    if manifest.arch != arch {
+        return Err(SnapshotError::Arch {
+            found: manifest.arch,
+            expected: arch,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Reads `state.json` of `dir`, checking its size and checksum against
+/// the manifest before anyone parses it, and checks the size of
+/// `memory.bin` against `memory_size` (the RAM the state says the VM had)
+/// and the manifest.
+pub fn read_checked_state(
+    dir: &Path,
+    manifest: &Manifest,
+    memory_size: impl FnOnce(&[u8]) -> Result<u64, SnapshotError>,
+) -> Result<Vec<u8>, SnapshotError> {
+    let state_path = dir.join(STATE_FILE);
+    let bytes = std::fs::read(&state_path).map_err(io("read", &state_path))?;
+    if bytes.len() as u64 != manifest.state.size {
+        return Err(SnapshotError::Size {
+            file: STATE_FILE,
+            expected: manifest.state.size,
+            found: bytes.len() as u64,
+        });
+    }
+    let crc = crc32fast::hash(&bytes);
+    if crc != manifest.state.crc32 {
+        return Err(SnapshotError::Checksum {
+            file: STATE_FILE,
+            expected: manifest.state.crc32,
+            found: crc,
+        });
+    }
+    let ram = memory_size(&bytes)?;
+    if ram != manifest.memory.size {
+        return Err(SnapshotError::Inconsistent(format!(
+            "the VM had {ram} bytes of RAM, the manifest lists {} bytes of memory",
+            manifest.memory.size
+        )));
+    }
+    let memory_path = dir.join(MEMORY_FILE);
+    let found = std::fs::metadata(&memory_path)
+        .map_err(io("stat", &memory_path))?
+        .len();
+    if found != manifest.memory.size {
+        return Err(SnapshotError::Size {
+            file: MEMORY_FILE,
+            expected: manifest.memory.size,
+            found,
+        });
+    }
+    Ok(bytes)
 }
 
 /// A snapshot whose manifest and state file passed their checks; memory
@@ -714,59 +786,32 @@ impl LoadedSnapshot {
     /// Reads `dir`: the manifest, then `state.json` (size and checksum
     /// checked before parsing), then the size of `memory.bin`.
     pub fn open(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
-        let manifest = read_manifest(dir)?;
-        let state_path = dir.join(STATE_FILE);
-        let bytes = std::fs::read(&state_path).map_err(io("read", &state_path))?;
-        if bytes.len() as u64 != manifest.state.size {
-            return Err(SnapshotError::Size {
-                file: STATE_FILE,
-                expected: manifest.state.size,
-                found: bytes.len() as u64,
-            });
-        }
-        let crc = crc32fast::hash(&bytes);
-        if crc != manifest.state.crc32 {
-            return Err(SnapshotError::Checksum {
-                file: STATE_FILE,
-                expected: manifest.state.crc32,
-                found: crc,
-            });
-        }
-        let state: SnapshotState =
-            serde_json::from_slice(&bytes).map_err(|e| SnapshotError::BadState {
-                file: STATE_FILE,
-                reason: e.to_string(),
-            })?;
-        if state.format != FORMAT || state.version != VERSION || state.arch != ARCH {
-            return Err(SnapshotError::Inconsistent(format!(
-                "{STATE_FILE} says {} version {} for {}, the manifest {FORMAT} version {VERSION} for {ARCH}",
-                state.format, state.version, state.arch
-            )));
-        }
-        if state.config.memory != manifest.memory.size {
-            return Err(SnapshotError::Inconsistent(format!(
-                "the VM had {} bytes of RAM, the manifest lists {} bytes of memory",
-                state.config.memory, manifest.memory.size
-            )));
-        }
-        if state.harts.len() != usize::from(state.config.cpus) {
-            return Err(SnapshotError::Inconsistent(format!(
-                "{} harts saved for a VM with {} CPUs",
-                state.harts.len(),
-                state.config.cpus
-            )));
-        }
-        let memory_path = dir.join(MEMORY_FILE);
-        let found = std::fs::metadata(&memory_path)
-            .map_err(io("stat", &memory_path))?
-            .len();
-        if found != manifest.memory.size {
-            return Err(SnapshotError::Size {
-                file: MEMORY_FILE,
-                expected: manifest.memory.size,
-                found,
-            });
-        }
+        let manifest = read_manifest_of(dir, ARCH)?;
+        let mut parsed = None;
+        read_checked_state(dir, &manifest, |bytes| {
+            let state: SnapshotState =
+                serde_json::from_slice(bytes).map_err(|e| SnapshotError::BadState {
+                    file: STATE_FILE,
+                    reason: e.to_string(),
+                })?;
+            if state.format != FORMAT || state.version != VERSION || state.arch != ARCH {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "{STATE_FILE} says {} version {} for {}, the manifest {FORMAT} version {VERSION} for {ARCH}",
+                    state.format, state.version, state.arch
+                )));
+            }
+            if state.harts.len() != usize::from(state.config.cpus) {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "{} harts saved for a VM with {} CPUs",
+                    state.harts.len(),
+                    state.config.cpus
+                )));
+            }
+            let memory = state.config.memory;
+            parsed = Some(state);
+            Ok(memory)
+        })?;
+        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
         Ok(LoadedSnapshot {
             dir: dir.to_path_buf(),
             manifest,
@@ -881,7 +926,7 @@ mod tests {
     /// not need a real VM).
     fn write_snapshot(name: &str) -> PathBuf {
         let dir = temp_dir(name);
-        write_files(&dir, br#"{"placeholder": true}"#, &ram_with_data()).unwrap();
+        write_files(&dir, ARCH, br#"{"placeholder": true}"#, &ram_with_data()).unwrap();
         dir
     }
 
@@ -930,11 +975,18 @@ mod tests {
         assert!(err.to_string().contains("version 2 is not supported"));
 
         let dir = write_snapshot("arch");
-        edit_manifest(&dir, |v| v["arch"] = "x86_64".into());
+        edit_manifest(&dir, |v| v["arch"] = "sparc64".into());
         assert!(matches!(
             read_manifest(&dir),
-            Err(SnapshotError::Arch { found }) if found == "x86_64"
+            Err(SnapshotError::Arch { found, .. }) if found == "sparc64"
         ));
+        edit_manifest(&dir, |v| v["arch"] = "x86_64".into());
+        let err = read_manifest_of(&dir, ARCH).unwrap_err();
+        assert!(
+            matches!(&err, SnapshotError::Arch { found, expected: "riscv64" } if found == "x86_64"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("x86_64 VM"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -13,6 +13,7 @@ use kvm_ioctls::VcpuFd;
 use crate::accel::kvm::ioeventfd::{IoEventBus, IoEventFdState, KvmIoEventFdListener};
 use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
 use crate::accel::kvm::memory::KvmMemory;
+use crate::accel::kvm::state::{restore_vcpu, restore_vm, VcpuStateCaps};
 use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
@@ -45,6 +46,9 @@ use crate::vmm::console::SharedOutput;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
+use crate::vmm::riscv_vm::RestoreOptions;
+use crate::vmm::snapshot::SnapshotError;
+use crate::vmm::snapshot_x86::{LoadedX86Snapshot, X86SnapshotParts, X86SnapshotState};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
 
 /// The firmware Ember boots when given neither a kernel nor a firmware
@@ -138,6 +142,11 @@ pub struct Vm {
     live: Arc<LiveVm>,
     /// The ACPI power button's interrupt line.
     power_button: EventFdTrigger,
+    /// The keyboard controller (a snapshot saves it).
+    i8042: Arc<I8042>,
+    /// A VM being restored: the saved state [`Vm::prepare`] loads into KVM
+    /// instead of booting.
+    restored: Option<Box<X86SnapshotState>>,
 }
 
 fn file_error<'a>(
@@ -165,6 +174,7 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let output = SharedOutput::new(config.console_output.open().map_err(VmError::Console)?);
         let mut tree = MemoryTree::new();
+        let i8042 = Arc::new(I8042::new(exit.clone()));
         let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
             let pc =
                 build_pc_memory(tree, config.memory).map_err(|e| VmError::Arch(e.to_string()))?;
@@ -176,7 +186,7 @@ impl Vm {
                     "i8042",
                     crate::devices::i8042::I8042_PORT,
                     crate::devices::i8042::I8042_LEN,
-                    Arc::new(I8042::new(exit.clone())),
+                    i8042.clone(),
                 ),
                 ("ioport80", 0x80, 1, Arc::new(Port80::default())),
                 (
@@ -271,6 +281,7 @@ impl Vm {
                 control: control.clone(),
                 slots: Mutex::new(None),
                 exits: Mutex::new(Vec::new()),
+                snapshot: Mutex::new(None),
             },
             devices: &virtio.devices,
             serial: serial.clone(),
@@ -300,7 +311,77 @@ impl Vm {
             ioeventfds: None,
             live,
             power_button,
+            i8042,
+            restored: None,
         })
+    }
+
+    /// Builds the VM saved in the x86_64 snapshot directory `dir` (see
+    /// [`crate::vmm::snapshot_x86`]) and loads its state: the same machine
+    /// and devices (disk files and TAPs must exist again), guest memory,
+    /// UART, i8042, virtio transports with their queues, then in KVM the
+    /// irqchip, PIT, clock and every vCPU. [`Vm::run`] continues the guest
+    /// where it stopped; nothing is booted.
+    pub fn restore(dir: &std::path::Path, options: RestoreOptions) -> Result<Vm, VmError> {
+        let snapshot = LoadedX86Snapshot::open(dir)?;
+        let state = &snapshot.state;
+        let base = VmConfig {
+            arch: crate::arch::GuestArch::X86_64,
+            console_input: options.console_input,
+            console_output: options.console_output,
+            ..VmConfig::default()
+        };
+        let mut config = state.config.apply(base)?;
+        config.api_socket = options.api_socket;
+        config.firmware = state.x86.firmware.clone();
+        config.debug_exit = state.x86.debug_exit;
+        config.irqchip = state.x86.irqchip;
+        let mut vm = Vm::new(config)?;
+        let ram = vm.lock_tree().ram_block(vm.pc.ram)?;
+        snapshot.load_memory(&ram)?;
+        if vm.virtio.devices.len() != state.devices.len() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "{} virtio devices saved, {} rebuilt",
+                state.devices.len(),
+                vm.virtio.devices.len()
+            ))
+            .into());
+        }
+        for (placed, saved) in vm.virtio.devices.iter().zip(&state.devices) {
+            if placed.name != saved.name {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "device '{}' saved where '{}' was rebuilt",
+                    saved.name, placed.name
+                ))
+                .into());
+            }
+            placed
+                .transport
+                .restore_state(&saved.transport)
+                .map_err(|e| SnapshotError::Device {
+                    name: saved.name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        vm.serial
+            .restore_state(&state.uart)
+            .map_err(|e| SnapshotError::Device {
+                name: "uart".into(),
+                reason: e.to_string(),
+            })?;
+        vm.i8042.restore_state(&state.i8042);
+        // Loading the devices may have raised their interrupt lines. Those
+        // are not new interrupts: the saved irqchip holds whatever the
+        // guest had not taken yet, so the edges are dropped before the
+        // eventfds become irqfds.
+        let _ = vm.serial.irq().drain();
+        for (trigger, _) in &vm.virtio_irqs {
+            let _ = trigger.drain();
+        }
+        let _ = vm.power_button.drain();
+        vm.restored = Some(Box::new(snapshot.state));
+        vm.prepare()?;
+        Ok(vm)
     }
 
     /// The memory tree, for tests and introspection.
@@ -445,8 +526,11 @@ impl Vm {
             accel.register_irqfd(self.power_button.event(), POWER_BUTTON_GSI)?;
         }
 
+        let restored = self.restored.take();
         let guest = GuestRam::from_view(&self.memory.view())?;
         let boot = match &self.config.kernel {
+            // A restored guest's memory already holds everything.
+            _ if restored.is_some() => None,
             Some(path) => {
                 let e820 = e820_from_view(&self.memory.view());
                 let mut kernel = File::open(path).map_err(file_error("kernel", path))?;
@@ -466,8 +550,10 @@ impl Vm {
             }
             None => None,
         };
-        setup_mptable(guest.memory(), self.config.cpus)
-            .map_err(|e| VmError::Arch(e.to_string()))?;
+        if restored.is_none() {
+            setup_mptable(guest.memory(), self.config.cpus)
+                .map_err(|e| VmError::Arch(e.to_string()))?;
+        }
         if boot.is_some() {
             // The tables live in the BIOS area, which firmware occupies.
             let slots: Vec<_> = self.virtio.devices.iter().map(|d| d.slot).collect();
@@ -483,6 +569,10 @@ impl Vm {
                 .map_err(ioctl("KVM_CREATE_VCPU"))?;
             setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus)
                 .map_err(|e| VmError::Arch(e.to_string()))?;
+            if restored.is_some() {
+                vcpus.push(vcpu);
+                continue;
+            }
             if self.config.irqchip {
                 setup_lapic(&vcpu).map_err(|e| VmError::Arch(e.to_string()))?;
             }
@@ -493,6 +583,30 @@ impl Vm {
             .map_err(|e| VmError::Arch(e.to_string()))?;
             vcpus.push(vcpu);
         }
+        if let Some(state) = &restored {
+            // As Firecracker: the vCPUs exist (with their LAPICs) before
+            // the VM-wide state is loaded, and each vCPU's state comes
+            // after it.
+            let kvm_error = |name: String| {
+                move |e: crate::accel::kvm::state::StateError| {
+                    VmError::Snapshot(SnapshotError::Device {
+                        name,
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            restore_vm(&accel.vm, &state.kvm).map_err(kvm_error("KVM VM".into()))?;
+            for (index, (vcpu, saved)) in vcpus.iter().zip(&state.vcpus).enumerate() {
+                restore_vcpu(vcpu, saved).map_err(kvm_error(format!("vCPU {index}")))?;
+            }
+        }
+        let ram = self.lock_tree().ram_block(self.pc.ram)?;
+        self.live.set_kvm_snapshot_parts(X86SnapshotParts {
+            vm: accel.vm.clone(),
+            caps: VcpuStateCaps::probe(&accel.kvm),
+            ram,
+            i8042: self.i8042.clone(),
+        });
         self.live.set_kvm_slots(slots.clone());
         self.kvm = Some(KvmParts {
             accel,

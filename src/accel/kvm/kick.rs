@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use kvm_bindings::kvm_run;
+use kvm_ioctls::VcpuFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 /// The signal used to kick vCPU threads (the first real-time signal, which
@@ -84,9 +85,17 @@ unsafe impl Killable for Thread {
     }
 }
 
+/// Work for a paused vCPU, run on its own thread with its own `VcpuFd`
+/// (a snapshot reads the vCPU's state this way). The vCPU thread first
+/// completes any I/O its last exit left pending and passes the error if
+/// that failed.
+pub type ParkedJob = Box<dyn FnOnce(Result<&mut VcpuFd, String>) + Send>;
+
 #[derive(Default)]
 struct Threads {
     list: Vec<(usize, Thread)>,
+    /// Jobs for parked vCPUs, by vCPU index.
+    jobs: Vec<(usize, ParkedJob)>,
 }
 
 /// Shared by the vCPU threads and whoever pauses or stops them.
@@ -136,6 +145,7 @@ impl VcpuControl {
     pub fn unregister_thread(&self, index: usize) {
         let mut threads = self.lock();
         threads.list.retain(|(i, _)| *i != index);
+        threads.jobs.retain(|(i, _)| *i != index);
         self.changed.notify_all();
     }
 
@@ -143,6 +153,15 @@ impl VcpuControl {
     /// force, then counts the vCPU as inside. Returns false once the VM is
     /// stopping.
     pub fn enter(&self) -> bool {
+        self.enter_serving(usize::MAX, |_| {})
+    }
+
+    /// [`enter`](VcpuControl::enter) for vCPU `index`, which while parked
+    /// hands the jobs posted for it ([`run_parked`]) to `serve`, without
+    /// the lock held.
+    ///
+    /// [`run_parked`]: VcpuControl::run_parked
+    pub fn enter_serving(&self, index: usize, mut serve: impl FnMut(ParkedJob)) -> bool {
         loop {
             self.inside.fetch_add(1, Ordering::SeqCst);
             if self.pauses.load(Ordering::SeqCst) == 0 && !self.stopping.load(Ordering::SeqCst) {
@@ -153,6 +172,13 @@ impl VcpuControl {
             let mut threads = self.lock();
             self.changed.notify_all();
             while self.pauses.load(Ordering::SeqCst) > 0 && !self.stopping.load(Ordering::SeqCst) {
+                if let Some(at) = threads.jobs.iter().position(|(i, _)| *i == index) {
+                    let (_, job) = threads.jobs.swap_remove(at);
+                    drop(threads);
+                    serve(job);
+                    threads = self.lock();
+                    continue;
+                }
                 threads = self
                     .changed
                     .wait(threads)
@@ -206,9 +232,55 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
+    /// Runs `job` on paused vCPU `index`'s thread and waits up to
+    /// `timeout` for its result. The caller must hold a
+    /// [`pause`](VcpuControl::pause) for the whole call (a running vCPU
+    /// does not look at jobs). Fails at once when that vCPU's thread is
+    /// not there (not started, or ended) or the VM is stopping.
+    pub fn run_parked<T: Send + 'static>(
+        &self,
+        index: usize,
+        timeout: std::time::Duration,
+        job: impl FnOnce(Result<&mut VcpuFd, String>) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut threads = self.lock();
+            if self.pauses.load(Ordering::SeqCst) == 0 {
+                return Err("the vCPUs are not paused".into());
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err("the VM is stopping".into());
+            }
+            if !threads.list.iter().any(|(i, _)| *i == index) {
+                return Err(format!("vCPU {index} has no running thread"));
+            }
+            threads.jobs.push((
+                index,
+                Box::new(move |vcpu| {
+                    let _ = tx.send(job(vcpu));
+                }),
+            ));
+            self.changed.notify_all();
+        }
+        // A vCPU thread that ends drops its jobs (see `stop`), which
+        // disconnects the channel, so this never waits for a dead thread
+        // beyond `timeout`.
+        rx.recv_timeout(timeout).map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => {
+                format!("vCPU {index} did not answer within {timeout:?}")
+            }
+            std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                format!("vCPU {index} ended before it answered")
+            }
+        })
+    }
+
     /// Tells every vCPU to stop and kicks it out of `KVM_RUN`.
     pub fn stop(&self) {
-        let threads = self.lock();
+        let mut threads = self.lock();
+        // Waiting callers see their channel disconnect.
+        threads.jobs.clear();
         self.stopping.store(true, Ordering::SeqCst);
         Self::kick_all(&threads);
         self.changed.notify_all();

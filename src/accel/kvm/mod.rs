@@ -5,6 +5,7 @@
 pub mod ioeventfd;
 pub mod kick;
 pub mod memory;
+pub mod state;
 pub mod vcpu;
 
 use std::path::Path;

@@ -122,68 +122,145 @@ enum Next {
     Unexpected(String),
 }
 
+/// How many round trips completing one exit's I/O may take (a string
+/// instruction spanning pages comes back once per piece).
+const MAX_COMPLETION_ROUNDS: usize = 64;
+
+/// Handles a port I/O or MMIO exit through the address spaces. Any other
+/// exit is handed back.
+fn handle_io<'a>(
+    ctx: &VcpuContext,
+    run_page: *mut kvm_run,
+    exit: VcpuExit<'a>,
+    stats: &mut VcpuStats,
+) -> Option<VcpuExit<'a>> {
+    match exit {
+        VcpuExit::IoOut(port, data) => {
+            stats.pio_exits += 1;
+            // SAFETY: the exit is KVM_EXIT_IO, so the `io` member of the
+            // run page's union is the valid one; `run_page` points at
+            // this vCPU's live run mapping and `data` borrows a
+            // different part of it.
+            let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
+            for element in data.chunks(size.max(1)) {
+                ctx.io.write_buf(port as u64, element);
+            }
+            None
+        }
+        VcpuExit::IoIn(port, data) => {
+            stats.pio_exits += 1;
+            // SAFETY: as above, for an input exit.
+            let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
+            for element in data.chunks_mut(size.max(1)) {
+                ctx.io.read_buf(port as u64, element);
+            }
+            None
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            stats.mmio_exits += 1;
+            ctx.memory.read_buf(addr, data);
+            None
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            stats.mmio_exits += 1;
+            ctx.memory.write_buf(addr, data);
+            None
+        }
+        other => Some(other),
+    }
+}
+
+/// Finishes the instruction the last I/O exit stopped in. KVM completes
+/// it (advances RIP past an OUT, loads an IN's data into RAX, ...) only on
+/// the next `KVM_RUN`, so state read before that would replay or lose the
+/// access. `immediate_exit` makes that `KVM_RUN` return right after the
+/// completion without running guest code (the KVM API documentation
+/// recommends exactly this before saving state).
+fn complete_pending_io(
+    vcpu: &mut VcpuFd,
+    ctx: &VcpuContext,
+    run_page: *mut kvm_run,
+    stats: &mut VcpuStats,
+) -> Result<(), String> {
+    for _ in 0..MAX_COMPLETION_ROUNDS {
+        vcpu.set_kvm_immediate_exit(1);
+        let done = match vcpu.run() {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => true,
+            Err(e) => return Err(format!("vCPU {}: KVM_RUN failed: {e}", ctx.index)),
+            Ok(exit) => match handle_io(ctx, run_page, exit, stats) {
+                None => false,
+                Some(other) => {
+                    return Err(format!(
+                        "vCPU {}: unexpected exit {other:?} while completing I/O",
+                        ctx.index
+                    ))
+                }
+            },
+        };
+        vcpu.set_kvm_immediate_exit(0);
+        if done {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "vCPU {}: I/O still pending after {MAX_COMPLETION_ROUNDS} completions",
+        ctx.index
+    ))
+}
+
 /// Runs a vCPU until the VM stops. Call on the vCPU's own thread.
 pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
     let mut stats = VcpuStats::default();
     ctx.control.register_thread(ctx.index);
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     let registration = KvmRunRegistration::new(vcpu.get_kvm_run());
+    // The last exit was I/O that KVM completes on the next KVM_RUN.
+    let mut io_pending = false;
     loop {
-        if !ctx.control.enter() {
+        let entered = ctx.control.enter_serving(ctx.index, |job| {
+            let ready = if io_pending {
+                let done = complete_pending_io(&mut vcpu, &ctx, run_page, &mut stats);
+                io_pending = done.is_err();
+                done
+            } else {
+                Ok(())
+            };
+            match ready {
+                Ok(()) => job(Ok(&mut vcpu)),
+                Err(e) => job(Err(e)),
+            }
+        });
+        if !entered {
             break;
         }
         ctx.first_run.get_or_init(Instant::now);
         stats.runs += 1;
         let result = vcpu.run();
         ctx.control.leave();
+        io_pending = false;
         let next = match result {
-            Ok(VcpuExit::IoOut(port, data)) => {
-                stats.pio_exits += 1;
-                // SAFETY: the exit is KVM_EXIT_IO, so the `io` member of the
-                // run page's union is the valid one; `run_page` points at
-                // this vCPU's live run mapping and `data` borrows a
-                // different part of it.
-                let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
-                for element in data.chunks(size.max(1)) {
-                    ctx.io.write_buf(port as u64, element);
+            Ok(exit) => match handle_io(&ctx, run_page, exit, &mut stats) {
+                None => {
+                    io_pending = true;
+                    Next::Continue
                 }
-                Next::Continue
-            }
-            Ok(VcpuExit::IoIn(port, data)) => {
-                stats.pio_exits += 1;
-                // SAFETY: as above, for an input exit.
-                let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
-                for element in data.chunks_mut(size.max(1)) {
-                    ctx.io.read_buf(port as u64, element);
-                }
-                Next::Continue
-            }
-            Ok(VcpuExit::MmioRead(addr, data)) => {
-                stats.mmio_exits += 1;
-                ctx.memory.read_buf(addr, data);
-                Next::Continue
-            }
-            Ok(VcpuExit::MmioWrite(addr, data)) => {
-                stats.mmio_exits += 1;
-                ctx.memory.write_buf(addr, data);
-                Next::Continue
-            }
-            Ok(VcpuExit::Hlt) => Next::Stop(ExitReason::Halted),
-            Ok(VcpuExit::Shutdown) => Next::Stop(ExitReason::TripleFault),
-            Ok(VcpuExit::SystemEvent(kind, _)) => Next::Stop(match kind {
-                KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
-                KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
-                KVM_SYSTEM_EVENT_CRASH => ExitReason::Error(format!("vCPU {} reported a guest crash", ctx.index)),
-                other => ExitReason::Error(format!("vCPU {}: unknown KVM system event {other}", ctx.index)),
-            }),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Next::Stop(ExitReason::Error(format!(
-                "vCPU {}: KVM_EXIT_FAIL_ENTRY, hardware entry failure reason {reason:#x} on host cpu {cpu}\n{}",
-                ctx.index,
-                describe_registers(&vcpu)
-            ))),
-            Ok(VcpuExit::InternalError) => Next::InternalError,
-            Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => Next::Continue,
-            Ok(other) => Next::Unexpected(format!("{other:?}")),
+                Some(VcpuExit::Hlt) => Next::Stop(ExitReason::Halted),
+                Some(VcpuExit::Shutdown) => Next::Stop(ExitReason::TripleFault),
+                Some(VcpuExit::SystemEvent(kind, _)) => Next::Stop(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::Error(format!("vCPU {} reported a guest crash", ctx.index)),
+                    other => ExitReason::Error(format!("vCPU {}: unknown KVM system event {other}", ctx.index)),
+                }),
+                Some(VcpuExit::FailEntry(reason, cpu)) => Next::Stop(ExitReason::Error(format!(
+                    "vCPU {}: KVM_EXIT_FAIL_ENTRY, hardware entry failure reason {reason:#x} on host cpu {cpu}\n{}",
+                    ctx.index,
+                    describe_registers(&vcpu)
+                ))),
+                Some(VcpuExit::InternalError) => Next::InternalError,
+                Some(VcpuExit::IrqWindowOpen) | Some(VcpuExit::Intr) => Next::Continue,
+                Some(other) => Next::Unexpected(format!("{other:?}")),
+            },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 stats.interrupted += 1;
                 vcpu.set_kvm_immediate_exit(0);

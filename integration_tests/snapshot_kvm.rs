@@ -1,0 +1,576 @@
+//! Snapshot and restore of an x86_64 guest under KVM.
+//!
+//! The guest (long mode, 256 MiB) keeps one counter in three places: a
+//! general register (r15), guest RAM (at 2 MiB) and an SSE register
+//! (xmm0, one step behind), checks on every step that the three agree and that one word of
+//! a 1 MiB pattern it wrote at 192 MiB is intact, and prints the counter
+//! on COM1 (`n=` and 16 hex digits); a failed check prints `BAD`.
+//!
+//! * Library: the VM is paused, snapshotted (a running VM is refused) and
+//!   stopped; `VmBuilder::restore` continues the count from the saved
+//!   value, not from zero, with the saved r15 matching the output.
+//! * Command line, new processes: `ember ctl pause` / `snapshot` / `stop`
+//!   against `ember run --api-socket`, then `ember run --restore`.
+//! * Damaged snapshots are refused with a message naming the problem.
+//!
+//! Snapshot create and restore times are printed:
+//! `cargo test --release --test snapshot_kvm -- --nocapture`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember::api::{ControlError, VmControl, VmState};
+use ember::vmm::exit::ExitReason;
+use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
+use ember::vmm::vm::VmError;
+use ember::{GuestArch, VmBuilder};
+
+use common::{elf64_from_asm, kvm_available, scratch_dir};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+const MEMORY_MIB: u64 = 256;
+
+/// The counting guest described in the module documentation.
+const COUNTER_GUEST: &str = r#"
+        # SSE on (CR4.OSFXSR | OSXMMEXCPT, CR0.EM clear, CR0.MP set), so
+        # xmm0 can carry a counter.
+        mov %cr4, %rax
+        or $0x600, %rax
+        mov %rax, %cr4
+        mov %cr0, %rax
+        and $~0x4, %rax
+        or $0x2, %rax
+        mov %rax, %cr0
+        # 1 MiB pattern at 192 MiB: qword i holds i * K.
+        mov $0xc000000, %r12
+        mov $0x9e3779b97f4a7c15, %r14
+        xor %rdx, %rdx
+fill:
+        mov %rdx, %rbx
+        imul %r14, %rbx
+        mov %rbx, (%r12,%rdx,8)
+        inc %rdx
+        cmp $0x20000, %rdx
+        jne fill
+        xor %r15, %r15
+        mov $0x200000, %r13
+        movq $0, (%r13)
+        # xmm0 carries the previous count across the print and the
+        # delay (where a snapshot most likely lands). Only moves: KVM may
+        # emulate guest instructions (nested, software-assisted KVM
+        # does), and its emulator knows SSE moves but no SSE arithmetic.
+        mov $0x201000, %r10
+        movq $0, (%r10)
+        movdqu (%r10), %xmm0
+        mov $0x3f8, %dx
+        mov $'B', %al
+        out %al, (%dx)
+        mov $'\n', %al
+        out %al, (%dx)
+step:
+        movdqu %xmm0, 16(%r10)
+        cmp 16(%r10), %r15
+        jne bad
+        inc %r15
+        incq (%r13)
+        cmp (%r13), %r15
+        jne bad
+        mov %r15, (%r10)
+        movdqu (%r10), %xmm0
+        mov %r15, %rdx
+        and $0x1ffff, %rdx
+        mov %rdx, %rbx
+        imul %r14, %rbx
+        cmp (%r12,%rdx,8), %rbx
+        jne bad
+        mov $0x3f8, %dx
+        mov $'n', %al
+        out %al, (%dx)
+        mov $'=', %al
+        out %al, (%dx)
+        mov $60, %cl
+hex:
+        mov %r15, %rax
+        shr %cl, %rax
+        and $0xf, %al
+        cmp $10, %al
+        jb digit
+        add $39, %al
+digit:
+        add $'0', %al
+        out %al, (%dx)
+        sub $4, %cl
+        jns hex
+        mov $'\n', %al
+        out %al, (%dx)
+        mov $100000, %ecx
+delay:
+        dec %ecx
+        jnz delay
+        jmp step
+bad:
+        mov $0x3f8, %dx
+        mov $'B', %al
+        out %al, (%dx)
+        mov $'A', %al
+        out %al, (%dx)
+        mov $'D', %al
+        out %al, (%dx)
+        mov $'\n', %al
+        out %al, (%dx)
+hang:
+        jmp hang
+"#;
+
+/// Assembled once: the tests run in parallel and would share the files.
+fn guest() -> PathBuf {
+    static GUEST: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    GUEST
+        .get_or_init(|| elf64_from_asm("snapshot-counter", COUNTER_GUEST))
+        .clone()
+}
+
+/// Every complete counter line in `text`, in order.
+fn counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("n="))
+        .filter(|n| n.len() == 16)
+        .filter_map(|n| u64::from_str_radix(n, 16).ok())
+        .collect()
+}
+
+/// The text up to and including its last newline (a snapshot may cut a
+/// line in two).
+fn complete_lines(text: &str) -> &str {
+    &text[..text.rfind('\n').map_or(0, |i| i + 1)]
+}
+
+/// The checks shared by the restore tests: the guest did not boot again,
+/// never saw a mismatch, and the two logs together count 1, 2, 3, ...
+/// without a gap or a restart.
+fn check_continuation(before: &str, after: &str) {
+    assert!(!after.contains("BAD") && !before.contains("BAD"), "{after}");
+    assert!(
+        !after.starts_with("B\n"),
+        "the restored guest booted again:\n{after}"
+    );
+    let all = counts(&format!("{before}{after}"));
+    assert_eq!(all.first(), Some(&1), "{before}");
+    for pair in all.windows(2) {
+        assert_eq!(pair[1], pair[0] + 1, "the count jumped: {:?}", pair);
+    }
+    let last = *counts(complete_lines(before))
+        .last()
+        .expect("counts before");
+    let first_after = *counts(after).first().expect("counts after");
+    assert!(
+        first_after > last && first_after <= last + 2,
+        "the first count after the restore is {first_after}, the last before {last}"
+    );
+}
+
+/// r15 (the guest's register counter) in a saved `state.json`: kvm_regs
+/// is rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp, r8..r15, rip, rflags.
+fn saved_r15(dir: &Path) -> u64 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+    let hex = state["vcpus"][0]["regs"].as_str().expect("regs");
+    let bytes: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    u64::from_le_bytes(bytes[120..128].try_into().unwrap())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
+fn count_line(n: u64) -> String {
+    format!("n={n:016x}\n")
+}
+
+/// Takes a snapshot of the counting guest through the library; returns
+/// the directory and the output before it.
+fn snapshot_through_the_library(tag: &str) -> (PathBuf, String) {
+    let dir = scratch_dir(tag).join("snap");
+    let vm = VmBuilder::new(GuestArch::X86_64)
+        .kernel(guest())
+        .memory_mib(MEMORY_MIB)
+        .start()
+        .expect("start");
+    vm.wait_for_output(&count_line(5), PATIENCE)
+        .expect("the guest counts");
+    assert!(
+        matches!(
+            vm.control().snapshot(&dir),
+            Err(ControlError::WrongState(VmState::Running, _))
+        ),
+        "a running VM must not be saved"
+    );
+    vm.pause().unwrap();
+    let stats = vm.control().snapshot_with_stats(&dir).expect("snapshot");
+    assert_eq!(vm.state(), VmState::Paused, "still paused");
+    let before = vm.output();
+    println!(
+        "x86_64 KVM snapshot of a {} MiB guest: created in {:.1} ms ({} of {} pages hold data)",
+        stats.memory_size >> 20,
+        stats.elapsed.as_secs_f64() * 1e3,
+        stats.data_pages,
+        stats.memory_size / 4096,
+    );
+    assert_eq!(vm.stop().unwrap(), ExitReason::UserQuit);
+    (dir, before)
+}
+
+#[test]
+fn a_restored_guest_continues_its_counter_through_the_library() {
+    if !kvm_available() {
+        return;
+    }
+    let (dir, before) = snapshot_through_the_library("kvm-snap-lib");
+    let last = *counts(complete_lines(&before)).last().unwrap();
+    // The register state is the one the output shows: the counter printed
+    // last, or already incremented for the next line.
+    let r15 = saved_r15(&dir);
+    assert!(
+        r15 == last || r15 == last + 1,
+        "r15 {r15}, last count {last}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+    assert!(state["kvm"]["irqchip"].is_array(), "irqchip saved");
+    assert!(state["vcpus"][0]["lapic"].is_string(), "LAPIC saved");
+    assert!(
+        state["vcpus"][0]["msrs"].as_array().unwrap().len() >= 5,
+        "MSRs saved: {}",
+        state["vcpus"][0]["msrs"]
+    );
+
+    let started = Instant::now();
+    let vm = VmBuilder::restore(&dir).expect("restore");
+    println!(
+        "x86_64 KVM restore of the {MEMORY_MIB} MiB guest: {:.1} ms to a running VM",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(vm.control().info()["config"]["memory"], MEMORY_MIB << 20);
+    let after = vm
+        .wait_for_output(&count_line(last + 20), PATIENCE)
+        .expect("the restored guest counts on");
+    assert_eq!(vm.stop().unwrap(), ExitReason::UserQuit);
+    check_continuation(&before, &after);
+}
+
+fn ember() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = ember()
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ember ctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "ember did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ctl_snapshot_and_run_restore_in_new_processes() {
+    if !kvm_available() {
+        return;
+    }
+    let work = scratch_dir("kvm-snap-cli");
+    let socket = work.join("api.sock");
+    let log = work.join("before.log");
+    let snap = work.join("snap");
+    let _ = std::fs::remove_file(&socket);
+    let mut first = ember()
+        .args(["run", "--memory", &format!("{MEMORY_MIB}M"), "--kernel"])
+        .arg(guest())
+        .args(["--serial-input", "none", "--serial-output"])
+        .arg(&log)
+        .arg("--api-socket")
+        .arg(&socket)
+        .spawn()
+        .expect("start ember");
+    wait_for("the guest to count", || read(&log).contains(&count_line(5)));
+    assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
+    let (ok, out) = ctl(&socket, &["snapshot", snap.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let (ok, out) = ctl(&socket, &["stop"]);
+    assert!(ok, "{out}");
+    assert!(wait_exit(&mut first).success());
+    let before = read(&log);
+
+    let after_log = work.join("after.log");
+    let mut restored = ember()
+        .arg("run")
+        .arg("--restore")
+        .arg(&snap)
+        .args(["--serial-input", "none", "--timings", "--serial-output"])
+        .arg(&after_log)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the restore");
+    let last = *counts(complete_lines(&before)).last().unwrap();
+    let target = count_line(last + 20);
+    let deadline = Instant::now() + PATIENCE;
+    while !read(&after_log).contains(&target) {
+        if let Some(status) = restored.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = restored.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("the restored VM ended ({status}): {err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored guest did not count"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    restored.kill().unwrap();
+    let out = restored.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("snapshot restored in"), "{stderr}");
+    println!("{}", stderr.trim());
+    check_continuation(&before, &read(&after_log));
+}
+
+/// Copies a snapshot directory (sparse-aware enough for a test: the copy
+/// may be dense).
+fn copy_snapshot(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for f in [MANIFEST_FILE, STATE_FILE, MEMORY_FILE] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+fn restore_error(dir: &Path) -> String {
+    let out = ember()
+        .arg("run")
+        .arg("--restore")
+        .arg(dir)
+        .args(["--serial-input", "none", "--serial-output", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a damaged snapshot was restored");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn damaged_snapshots_are_refused_with_a_clear_message() {
+    if !kvm_available() {
+        return;
+    }
+    let (good, _) = snapshot_through_the_library("kvm-snap-bad");
+    let work = good.parent().unwrap().to_path_buf();
+
+    // A flipped byte in guest memory (inside the guest's pattern).
+    let dir = work.join("flip-memory");
+    copy_snapshot(&good, &dir);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(MEMORY_FILE))
+            .unwrap();
+        let mut byte = [0u8];
+        f.read_at(&mut byte, (192 << 20) + 8).unwrap();
+        f.write_all_at(&[byte[0] ^ 0x10], (192 << 20) + 8).unwrap();
+    }
+    let err = restore_error(&dir);
+    assert!(err.contains("memory.bin checksum mismatch"), "{err}");
+    match VmBuilder::restore(&dir) {
+        Err(ember::InstanceError::Vm(VmError::Snapshot(SnapshotError::Checksum {
+            file: MEMORY_FILE,
+            ..
+        }))) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("restored"),
+    }
+
+    // A manifest that is not JSON.
+    let dir = work.join("bad-manifest");
+    copy_snapshot(&good, &dir);
+    std::fs::write(dir.join(MANIFEST_FILE), b"{ not json").unwrap();
+    let err = restore_error(&dir);
+    assert!(err.contains("is not an Ember snapshot manifest"), "{err}");
+
+    // A state file whose checksum still matches but whose saved registers
+    // have the wrong size (a snapshot from other KVM bindings).
+    let dir = work.join("short-regs");
+    copy_snapshot(&good, &dir);
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(STATE_FILE)).unwrap()).unwrap();
+    let regs = state["vcpus"][0]["regs"].as_str().unwrap().to_string();
+    state["vcpus"][0]["regs"] = regs[..regs.len() - 16].into();
+    let bytes = serde_json::to_vec(&state).unwrap();
+    std::fs::write(dir.join(STATE_FILE), &bytes).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
+    manifest["state"]["size"] = bytes.len().into();
+    manifest["state"]["crc32"] = crc32fast::hash(&bytes).into();
+    std::fs::write(dir.join(MANIFEST_FILE), manifest.to_string()).unwrap();
+    let err = restore_error(&dir);
+    assert!(
+        err.contains("state.json does not parse") && err.contains("kvm_regs"),
+        "{err}"
+    );
+
+    // The wrong architecture, asked for explicitly or through the riscv64
+    // restore.
+    let out = ember()
+        .args(["run", "--arch", "riscv64", "--restore"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("holds a x86_64 snapshot, not riscv64"),
+        "{err}"
+    );
+    let err = ember::vmm::riscv_vm::RiscvVm::restore(&good, Default::default())
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(
+            &err,
+            VmError::Snapshot(SnapshotError::Arch { found, expected: "riscv64" }) if found == "x86_64"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A port whose first read pauses the VM from inside the vCPU's exit (so
+/// the vCPU parks with the `IN` not yet completed by KVM) and answers
+/// 0x42.
+struct PausingPort {
+    live: std::sync::Mutex<Option<std::sync::Arc<ember::vmm::live::LiveVm>>>,
+    paused: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+}
+
+impl ember::memory::RegionOps for PausingPort {
+    fn read(&self, _offset: u64, _size: u32) -> u64 {
+        if let Some(live) = self.live.lock().unwrap().take() {
+            live.pause().expect("pause from the exit");
+            let _ = self.paused.lock().unwrap().send(());
+        }
+        0x42
+    }
+
+    fn write(&self, _offset: u64, _size: u32, _value: u64) {}
+}
+
+/// The vCPU stopped in an `IN` exit whose data KVM stores into RAX only on
+/// the next `KVM_RUN`; the snapshot must hold RAX = 0x42 and RIP past the
+/// `IN`. Restored without the port (which now reads 0xff), the guest
+/// prints the byte it got: 'B'.
+#[test]
+fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
+    use ember::vmm::console::{ConsoleInput, ConsoleOutput, OutputCapture};
+    use ember::vmm::riscv_vm::RestoreOptions;
+    use ember::vmm::vm::Vm;
+
+    if !kvm_available() {
+        return;
+    }
+    let elf = elf64_from_asm(
+        "snapshot-in",
+        r#"
+        mov $0x3f8, %dx
+        mov $'<', %al
+        out %al, (%dx)
+        mov $0x510, %dx
+        in (%dx), %al
+        mov $0x3f8, %dx
+        out %al, (%dx)
+        mov $'>', %al
+        out %al, (%dx)
+        mov $'\n', %al
+        out %al, (%dx)
+    1:  jmp 1b
+        "#,
+    );
+    let dir = scratch_dir("kvm-snap-in").join("snap");
+    let output = OutputCapture::new();
+    let vm = Vm::new(ember::VmConfig {
+        kernel: Some(elf),
+        memory: 64 << 20,
+        console_input: ConsoleInput::None,
+        console_output: ConsoleOutput::Capture(output.clone()),
+        ..ember::VmConfig::default()
+    })
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let port = std::sync::Arc::new(PausingPort {
+        live: std::sync::Mutex::new(Some(vm.control())),
+        paused: std::sync::Mutex::new(tx),
+    });
+    {
+        let tree = vm.tree();
+        let mut t = tree.lock().unwrap();
+        let id = t.new_io("pausing-port", 1, Some(port)).unwrap();
+        t.add_subregion(vm.layout().io, 0x510, id).unwrap();
+    }
+    let live = vm.control();
+    let runner = std::thread::spawn(move || vm.run());
+    rx.recv_timeout(PATIENCE).expect("the guest reads the port");
+    live.snapshot_with_stats(&dir).expect("snapshot");
+    assert_eq!(output.text(), "<");
+    live.stop().unwrap();
+    assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);
+
+    let after = OutputCapture::new();
+    let vm = Vm::restore(
+        &dir,
+        RestoreOptions {
+            console_input: ConsoleInput::None,
+            console_output: ConsoleOutput::Capture(after.clone()),
+            ..RestoreOptions::default()
+        },
+    )
+    .expect("restore");
+    let live = vm.control();
+    let runner = std::thread::spawn(move || vm.run());
+    let (seen, text) = after.wait_for(">\n", PATIENCE);
+    live.stop().unwrap();
+    runner.join().unwrap().unwrap();
+    assert!(seen, "no output after the restore: {text:?}");
+    assert_eq!(text, "B>\n", "the IN was lost or replayed");
+}
