@@ -101,6 +101,23 @@ fn flags_override_the_file() {
     assert!(text.contains(VIRTIO_SLOT0), "{text}");
     assert!(text.contains(VIRTIO_SLOT1), "{text}");
     assert!(!text.contains("00000000d0002000"), "{text}");
+
+    // --rng=off removes the file's rng: the disk alone, one transport.
+    let mut args = vec!["run"];
+    args.extend(MTREE);
+    args.extend([config.as_str(), "--rng=off"]);
+    let out = ember(&args);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text.contains(VIRTIO_SLOT0), "{text}");
+    assert!(!text.contains(VIRTIO_SLOT1), "{text}");
+    // A bad value names the flag.
+    let mut args = vec!["run"];
+    args.extend(MTREE);
+    args.extend([config.as_str(), "--rng=maybe"]);
+    let out = ember(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--rng"), "{}", stderr(&out));
 }
 
 fn assert_refused(tag: &str, text: &str, needles: &[&str]) {

@@ -131,9 +131,12 @@ struct RunArgs {
     /// existing TAP is opened; a missing one is created if permitted.
     #[arg(long, value_name = "SPEC")]
     net: Vec<NetSpec>,
-    /// Add a virtio-rng device (entropy from the host's getrandom).
-    #[arg(long)]
-    rng: bool,
+    /// A virtio-rng device (entropy from the host's getrandom): `--rng`
+    /// or `--rng=on` adds it, `--rng=off` leaves it out even when the
+    /// config file asks for it.
+    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = parse_switch)]
+    rng: Option<bool>,
     /// Guest console: serial (ttyS0) or virtio (hvc0; add console=hvc0 to
     /// the command line) [default: serial]
     #[arg(long)]
@@ -153,6 +156,11 @@ struct RunArgs {
     /// --serial-input, --serial-output, --api-socket and --timings apply.
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+}
+
+/// `on`/`off` (also true/false, yes/no) for a switch flag.
+fn parse_switch(v: &str) -> Result<bool, String> {
+    ember::vmm::config::parse_on_off(v).ok_or_else(|| format!("'{v}': use on or off"))
 }
 
 /// A repeatable flag's values, or `None` when it was not given.
@@ -175,9 +183,8 @@ impl RunArgs {
             cmdline: self.cmdline.clone(),
             firmware: self.firmware.clone(),
             debug_exit: self.debug_exit,
-            // A switch flag can only turn a device on; absent, the file
-            // decides.
-            rng: self.rng.then_some(true),
+            // Absent, the file decides.
+            rng: self.rng,
             console: self.console,
             serial_input: self.serial_input.clone(),
             serial_output: self.serial_output.clone(),
