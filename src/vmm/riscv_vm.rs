@@ -114,36 +114,8 @@ impl RiscvVm {
             tree.ram_block(vm.ram)?
         };
         snapshot.load_memory(&ram)?;
-        if vm.virtio.devices.len() != state.devices.len() {
-            return Err(SnapshotError::Inconsistent(format!(
-                "{} virtio devices saved, {} rebuilt",
-                state.devices.len(),
-                vm.virtio.devices.len()
-            ))
-            .into());
-        }
-        for (placed, saved) in vm.virtio.devices.iter().zip(&state.devices) {
-            if placed.name != saved.name {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "device '{}' saved where '{}' was rebuilt",
-                    saved.name, placed.name
-                ))
-                .into());
-            }
-            placed
-                .transport
-                .restore_state(&saved.transport)
-                .map_err(|e| SnapshotError::Device {
-                    name: saved.name.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        vm.serial
-            .restore_state(&state.uart)
-            .map_err(|e| SnapshotError::Device {
-                name: "uart".into(),
-                reason: e.to_string(),
-            })?;
+        crate::vmm::snapshot::restore_devices(&vm.virtio.devices, &state.devices)?;
+        crate::vmm::snapshot::restore_uart(&vm.serial, &state.uart)?;
         // Last: the devices above drove their PLIC inputs as they came
         // back; the saved registers are the truth.
         vm.plic

@@ -46,6 +46,7 @@ use crate::devices::serial::{Serial, SerialSnapshot};
 use crate::devices::virtio::mmio::{TransportState, VirtioMmio};
 use crate::memory::RamBlock;
 use crate::vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig};
+use crate::vmm::virtio::PlacedDevice;
 
 /// The format name in the manifest and the state file.
 pub const FORMAT: &str = "ember-snapshot";
@@ -292,6 +293,91 @@ pub struct SavedDevice {
     pub transport: TransportState,
 }
 
+/// The state of every virtio transport of a paused VM (both machines).
+pub fn save_devices(devices: &[(String, VirtioMmio)]) -> Result<Vec<SavedDevice>, SnapshotError> {
+    devices
+        .iter()
+        .map(|(name, t)| {
+            Ok(SavedDevice {
+                name: name.clone(),
+                transport: t.save_state().map_err(|e| SnapshotError::Device {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?,
+            })
+        })
+        .collect()
+}
+
+/// Puts saved transport state back into the rebuilt machine's devices,
+/// which must be the same devices in the same order (both machines).
+pub fn restore_devices(
+    placed: &[PlacedDevice],
+    saved: &[SavedDevice],
+) -> Result<(), SnapshotError> {
+    if placed.len() != saved.len() {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} virtio devices saved, {} rebuilt",
+            saved.len(),
+            placed.len()
+        )));
+    }
+    for (placed, saved) in placed.iter().zip(saved) {
+        if placed.name != saved.name {
+            return Err(SnapshotError::Inconsistent(format!(
+                "device '{}' saved where '{}' was rebuilt",
+                saved.name, placed.name
+            )));
+        }
+        placed
+            .transport
+            .restore_state(&saved.transport)
+            .map_err(|e| SnapshotError::Device {
+                name: saved.name.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Puts the UART's saved registers back (both machines).
+pub fn restore_uart(serial: &Serial, saved: &SerialSnapshot) -> Result<(), SnapshotError> {
+    serial
+        .restore_state(saved)
+        .map_err(|e| SnapshotError::Device {
+            name: "uart".into(),
+            reason: e.to_string(),
+        })
+}
+
+/// The fields every `state.json` starts with.
+#[derive(Deserialize)]
+struct StateHeader {
+    format: String,
+    version: u32,
+    arch: String,
+}
+
+/// Parses `state.json` of an `arch` snapshot after checking that it says
+/// this format, version and architecture.
+pub fn parse_state<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    arch: &'static str,
+) -> Result<T, SnapshotError> {
+    let bad = |e: serde_json::Error| SnapshotError::BadState {
+        file: STATE_FILE,
+        reason: e.to_string(),
+    };
+    let h: StateHeader = serde_json::from_slice(bytes).map_err(bad)?;
+    if h.format != FORMAT || h.version != VERSION || h.arch != arch {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{STATE_FILE} says {} version {} for {}, the manifest {FORMAT} version {VERSION} for {arch}",
+            h.format, h.version, h.arch
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(bad)
+}
+
 /// `state.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotState {
@@ -381,19 +467,7 @@ pub fn capture(src: &SnapshotSource<'_>) -> Result<SnapshotState, SnapshotError>
             timer_in,
         });
     }
-    let devices = src
-        .devices
-        .iter()
-        .map(|(name, t)| {
-            Ok(SavedDevice {
-                name: name.clone(),
-                transport: t.save_state().map_err(|e| SnapshotError::Device {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?,
-            })
-        })
-        .collect::<Result<Vec<_>, SnapshotError>>()?;
+    let devices = save_devices(src.devices)?;
     Ok(SnapshotState {
         format: FORMAT.into(),
         version: VERSION,
@@ -413,15 +487,27 @@ pub fn capture(src: &SnapshotSource<'_>) -> Result<SnapshotState, SnapshotError>
 pub fn save(dir: &Path, src: &SnapshotSource<'_>) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
     let state = capture(src)?;
-    let json = serde_json::to_vec_pretty(&state).map_err(|e| SnapshotError::BadState {
+    save_state(dir, ARCH, &state, src.ram, started)
+}
+
+/// Writes a captured `state` of an `arch` VM and its `ram` into `dir`
+/// (both machines); `started` is when the snapshot began.
+pub fn save_state<T: Serialize>(
+    dir: &Path,
+    arch: &'static str,
+    state: &T,
+    ram: &RamBlock,
+    started: Instant,
+) -> Result<SnapshotStats, SnapshotError> {
+    let json = serde_json::to_vec_pretty(state).map_err(|e| SnapshotError::BadState {
         file: STATE_FILE,
         reason: e.to_string(),
     })?;
-    let data_pages = write_files(dir, ARCH, &json, src.ram)?;
+    let data_pages = write_files(dir, arch, &json, ram)?;
     Ok(SnapshotStats {
         elapsed: started.elapsed(),
         data_pages,
-        memory_size: src.ram.size(),
+        memory_size: ram.size(),
     })
 }
 
@@ -789,17 +875,7 @@ impl LoadedSnapshot {
         let manifest = read_manifest_of(dir, ARCH)?;
         let mut parsed = None;
         read_checked_state(dir, &manifest, |bytes| {
-            let state: SnapshotState =
-                serde_json::from_slice(bytes).map_err(|e| SnapshotError::BadState {
-                    file: STATE_FILE,
-                    reason: e.to_string(),
-                })?;
-            if state.format != FORMAT || state.version != VERSION || state.arch != ARCH {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "{STATE_FILE} says {} version {} for {}, the manifest {FORMAT} version {VERSION} for {ARCH}",
-                    state.format, state.version, state.arch
-                )));
-            }
+            let state: SnapshotState = parse_state(bytes, ARCH)?;
             if state.harts.len() != usize::from(state.config.cpus) {
                 return Err(SnapshotError::Inconsistent(format!(
                     "{} harts saved for a VM with {} CPUs",

@@ -36,9 +36,9 @@ use crate::devices::virtio::mmio::VirtioMmio;
 use crate::memory::RamBlock;
 use crate::vmm::config::VmConfig;
 use crate::vmm::snapshot::{
-    load_sparse_memory, read_checked_state, read_manifest_of, write_files, Manifest, SavedConfig,
-    SavedDevice, SnapshotError, SnapshotStats, ARCH_X86_64, FORMAT, MEMORY_FILE, STATE_FILE,
-    VERSION,
+    load_sparse_memory, parse_state, read_checked_state, read_manifest_of, save_devices,
+    save_state, Manifest, SavedConfig, SavedDevice, SnapshotError, SnapshotStats, ARCH_X86_64,
+    FORMAT, MEMORY_FILE, VERSION,
 };
 
 /// How long one vCPU may take to hand over its state.
@@ -111,19 +111,7 @@ pub fn capture(src: &X86SnapshotSource<'_>) -> Result<X86SnapshotState, Snapshot
         name: "KVM VM".into(),
         reason: e.to_string(),
     })?;
-    let devices = src
-        .devices
-        .iter()
-        .map(|(name, t)| {
-            Ok(SavedDevice {
-                name: name.clone(),
-                transport: t.save_state().map_err(|e| SnapshotError::Device {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?,
-            })
-        })
-        .collect::<Result<Vec<_>, SnapshotError>>()?;
+    let devices = save_devices(src.devices)?;
     Ok(X86SnapshotState {
         format: FORMAT.into(),
         version: VERSION,
@@ -147,16 +135,7 @@ pub fn capture(src: &X86SnapshotSource<'_>) -> Result<X86SnapshotState, Snapshot
 pub fn save(dir: &Path, src: &X86SnapshotSource<'_>) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
     let state = capture(src)?;
-    let json = serde_json::to_vec_pretty(&state).map_err(|e| SnapshotError::BadState {
-        file: STATE_FILE,
-        reason: e.to_string(),
-    })?;
-    let data_pages = write_files(dir, ARCH_X86_64, &json, &src.parts.ram)?;
-    Ok(SnapshotStats {
-        elapsed: started.elapsed(),
-        data_pages,
-        memory_size: src.parts.ram.size(),
-    })
+    save_state(dir, ARCH_X86_64, &state, &src.parts.ram, started)
 }
 
 /// An x86_64 snapshot whose manifest and state file passed their checks;
@@ -175,17 +154,7 @@ impl LoadedX86Snapshot {
         let manifest = read_manifest_of(dir, ARCH_X86_64)?;
         let mut parsed = None;
         read_checked_state(dir, &manifest, |bytes| {
-            let state: X86SnapshotState =
-                serde_json::from_slice(bytes).map_err(|e| SnapshotError::BadState {
-                    file: STATE_FILE,
-                    reason: e.to_string(),
-                })?;
-            if state.format != FORMAT || state.version != VERSION || state.arch != ARCH_X86_64 {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "{STATE_FILE} says {} version {} for {}, the manifest {FORMAT} version {VERSION} for {ARCH_X86_64}",
-                    state.format, state.version, state.arch
-                )));
-            }
+            let state: X86SnapshotState = parse_state(bytes, ARCH_X86_64)?;
             if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
                 return Err(SnapshotError::Inconsistent(format!(
                     "{} vCPUs saved for a VM with {} CPUs",

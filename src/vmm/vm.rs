@@ -339,36 +339,8 @@ impl Vm {
         let mut vm = Vm::new(config)?;
         let ram = vm.lock_tree().ram_block(vm.pc.ram)?;
         snapshot.load_memory(&ram)?;
-        if vm.virtio.devices.len() != state.devices.len() {
-            return Err(SnapshotError::Inconsistent(format!(
-                "{} virtio devices saved, {} rebuilt",
-                state.devices.len(),
-                vm.virtio.devices.len()
-            ))
-            .into());
-        }
-        for (placed, saved) in vm.virtio.devices.iter().zip(&state.devices) {
-            if placed.name != saved.name {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "device '{}' saved where '{}' was rebuilt",
-                    saved.name, placed.name
-                ))
-                .into());
-            }
-            placed
-                .transport
-                .restore_state(&saved.transport)
-                .map_err(|e| SnapshotError::Device {
-                    name: saved.name.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        vm.serial
-            .restore_state(&state.uart)
-            .map_err(|e| SnapshotError::Device {
-                name: "uart".into(),
-                reason: e.to_string(),
-            })?;
+        crate::vmm::snapshot::restore_devices(&vm.virtio.devices, &state.devices)?;
+        crate::vmm::snapshot::restore_uart(&vm.serial, &state.uart)?;
         vm.i8042.restore_state(&state.i8042);
         // Loading the devices may have raised their interrupt lines. Those
         // are not new interrupts: the saved irqchip holds whatever the
