@@ -250,13 +250,14 @@ fn report_tcg(outcome: &RiscvOutcome) {
         let lookups = h.tlb.fills + h.tlb.victim_hits;
         eprintln!(
             "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
-             {} compiled to host code, {} chain links, {} jump-cache hits, {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
+             {} compiled to host code ({} KiB), {} chain links, {} jump-cache hits, {} TLB fills, {} victim hits, {} full and {} page flushes, {} MMIO, {} SMC invalidations, \
              {} traps, {} interrupts, {} SBI calls, {} WFI sleeps ({} slow-path lookups)",
             h.instructions,
             h.blocks,
             h.instructions as f64 / secs / 1e6,
             h.translations,
             h.compilations,
+            h.code_bytes / 1024,
             h.chained,
             h.jump_cache_hits,
             h.tlb.fills,

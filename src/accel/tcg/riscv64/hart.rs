@@ -92,6 +92,8 @@ pub struct HartStats {
     pub compilations: u64,
     /// Direct jumps linked between compiled blocks.
     pub chained: u64,
+    /// Bytes of host code generated.
+    pub code_bytes: u64,
     pub jump_cache_hits: u64,
     pub smc_invalidations: u64,
     pub traps: u64,

@@ -321,6 +321,7 @@ impl Hart {
             }
         };
         self.stats.compilations += 1;
+        self.stats.code_bytes += code.code.len() as u64;
         let block = self.blocks.blocks.get_mut(idx)?;
         block.jit = state;
         match state {
