@@ -7,12 +7,15 @@
 # Output (cached; delete the directory to rebuild):
 #   ~/.cache/ember/x86_64/vmlinuz
 #   ~/.cache/ember/x86_64/initramfs.cpio.gz
+#   ~/.cache/ember/x86_64/modules/{evdev,button}.ko   (the kernel builds
+#       them as modules; tools/x86-test-guest.sh puts them in its initramfs)
 # Usage: tools/x86-linux-guest.sh   (prints the two paths)
 set -euo pipefail
 
 cache="${EMBER_CACHE:-$HOME/.cache/ember}/x86_64"
 marker="EMBER-GUEST-USERSPACE-OK"
-if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initramfs.cpio.gz" ]; then
+if [ -s "$cache/vmlinuz" ] && [ -s "$cache/initramfs.cpio.gz" ] &&
+    [ -s "$cache/modules/evdev.ko" ] && [ -s "$cache/modules/button.ko" ]; then
     echo "$cache/vmlinuz"
     echo "$cache/initramfs.cpio.gz"
     exit 0
@@ -54,8 +57,13 @@ reboot -f
 INIT
 chmod +x root/init
 
-mkdir -p "$cache"
+mkdir -p "$cache/modules"
 cp kernel/boot/vmlinuz-* "$cache/vmlinuz"
+# The power-button test needs evdev and the ACPI button driver, which this
+# kernel has as modules (CONFIG_INPUT_EVDEV=m, CONFIG_ACPI_BUTTON=m).
+for m in drivers/input/evdev.ko drivers/acpi/button.ko; do
+    cp kernel/lib/modules/*/kernel/"$m" "$cache/modules/"
+done
 (cd root && find . | cpio -o -H newc --quiet | gzip -9) > "$cache/initramfs.cpio.gz"
 echo "$cache/vmlinuz"
 echo "$cache/initramfs.cpio.gz"

@@ -1,6 +1,7 @@
 /*
- * The init of Ember's riscv64 device-test guest (built by
- * tools/riscv-test-guest.sh). The kernel passes unknown command-line
+ * The init of Ember's device-test guests: riscv64 (built by
+ * tools/riscv-test-guest.sh) and x86_64 (tools/x86-test-guest.sh, with the
+ * host's gcc; the modules in /modules are loaded first). The kernel passes unknown command-line
  * parameters to init as environment variables; `ember_test=NAME` picks what
  * to do. Every test prints lines starting with "EMBER-TEST:" that the host
  * test parses, then "EMBER-TEST-DONE", then powers off. Failures print
@@ -17,8 +18,9 @@
  *   net      configure eth0 as `ember_ip` (/24), send a UDP datagram to
  *            `ember_peer`:7777 and wait for the echo, then echo one datagram
  *            received on port 7778.
- *   powerkey wait for KEY_POWER from the virtio-input power key, then power
- *            off (the control API's power button).
+ *   powerkey wait for KEY_POWER (riscv64: the virtio-input power key;
+ *            x86_64: the ACPI power button), then power off (the control
+ *            API's power button).
  *   echo     read a line from ttyS0 and print it back.
  *   count    print an increasing counter every 10 ms (pause/resume tests).
  *   blksnap  write a pattern (from `ember_data`) to the first 4 KiB of raw
@@ -48,6 +50,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -439,29 +442,83 @@ static int test_echo(void) {
     return 0;
 }
 
-/* Waits for the power key (virtio-input) and powers off, as a distribution's
- * logind or acpid would. */
+/* Whether input device `fd` can report KEY_POWER. */
+static int has_power_key(int fd) {
+    unsigned char keys[KEY_MAX / 8 + 1];
+    memset(keys, 0, sizeof keys);
+    if (ioctl(fd, EVIOCGBIT(EV_KEY, sizeof keys), keys) < 0) return 0;
+    return (keys[KEY_POWER / 8] >> (KEY_POWER % 8)) & 1;
+}
+
+/* Waits for the power key and powers off, as a distribution's logind or
+ * acpid would. riscv64: the virtio-input power key; x86_64: the ACPI power
+ * button (PNP0C0C, notified through the GED). Every event device that can
+ * report KEY_POWER is watched (an AT keyboard can too), once at least one
+ * has appeared (drivers may still be probing when init starts). */
+#define MAX_INPUTS 16
 static int test_powerkey(void) {
-    int fd = -1;
-    for (int i = 0; i < 50 && fd < 0; i++) {
-        fd = open("/dev/input/event0", O_RDONLY);
-        if (fd < 0) { struct timespec t = {0, 100 * 1000 * 1000}; nanosleep(&t, NULL); }
-    }
-    if (fd < 0) {
-        say("error open /dev/input/event0: %s", strerror(errno));
-        return 1;
-    }
-    say("waiting for the power key");
-    struct input_event ev;
-    while (read(fd, &ev, sizeof ev) == (ssize_t)sizeof ev) {
-        if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1) {
-            say("power key pressed");
-            close(fd);
-            return 0;
+    struct pollfd fds[MAX_INPUTS];
+    int n = 0;
+    char names[512] = "";
+    for (int tries = 0; tries < 50 && n == 0; tries++) {
+        if (tries) { struct timespec t = {0, 100 * 1000 * 1000}; nanosleep(&t, NULL); }
+        names[0] = 0;
+        for (int i = 0; i < 32 && n < MAX_INPUTS; i++) {
+            char path[32];
+            snprintf(path, sizeof path, "/dev/input/event%d", i);
+            int fd = open(path, O_RDONLY);
+            if (fd < 0) continue;
+            if (!has_power_key(fd)) { close(fd); continue; }
+            char name[64] = "?";
+            if (ioctl(fd, EVIOCGNAME(sizeof name - 1), name) < 0) strcpy(name, "?");
+            size_t used = strlen(names);
+            snprintf(names + used, sizeof names - used, "%s%s (%s)", used ? ", " : "", path, name);
+            fds[n].fd = fd;
+            fds[n].events = POLLIN;
+            n++;
         }
     }
-    say("error reading /dev/input/event0: %s", strerror(errno));
-    return 1;
+    if (n == 0) {
+        say("error no /dev/input/event* reports KEY_POWER");
+        return 1;
+    }
+    say("waiting for the power key on %s", names);
+    for (;;) {
+        if (poll(fds, n, -1) < 0) {
+            if (errno == EINTR) continue;
+            say("error poll: %s", strerror(errno));
+            return 1;
+        }
+        for (int i = 0; i < n; i++) {
+            if (!(fds[i].revents & POLLIN)) continue;
+            struct input_event ev;
+            if (read(fds[i].fd, &ev, sizeof ev) != (ssize_t)sizeof ev) {
+                say("error reading an input event: %s", strerror(errno));
+                return 1;
+            }
+            if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1) {
+                say("power key pressed");
+                for (int j = 0; j < n; j++) close(fds[j].fd);
+                return 0;
+            }
+        }
+    }
+}
+
+/* Loads every module in /modules (an x86_64 initramfs carries the ones its
+ * distribution kernel builds as modules: evdev, the ACPI button). They
+ * depend on nothing but the kernel, so the order does not matter. */
+static void load_modules(void) {
+    static const char *const mods[] = {"evdev.ko", "button.ko"};
+    for (size_t i = 0; i < sizeof mods / sizeof mods[0]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/modules/%s", mods[i]);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)
+            say("error loading %s: %s", path, strerror(errno));
+        close(fd);
+    }
 }
 
 int main(void) {
@@ -471,6 +528,7 @@ int main(void) {
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
     mount("proc", "/proc", "proc", 0, NULL);
     mount("sysfs", "/sys", "sysfs", 0, NULL);
+    load_modules();
     const char *test = env("ember_test", "");
     say("start %s", test);
     int rc;
