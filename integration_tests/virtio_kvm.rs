@@ -39,45 +39,12 @@ const GUEST: &str = r#"
         .set IDTR, 0x207100
         .set VECTOR, 0x30
 
-        mov $BASE, %rbx
-        mov $1, %cl
-        cmpl $0x74726976, 0x00(%rbx)
-        jne fail
-        inc %cl
-        cmpl $2, 0x04(%rbx)
-        jne fail
-        inc %cl
-        cmpl $2, 0x08(%rbx)
-        jne fail
-        movl $0, 0x70(%rbx)
-        movl $1, 0x70(%rbx)
-        movl $3, 0x70(%rbx)
-        movl $1, 0x24(%rbx)
-        movl $1, 0x20(%rbx)          # VIRTIO_F_VERSION_1 (bit 32)
-        movl $0, 0x24(%rbx)
-        movl $0, 0x20(%rbx)
-        movl $11, 0x70(%rbx)         # FEATURES_OK
-        inc %cl
-        testl $8, 0x70(%rbx)
-        jz fail
-        movl $0, 0x30(%rbx)
-        movl $8, 0x38(%rbx)
-        movl $DESC, 0x80(%rbx)
-        movl $0, 0x84(%rbx)
-        movl $AVAIL, 0x90(%rbx)
-        movl $0, 0x94(%rbx)
-        movl $USED, 0xa0(%rbx)
-        movl $0, 0xa4(%rbx)
-        movl $1, 0x44(%rbx)
-        movl $15, 0x70(%rbx)         # DRIVER_OK
-        inc %cl
-        testl $0x40, 0x70(%rbx)      # DEVICE_NEEDS_RESET?
-        jnz fail
+        VIRTIO_BLK_SETUP
         movl 0x100(%rbx), %eax       # capacity, low half
         mov $0x500, %dx
         out %eax, (%dx)
 
-        # (common::route_irq_asm goes here)
+        # (common::virtio_blk_guest fills in the placeholder lines)
         ROUTE_IRQ
 
         # Request 1: read sector 1 into DATA.
@@ -112,50 +79,7 @@ const GUEST: &str = r#"
 1:      hlt
         jmp 1b
 
-# Builds the 3-descriptor chain for the request in HDR, publishes it in
-# the available ring, notifies queue 0 and sleeps until the interrupt.
-# Direction of the data descriptor: writable for reads (HDR type 0).
-submit:
-        movq $HDR, DESC
-        movl $16, DESC + 8
-        movw $1, DESC + 12           # NEXT
-        movw $1, DESC + 14
-        movq $DATA, DESC + 16
-        movl $512, DESC + 24
-        movw $3, %ax                 # NEXT | WRITE
-        cmpl $0, HDR
-        je 2f
-        movw $1, %ax                 # NEXT
-2:      movw %ax, DESC + 28
-        movw $2, DESC + 30
-        movq $STATUS, DESC + 32
-        movl $1, DESC + 40
-        movw $2, DESC + 44           # WRITE
-        movw $0, DESC + 46
-        movzwl AVAIL + 2, %eax       # ring[idx % 8] = 0, then idx += 1
-        mov %eax, %edx
-        and $7, %edx
-        movw $0, AVAIL + 4(,%rdx,2)
-        inc %eax
-        mfence
-        movw %ax, AVAIL + 2
-        movl $0, FLAG
-        mfence
-        movl $0, 0x50(%rbx)          # QueueNotify: the ioeventfd
-3:      cli
-        cmpl $0, FLAG
-        jne 4f
-        sti
-        hlt
-        jmp 3b
-4:      movl 0x60(%rbx), %eax        # interrupt status -> ack
-        movl %eax, 0x64(%rbx)
-        ret
-
-handler:
-        movl $1, FLAG
-        movl $0, 0xb0(%r12)          # EOI
-        iretq
+        VIRTIO_BLK_SUBMIT
 
 fail:
         mov $0x501, %dx
@@ -179,10 +103,7 @@ fn a_hand_driven_virtio_blk_request_goes_through_ioeventfd_and_irqfd() {
     let mut cfg = VmConfig {
         kernel: Some(elf64_from_asm(
             "virtio-blk",
-            &GUEST.replace(
-                "        # (common::route_irq_asm goes here)\n        ROUTE_IRQ\n",
-                &common::route_irq_asm(5),
-            ),
+            &common::virtio_blk_guest(GUEST, 5),
         )),
         memory: 64 << 20,
         debug_exit: Some(0x501),

@@ -227,6 +227,119 @@ pub fn elf64_from_asm(name: &str, source: &str) -> PathBuf {
     tiny_elf_file(name, &code, false)
 }
 
+/// An x86_64 virtio-blk test guest: `source` with its placeholder lines
+/// filled in, each on a line of its own:
+///
+/// * `VIRTIO_BLK_SETUP`: probes the virtio-mmio transport at `BASE` (magic,
+///   version 2, device id 2; a failed check exits through isa-debug-exit
+///   with its number in `%cl`, via the guest's `fail`), negotiates
+///   VERSION_1 and sets queue 0 up (8 entries at `DESC`, `AVAIL`, `USED`),
+///   then DRIVER_OK; `%rbx` holds `BASE` afterwards.
+/// * `ROUTE_IRQ`: [`route_irq_asm`] for IOAPIC pin `pin`.
+/// * `VIRTIO_BLK_SUBMIT`: the `submit` routine, which builds the
+///   3-descriptor chain for the request in `HDR` (data at `DATA`, 512
+///   bytes, device-writable for reads; status byte at `STATUS`, set to
+///   0xff first), publishes it in the next available-ring slot, notifies
+///   queue 0 (through the ioeventfd) and sleeps until the used-ring
+///   interrupt, then acknowledges it; and the interrupt `handler`, which
+///   sets `FLAG` and EOIs the local APIC.
+pub fn virtio_blk_guest(source: &str, pin: u32) -> String {
+    const SETUP: &str = r#"
+        mov $BASE, %rbx
+        mov $1, %cl
+        cmpl $0x74726976, 0x00(%rbx)
+        jne fail
+        inc %cl
+        cmpl $2, 0x04(%rbx)
+        jne fail
+        inc %cl
+        cmpl $2, 0x08(%rbx)
+        jne fail
+        movl $0, 0x70(%rbx)
+        movl $1, 0x70(%rbx)
+        movl $3, 0x70(%rbx)
+        movl $1, 0x24(%rbx)
+        movl $1, 0x20(%rbx)          # VIRTIO_F_VERSION_1 (bit 32)
+        movl $0, 0x24(%rbx)
+        movl $0, 0x20(%rbx)
+        movl $11, 0x70(%rbx)         # FEATURES_OK
+        inc %cl
+        testl $8, 0x70(%rbx)
+        jz fail
+        movl $0, 0x30(%rbx)
+        movl $8, 0x38(%rbx)
+        movl $DESC, 0x80(%rbx)
+        movl $0, 0x84(%rbx)
+        movl $AVAIL, 0x90(%rbx)
+        movl $0, 0x94(%rbx)
+        movl $USED, 0xa0(%rbx)
+        movl $0, 0xa4(%rbx)
+        movl $1, 0x44(%rbx)
+        movl $15, 0x70(%rbx)         # DRIVER_OK
+        inc %cl
+        testl $0x40, 0x70(%rbx)      # DEVICE_NEEDS_RESET?
+        jnz fail
+"#;
+    const SUBMIT: &str = r#"
+submit:
+        movb $0xff, STATUS
+        movq $HDR, DESC
+        movl $16, DESC + 8
+        movw $1, DESC + 12           # NEXT
+        movw $1, DESC + 14
+        movq $DATA, DESC + 16
+        movl $512, DESC + 24
+        movw $3, %ax                 # NEXT | WRITE
+        cmpl $0, HDR
+        je 2f
+        movw $1, %ax                 # NEXT
+2:      movw %ax, DESC + 28
+        movw $2, DESC + 30
+        movq $STATUS, DESC + 32
+        movl $1, DESC + 40
+        movw $2, DESC + 44           # WRITE
+        movw $0, DESC + 46
+        movzwl AVAIL + 2, %eax       # ring[idx % 8] = 0, then idx += 1
+        mov %eax, %edx
+        and $7, %edx
+        movw $0, AVAIL + 4(,%rdx,2)
+        inc %eax
+        mfence
+        movw %ax, AVAIL + 2
+        movl $0, FLAG
+        mfence
+        movl $0, 0x50(%rbx)          # QueueNotify: the ioeventfd
+3:      cli
+        cmpl $0, FLAG
+        jne 4f
+        sti
+        hlt
+        jmp 3b
+4:      sti
+        movl 0x60(%rbx), %eax        # interrupt status -> ack
+        movl %eax, 0x64(%rbx)
+        ret
+
+handler:
+        movl $1, FLAG
+        movl $0, 0xb0(%r12)          # EOI
+        iretq
+"#;
+    let mut out = String::new();
+    for line in source.lines() {
+        match line.trim() {
+            "VIRTIO_BLK_SETUP" => out.push_str(SETUP),
+            "VIRTIO_BLK_SUBMIT" => out.push_str(SUBMIT),
+            "ROUTE_IRQ" => out.push_str(&route_irq_asm(pin)),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// 64-bit guest code that routes IOAPIC pin `pin` to the CPU's vector
 /// `VECTOR` with handler `handler`: masks the 8259s (only the IOAPIC may
 /// deliver), fills the IDT gate and loads the IDT, enables the local APIC
