@@ -13,7 +13,7 @@ use kvm_ioctls::VcpuFd;
 use crate::accel::kvm::ioeventfd::{IoEventBus, IoEventFdState, KvmIoEventFdListener};
 use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
 use crate::accel::kvm::memory::KvmMemory;
-use crate::accel::kvm::state::{restore_vcpu, restore_vm, VcpuStateCaps};
+use crate::accel::kvm::state::{restore_cpuid, restore_vcpu, restore_vm, VcpuStateCaps};
 use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::accel::AccelChoice;
@@ -539,8 +539,20 @@ impl Vm {
                 .vm
                 .create_vcpu(index as u64)
                 .map_err(ioctl("KVM_CREATE_VCPU"))?;
-            setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus)
-                .map_err(|e| VmError::Arch(e.to_string()))?;
+            let saved_cpuid = restored
+                .as_ref()
+                .and_then(|s| s.vcpus.get(usize::from(index)))
+                .and_then(|v| v.cpuid.as_deref());
+            match saved_cpuid {
+                Some(entries) => restore_cpuid(&vcpu, entries).map_err(|e| {
+                    VmError::Snapshot(SnapshotError::Device {
+                        name: format!("vCPU {index} CPUID"),
+                        reason: e.to_string(),
+                    })
+                })?,
+                None => setup_cpuid(&accel.kvm, &vcpu, index, self.config.cpus)
+                    .map_err(|e| VmError::Arch(e.to_string()))?,
+            }
             if restored.is_some() {
                 vcpus.push(vcpu);
                 continue;

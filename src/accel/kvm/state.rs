@@ -18,9 +18,10 @@
 use std::fmt::Write as _;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
-    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave, CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -38,6 +39,8 @@ pub enum StateError {
     MsrRefused { index: u32, value: u64 },
     #[error("{0} MSRs do not fit one KVM_GET/SET_MSRS call")]
     TooManyMsrs(usize),
+    #[error("{0} CPUID entries do not fit one KVM_SET_CPUID2 call")]
+    TooManyCpuidEntries(usize),
 }
 
 fn ioctl(what: &'static str) -> impl FnOnce(vmm_sys_util::errno::Error) -> StateError {
@@ -272,6 +275,62 @@ pub struct VcpuState {
     pub lapic: Option<Blob<kvm_lapic_state>>,
     pub mp_state: Blob<kvm_mp_state>,
     pub vcpu_events: Blob<kvm_vcpu_events>,
+    /// The CPUID the guest saw, restored instead of this host's so that
+    /// the guest's view of its CPU does not change under it (as
+    /// Firecracker saves it). Absent in snapshots taken before it was
+    /// saved; those get the restoring host's CPUID.
+    #[serde(default)]
+    pub cpuid: Option<Vec<SavedCpuidEntry>>,
+}
+
+/// One CPUID leaf as KVM_GET_CPUID2 gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedCpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    pub flags: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+impl From<&kvm_cpuid_entry2> for SavedCpuidEntry {
+    fn from(e: &kvm_cpuid_entry2) -> Self {
+        SavedCpuidEntry {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        }
+    }
+}
+
+impl From<&SavedCpuidEntry> for kvm_cpuid_entry2 {
+    fn from(e: &SavedCpuidEntry) -> Self {
+        kvm_cpuid_entry2 {
+            function: e.function,
+            index: e.index,
+            flags: e.flags,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+            ..Default::default()
+        }
+    }
+}
+
+/// Sets a saved CPUID on a new vCPU (before any other state: the CPUID
+/// decides which MSRs and XSAVE features KVM accepts).
+pub fn restore_cpuid(vcpu: &VcpuFd, entries: &[SavedCpuidEntry]) -> Result<(), StateError> {
+    let entries: Vec<kvm_cpuid_entry2> = entries.iter().map(kvm_cpuid_entry2::from).collect();
+    let cpuid = CpuId::from_entries(&entries)
+        .map_err(|_| StateError::TooManyCpuidEntries(entries.len()))?;
+    vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))
 }
 
 /// Reads `indices` one `KVM_GET_MSRS` call at a time: KVM stops at the
@@ -334,6 +393,12 @@ pub fn capture_vcpu(
         None
     };
     let msrs = read_msrs(vcpu, &caps.msrs)?;
+    // Kernels before 4.x lack KVM_GET_CPUID2 for a vCPU; the restore then
+    // uses the host's CPUID, as for older snapshots.
+    let cpuid = vcpu
+        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .map(|c| c.as_slice().iter().map(SavedCpuidEntry::from).collect());
     let vcpu_events = vcpu
         .get_vcpu_events()
         .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
@@ -347,6 +412,7 @@ pub fn capture_vcpu(
         lapic,
         mp_state: Blob(mp_state),
         vcpu_events: Blob(vcpu_events),
+        cpuid,
     })
 }
 
@@ -527,6 +593,18 @@ mod tests {
         vm.create_irq_chip().unwrap();
         vm.create_pit2(Default::default()).unwrap();
         let vcpu = vm.create_vcpu(0).unwrap();
+        // A CPUID the restoring host would not give: the supported table
+        // with one leaf's register changed, so the restored vCPU can only
+        // show it if the saved table, not the host's, was loaded.
+        let mut table = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+        let marked = table
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == 0)
+            .expect("leaf 0");
+        marked.ebx ^= 0x5a5a;
+        let want = SavedCpuidEntry::from(&*marked);
+        vcpu.set_cpuid2(&table).unwrap();
         let mut regs = vcpu.get_regs().unwrap();
         regs.rbx = 0x1234_5678;
         regs.rip = 0xfff0;
@@ -542,7 +620,18 @@ mod tests {
         vm2.create_pit2(Default::default()).unwrap();
         restore_vm(&vm2, &vm_state).unwrap();
         let vcpu2 = vm2.create_vcpu(0).unwrap();
+        let saved = back.cpuid.as_deref().expect("CPUID saved");
+        assert!(saved.contains(&want), "{saved:x?}");
+        restore_cpuid(&vcpu2, saved).unwrap();
         restore_vcpu(&vcpu2, &back).unwrap();
+        let leaf0 = vcpu2.get_cpuid2(KVM_MAX_CPUID_ENTRIES).unwrap();
+        assert!(
+            leaf0
+                .as_slice()
+                .iter()
+                .any(|e| SavedCpuidEntry::from(e) == want),
+            "the restored vCPU does not have the saved CPUID"
+        );
         let regs2 = vcpu2.get_regs().unwrap();
         assert_eq!((regs2.rbx, regs2.rip), (0x1234_5678, 0xfff0));
         assert_eq!(vcpu2.get_sregs().unwrap(), state.sregs.0);
