@@ -167,8 +167,10 @@ fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, JitStats) {
 }
 
 /// A loop through several blocks on one page (jumps, a taken branch, a
-/// call and return, a load and store) runs chained from block to block
-/// once compiled, with the interpreter's results.
+/// load and store) runs chained from block to block once compiled, and
+/// calls a function on the next page (a jump off the page and a `ret`,
+/// which compiled code follows through a jump-cache lookup), with the
+/// interpreter's results.
 #[test]
 fn chained_blocks_match_the_interpreter() {
     let p = assemble(&program(&format!(
@@ -195,6 +197,7 @@ loop:
     xor t1, t1, t0
     sd t1, 0(s2)
     j 2b
+    .balign 4096
 leaf:
     ld a0, 0(s2)
     add a1, a1, a0

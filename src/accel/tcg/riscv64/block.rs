@@ -186,6 +186,31 @@ impl Hart {
         self.translate_block(vpc, paddr, host_page)
     }
 
+    /// The chain entry of the compiled block the run loop would run for
+    /// `vpc` now, if the jump cache has it (compiled code asks, to go
+    /// straight on after a `jalr` or a jump to another page). `None`
+    /// sends the hart back to its run loop, which does the full lookup,
+    /// translation, compilation or fault.
+    pub(super) fn lookup_compiled(&mut self, vpc: u64) -> Option<usize> {
+        let (ppage, _) = self.fetch_page(vpc).ok()?;
+        let paddr = ppage | (vpc & !PAGE_MASK);
+        let j = self.blocks.jump[BlockCache::jump_slot(vpc)];
+        if j.vpc != vpc || j.paddr != paddr {
+            return None;
+        }
+        let b = self.blocks.blocks.get(j.block as usize)?;
+        if b.generation != self.sys.code.generation(paddr) {
+            return None;
+        }
+        match b.jit {
+            JitState::Compiled { chain, .. } => {
+                self.stats.jump_cache_hits += 1;
+                Some(chain)
+            }
+            _ => None,
+        }
+    }
+
     /// Decodes the block at `vpc` (physical `paddr`, page mapped at
     /// `host_page`).
     fn translate_block(

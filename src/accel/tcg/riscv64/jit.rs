@@ -171,6 +171,14 @@ mod host {
         }
     }
 
+    /// # Safety
+    /// As [`load`].
+    unsafe extern "sysv64" fn lookup(hart: *mut Hart, pc: u64) -> usize {
+        // SAFETY: as in `load`.
+        let hart = unsafe { &mut *hart };
+        hart.lookup_compiled(pc).unwrap_or(0)
+    }
+
     fn layout() -> HartLayout {
         // Offsets inside `Hart` are far below 2 GiB.
         let off = |o: usize| o as i32;
@@ -205,6 +213,7 @@ mod host {
                 store::<8> as *const () as usize,
             ],
             cold: cold as *const () as usize,
+            lookup: lookup as *const () as usize,
         }
     }
 

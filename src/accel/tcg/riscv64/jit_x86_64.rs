@@ -77,6 +77,9 @@ pub struct Helpers {
     pub load: [usize; 4],
     pub store: [usize; 4],
     pub cold: usize,
+    /// `(hart, pc) -> chain entry` of the compiled block for `pc` the run
+    /// loop would run next, or 0 (QEMU's `helper_lookup_tb_ptr`).
+    pub lookup: usize,
 }
 
 /// Why a block could not be compiled (it then stays interpreted).
@@ -100,11 +103,15 @@ enum Stub {
     /// QEMU: every block on a page goes stale together (SMC), so a chain
     /// never leads from valid code into stale code, and the hop checks
     /// `check` (set by a store into a code page) and the attention flag.
+    ///
+    /// Without `chain` but with `lookup` (a jump off the page), the exit
+    /// asks [`Helpers::lookup`] for the target's code instead of leaving.
     Exit {
         label: DynamicLabel,
         retired: u64,
         target: i64,
         chain: bool,
+        lookup: bool,
     },
     /// Instruction at byte offset `off` faulted after `retired` others.
     Fault {
@@ -162,6 +169,7 @@ pub fn compile(
         h: *helpers,
         stubs: Vec::new(),
         slots: Vec::new(),
+        lookup: None,
         page_offset: page_offset as i64,
     };
     let chain_entry = g.block(insns, insns_addr)?;
@@ -176,6 +184,8 @@ struct Gen {
     stubs: Vec<Stub>,
     /// Chain slots to emit after the code.
     slots: Vec<DynamicLabel>,
+    /// The shared tail that leaves through a lookup (see `lookup_tail`).
+    lookup: Option<DynamicLabel>,
     page_offset: i64,
 }
 
@@ -299,6 +309,9 @@ impl Gen {
         for stub in std::mem::take(&mut self.stubs) {
             self.stub(stub, top, exit)?;
         }
+        if let Some(label) = self.lookup {
+            self.lookup_tail(label, exit);
+        }
         dynasm!(self.a
             ; .arch x64
             ; =>exit
@@ -350,6 +363,7 @@ impl Gen {
                 retired,
                 target,
                 chain,
+                lookup,
             } => {
                 let n = imm32(retired as i64)?;
                 dynasm!(self.a
@@ -385,12 +399,13 @@ impl Gen {
                     );
                 }
                 self.start_plus(target);
-                dynasm!(self.a
-                    ; .arch x64
-                    ; mov QWORD [r12 + l.pc], rax
-                    ; xor eax, eax
-                    ; jmp =>exit
-                );
+                dynasm!(self.a ; .arch x64 ; mov QWORD [r12 + l.pc], rax);
+                if lookup && !chain {
+                    let tail = self.lookup_label();
+                    dynasm!(self.a ; .arch x64 ; jmp =>tail);
+                } else {
+                    dynasm!(self.a ; .arch x64 ; xor eax, eax ; jmp =>exit);
+                }
             }
             Stub::SlowLoad {
                 label,
@@ -524,8 +539,53 @@ impl Gen {
             retired,
             target,
             chain: chain && in_page,
+            lookup: chain,
         });
         label
+    }
+
+    /// The label of the block's lookup tail, created on first use.
+    fn lookup_label(&mut self) -> DynamicLabel {
+        match self.lookup {
+            Some(l) => l,
+            None => {
+                let l = self.a.new_dynamic_label();
+                self.lookup = Some(l);
+                l
+            }
+        }
+    }
+
+    /// Leaves the block for the pc already stored in the hart, going
+    /// straight into that block's compiled code when the run loop would
+    /// run it next (same checks as a chained hop, then a jump-cache
+    /// lookup in Rust), else back to the run loop. For targets known only
+    /// at run time (`jalr`) or on another page, which cannot be chained.
+    fn lookup_tail(&mut self, label: DynamicLabel, exit: DynamicLabel) {
+        let l = self.l;
+        let helper = self.h.lookup as i64;
+        dynasm!(self.a
+            ; .arch x64
+            ; =>label
+            ; cmp DWORD [r12 + l.budget], 0
+            ; je >out
+            ; cmp BYTE [r12 + l.check], 0
+            ; jne >out
+            ; cmp BYTE [r15], 0
+            ; jne >out
+            ; mov rdi, r12
+            ; mov rsi, QWORD [r12 + l.pc]
+            ; mov rax, QWORD helper
+            ; call rax
+            ; test rax, rax
+            ; jz >out
+            ; dec DWORD [r12 + l.budget]
+            ; mov r13, QWORD [r12 + l.pc]
+            ; jmp rax
+            ; out:
+            ; xor eax, eax
+            ; jmp =>exit
+        );
     }
 
     fn fault(&mut self, k: u64, i: &Insn) -> DynamicLabel {
@@ -605,9 +665,9 @@ impl Gen {
                     ; je =>loop_
                     ; add QWORD [r12 + l.instructions], (k + 1) as i32
                     ; mov QWORD [r12 + l.pc], rax
-                    ; xor eax, eax
-                    ; jmp =>exit
                 );
+                let tail = self.lookup_label();
+                asm!(; jmp =>tail);
                 return Ok(true);
             }
             Op::Beq => branch!(je),
