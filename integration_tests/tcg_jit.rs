@@ -149,8 +149,20 @@ struct JitStats {
 }
 
 fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, JitStats) {
+    run_with_arena(p, data, policy, None)
+}
+
+fn run_with_arena(
+    p: &Program,
+    data: &[u8],
+    policy: JitPolicy,
+    arena: Option<usize>,
+) -> (Outcome, JitStats) {
     let mut m = Machine::load(p);
     m.hart.set_jit_policy(policy);
+    if let Some(bytes) = arena {
+        m.hart.set_code_arena_size(bytes);
+    }
     m.write(BASE, data);
     m.run_to_poweroff();
     let outcome = Outcome {
@@ -213,6 +225,13 @@ leaf:
             assert!(stats.compilations > 0, "{policy:?}: {stats:?}");
             assert!(stats.chained > 0, "{policy:?}: {stats:?}");
         }
+    }
+    // An arena too small for the loop's blocks: it fills again and again,
+    // dropping all compiled code (and the chain links into it) each time.
+    let (compiled, stats) = run_with_arena(&p, &data, JitPolicy::Eager, Some(2048));
+    assert_eq!(compiled, interpreted, "2 KiB arena");
+    if JitPolicy::supported() {
+        assert!(stats.compilations > 100, "no arena resets: {stats:?}");
     }
 }
 

@@ -73,6 +73,9 @@ pub struct BlockCache {
     /// compilation.
     #[cfg(target_arch = "x86_64")]
     code: Option<CodeBuffer>,
+    /// Bytes to reserve for `code`.
+    #[cfg(target_arch = "x86_64")]
+    code_size: usize,
 }
 
 /// The id of [`BlockCache::scratch`].
@@ -99,7 +102,22 @@ impl BlockCache {
             scratch: None,
             #[cfg(target_arch = "x86_64")]
             code: None,
+            #[cfg(target_arch = "x86_64")]
+            code_size: ARENA_SIZE,
         }
+    }
+
+    /// Reserves `bytes` for compiled code from now on (dropping the
+    /// current arena and every block).
+    pub fn set_code_size(&mut self, bytes: usize) {
+        self.flush();
+        #[cfg(target_arch = "x86_64")]
+        {
+            self.code = None;
+            self.code_size = bytes;
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = bytes;
     }
 
     /// Drops every block and the code compiled from them.
@@ -144,7 +162,7 @@ impl BlockCache {
     #[cfg(target_arch = "x86_64")]
     pub(super) fn code_buffer(&mut self) -> Option<&mut CodeBuffer> {
         if self.code.is_none() {
-            self.code = CodeBuffer::new(ARENA_SIZE).ok();
+            self.code = CodeBuffer::new(self.code_size).ok();
         }
         self.code.as_mut()
     }

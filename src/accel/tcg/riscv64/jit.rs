@@ -257,6 +257,13 @@ impl Hart {
         self.blocks.flush();
     }
 
+    /// Reserves `bytes` of executable memory for this hart's compiled code
+    /// (default 32 MiB). Small arenas fill and start over often, which
+    /// tests use to exercise that path.
+    pub fn set_code_arena_size(&mut self, bytes: usize) {
+        self.blocks.set_code_size(bytes);
+    }
+
     /// The compiled code for block `id`, compiling it if it has become
     /// hot; else `Err(n)`: interpret it, looping on itself at most `n`
     /// times (a block that loops on itself becomes hot by its
