@@ -64,15 +64,30 @@ impl JitPolicy {
     }
 }
 
+/// A compiled block ended normally.
+pub const EXIT_OK: u32 = 0;
+/// An instruction in a compiled block raised an exception.
+pub const EXIT_EXCEPTION: u32 = 1;
+
 /// A compiled block (see `jit_x86_64.rs` for the convention).
+#[cfg(target_arch = "x86_64")]
 pub type CompiledBlock = unsafe extern "sysv64" fn(
     hart: *mut Hart,
     attention: *const std::sync::atomic::AtomicBool,
     tlb: *const crate::accel::tcg::tlb::TlbEntry,
 ) -> u32;
 
+/// Never created on hosts without a code generator (the C ABI only so that
+/// the type exists there).
+#[cfg(not(target_arch = "x86_64"))]
+pub type CompiledBlock = unsafe extern "C" fn(
+    hart: *mut Hart,
+    attention: *const std::sync::atomic::AtomicBool,
+    tlb: *const crate::accel::tcg::tlb::TlbEntry,
+) -> u32;
+
 /// A chain slot compiled code left unlinked on its way out: linked to the
-/// next block the run loop runs, if that qualifies (see [`Hart::link`]).
+/// next block the run loop runs, if that qualifies (see `Hart::link`).
 #[derive(Clone, Copy, Debug)]
 pub struct PendingLink {
     /// Executable-arena address of the slot.
@@ -401,7 +416,7 @@ impl Hart {
         // page of the view the hart holds, and the page check keeps the
         // whole access inside that page.
         let status = unsafe { f(self as *mut Hart, attention, tlb) };
-        if status == 0 {
+        if status == EXIT_OK {
             if self.link_slot != 0 {
                 self.pending_link = Some(PendingLink {
                     slot: self.link_slot as usize,

@@ -6,41 +6,37 @@
 //! does the integer, multiply/divide and branch instructions inline. Loads
 //! and stores do the softmmu TLB lookup inline and call the interpreter's
 //! TLB code through small helpers only on a miss (or MMIO, or a page
-//! crossing), and
-//! every other instruction (system, CSR, atomic, floating point) calls the
-//! interpreter for that one instruction, so every block can be compiled
-//! and both tiers share one implementation of the rarer instructions.
+//! crossing). Every other instruction (system, CSR, atomic, floating
+//! point) calls the interpreter for that one instruction, so every block
+//! can be compiled and both tiers share one implementation of the rarer
+//! instructions.
 //!
 //! Machine code is written with dynasm-rs (`dynasm!`), the runtime
 //! assembler the Rust ecosystem uses for JITs; the instruction selection
 //! is ours because no crate maps RISC-V onto x86-64.
 //!
-//! Calling convention of a compiled block (System V):
-//! `fn(hart: *mut Hart, attention: *const AtomicBool, tlb: *const
-//! TlbEntry) -> u32` (`tlb`: the current MMU mode's table,
-//! which cannot change inside a block: only block-ending instructions
-//! switch modes), returning [`EXIT_OK`] (the hart's `pc` holds the next pc) or
+//! Calling convention of a compiled block (System V): `fn(hart: *mut Hart,
+//! attention: *const AtomicBool, tlb: *const TlbEntry) -> u32`, where `tlb`
+//! is the current MMU mode's table (it cannot change inside a block or a
+//! chain: only instructions that leave through the run loop switch modes).
+//! It returns [`EXIT_OK`](super::jit::EXIT_OK) (the hart's `pc` holds the next pc) or
 //! [`EXIT_EXCEPTION`] (`pc` holds the faulting instruction's pc and the
 //! helper that failed left the exception in the hart). In both cases the
 //! hart's instruction count already includes what the block retired, with
-//! the same rules as the interpreter (see `exec.rs`). Registers while the
-//! block runs: `r12` the hart, `rbx` its register file, `r13` the block's
-//! start pc, `r14` the block's decoded instructions (their address is
-//! built into the code: a block's instructions and code live and die
-//! together), `r15` the attention
-//! flag, `rbp` the TLB table.
+//! the same rules as the interpreter (see `exec.rs`).
+//!
+//! Registers while blocks run: `r12` the hart, `rbx` its register file,
+//! `r13` the running block's start pc, `r14` its decoded instructions
+//! (their address is built into the code: a block's instructions and code
+//! live and die together), `r15` the attention flag, `rbp` the TLB table.
 
 use dynasmrt::{dynasm, DynamicLabel, DynasmApi, DynasmLabelApi};
 
 use super::decode::{Insn, Op};
+use super::jit::EXIT_EXCEPTION;
 use crate::accel::tcg::tlb::{PAGE_BITS, PAGE_MASK, PAGE_SIZE, TLB_ENTRIES};
 
 type Asm = dynasmrt::VecAssembler<dynasmrt::x64::X64Relocation>;
-
-/// The block ended normally.
-pub const EXIT_OK: u32 = 0;
-/// An instruction raised an exception.
-pub const EXIT_EXCEPTION: u32 = 1;
 
 /// Byte offsets of the hart fields generated code touches.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +52,7 @@ pub struct HartLayout {
     /// `u64`: instructions retired before the current one in this pass,
     /// for CSR reads of `instret` (see `Hart::inflight`).
     pub inflight: i32,
-    /// `u64`: where an unlinked chain slot was left (see [`Stub::Exit`]).
+    /// `u64`: where an unlinked chain slot was left (see `Stub::Exit`).
     pub link_slot: i32,
     /// Size of a `TlbEntry` and the offsets of its fields.
     pub tlb_stride: i32,
@@ -149,7 +145,7 @@ fn imm32(v: i64) -> Result<i32, CompileError> {
 /// A compiled block: position-independent x86-64 code.
 pub struct Compiled {
     pub code: Vec<u8>,
-    /// Where blocks chained to this one jump in (see [`Stub::Exit`]).
+    /// Where blocks chained to this one jump in (see `Stub::Exit`).
     pub chain_entry: usize,
 }
 
