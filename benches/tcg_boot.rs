@@ -3,7 +3,9 @@
 //! * boot of the riscv64 test kernel to its init marker and power-off,
 //!   wall time, Ember (`--accel tcg`) vs `qemu-system-riscv64 -M virt`;
 //! * a CPU-bound guest program (prime counting by trial division, from
-//!   tools/riscv-bench-guest.sh), guest-measured compute time.
+//!   tools/riscv-bench-guest.sh), guest-measured compute time;
+//! * both once more with the interpreter alone (`--tcg-jit off`), for the
+//!   compiled tier's gain.
 //!
 //! `cargo bench --bench tcg_boot` (or tools/bench-riscv.sh, which installs
 //! QEMU first) prints medians and Ember/QEMU ratios, and for the CPU-bound
@@ -52,7 +54,13 @@ fn run(cmd: &mut Command) -> Run {
 }
 
 fn ember(image: &Path, initrd: &Path, cmdline: &str) -> Run {
-    run(Command::new(env!("CARGO_BIN_EXE_ember")).args([
+    ember_with(image, initrd, cmdline, &[])
+}
+
+/// Ember with `extra` flags (`--tcg-jit off` for the interpreter alone).
+fn ember_with(image: &Path, initrd: &Path, cmdline: &str, extra: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ember"));
+    cmd.args([
         "run",
         "--arch",
         "riscv64",
@@ -68,7 +76,9 @@ fn ember(image: &Path, initrd: &Path, cmdline: &str) -> Run {
         initrd.to_str().unwrap(),
         "--cmdline",
         cmdline,
-    ]))
+    ])
+    .args(extra);
+    run(&mut cmd)
 }
 
 fn qemu(image: &Path, initrd: &Path, cmdline: &str) -> Run {
@@ -144,6 +154,10 @@ fn main() {
     let mut q_primes = Vec::new();
     let mut e_primes_wall = Vec::new();
     let mut q_primes_wall = Vec::new();
+    // The interpreter alone, for the compiled tier's gain in the same run.
+    let mut i_boot = Vec::new();
+    let mut i_primes = Vec::new();
+    const INTERPRET: &[&str] = &["--tcg-jit", "off"];
     for _ in 0..ROUNDS {
         let r = ember(image, initrd, boot_cmdline);
         assert!(
@@ -155,6 +169,15 @@ fn main() {
         let p = ember(image, primes, &primes_cmdline);
         e_primes.push(primes_ms(&p.stdout).expect("ember primes result"));
         e_primes_wall.push(p.wall.as_secs_f64());
+        let r = ember_with(image, initrd, boot_cmdline, INTERPRET);
+        assert!(
+            r.stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+            "{}",
+            r.stdout
+        );
+        i_boot.push(r.wall.as_secs_f64());
+        let p = ember_with(image, primes, &primes_cmdline, INTERPRET);
+        i_primes.push(primes_ms(&p.stdout).expect("interpreter primes result"));
         if have_qemu {
             let r = qemu(image, initrd, boot_cmdline);
             assert!(
@@ -175,6 +198,11 @@ fn main() {
     );
     println!("boot to marker + power-off, median of {ROUNDS}:");
     println!("  ember tcg : {eb:.3} s");
+    let ib = median(i_boot);
+    println!(
+        "  ember tcg, interpreter only (--tcg-jit off): {ib:.3} s   compiled/interpreted {:.2}",
+        eb / ib
+    );
     if have_qemu {
         let qb = median(q_boot);
         println!("  qemu      : {qb:.3} s   ratio ember/qemu {:.2}", eb / qb);
@@ -185,6 +213,11 @@ fn main() {
         "primes below {n} (guest-measured compute; whole run wall), median of {ROUNDS} (min):"
     );
     println!("  ember tcg : {ep:.0} ms ({ep_min:.0}) ({epw:.3} s)");
+    let ip = median(i_primes);
+    println!(
+        "  ember tcg, interpreter only (--tcg-jit off): {ip:.0} ms   compiled/interpreted {:.2}",
+        ep / ip
+    );
     if have_qemu {
         let (qp, qpw) = (median(q_primes.clone()), median(q_primes_wall));
         let qp_min = min(&q_primes);
