@@ -491,12 +491,12 @@ impl VmControl for LiveVm {
 pub fn start_api(
     config: &VmConfig,
     live: &Arc<LiveVm>,
-) -> Result<Option<crate::api::server::ApiServer>, crate::vmm::vm::VmError> {
+) -> Result<Option<crate::api::server::ApiServer>, crate::vmm::error::VmError> {
     let Some(path) = &config.api_socket else {
         return Ok(None);
     };
     let control: Arc<dyn VmControl> = live.clone();
     crate::api::server::ApiServer::start(path, control)
         .map(Some)
-        .map_err(|e| crate::vmm::vm::VmError::Device(format!("--api-socket: {e}")))
+        .map_err(|e| crate::vmm::error::VmError::Device(format!("--api-socket: {e}")))
 }
