@@ -5,6 +5,9 @@
 //! Each guest is readable 16-bit assembly in this file, assembled with GNU
 //! as at test time and booted as firmware through the reset vector.
 
+// x86_64 guests under KVM: only x86_64 hosts build the x86_64 machine.
+#![cfg(target_arch = "x86_64")]
+
 #[path = "common/mod.rs"]
 mod common;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use ember::api::{ControlError, VmControl, VmState};
 use ember::vmm::config::{DiskSpec, VmConfig};
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
+use ember::vmm::error::VmError;
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RestoreOptions, RiscvVm};
 use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
-use ember::vmm::vm::VmError;
 
 use riscv_linux::{guest, test_initramfs};
 

@@ -20,6 +20,9 @@
 //! Snapshot create and restore times are printed:
 //! `cargo test --release --test snapshot_kvm -- --nocapture`.
 
+// x86_64 guests under KVM: only x86_64 hosts build the x86_64 machine.
+#![cfg(target_arch = "x86_64")]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -7,6 +7,9 @@
 //! must reach the device through the KVM ioeventfd, never through an MMIO
 //! exit to the transport.
 
+// x86_64 guests under KVM: only x86_64 hosts build the x86_64 machine.
+#![cfg(target_arch = "x86_64")]
+
 #[path = "common/mod.rs"]
 mod common;
 

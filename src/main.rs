@@ -15,7 +15,8 @@ use ember::vmm::config::{parse_memory_size, parse_port, ConsoleKind, DiskSpec, N
 use ember::vmm::config_file::VmSettings;
 use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
-use ember::vmm::riscv_vm::{RiscvOutcome, RiscvVm};
+use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
+#[cfg(target_arch = "x86_64")]
 use ember::vmm::vm::Vm;
 
 #[derive(Parser)]
@@ -200,6 +201,7 @@ impl RunArgs {
 
 /// Resident memory of this process minus the guest RAM it has touched, in
 /// KiB: VmRSS from /proc/self/status minus the resident guest pages.
+#[cfg(target_arch = "x86_64")]
 fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let rss = status
@@ -236,6 +238,11 @@ fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelCho
             // KVM on riscv64 hosts is not implemented yet.
             eprintln!("ember: KVM support for riscv64 hosts is not built yet; using the software CPU (TCG)");
             Ok(AccelChoice::Tcg)
+        }
+        // Said here, before the riscv64 machine (which only has the
+        // software CPU) would silently ignore it.
+        (AccelChoice::Kvm, true) if arch == GuestArch::Riscv64 => {
+            anyhow::bail!("KVM support for riscv64 hosts is not built yet; use --accel tcg")
         }
         // x86_64 guests only run on KVM; opening it later reports why it
         // cannot be used (and --print-mtree works without it).
@@ -329,23 +336,15 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
                 asked.name()
             );
         }
-        let options = ember::vmm::riscv_vm::RestoreOptions {
+        let options = RestoreOptions {
             console_input: args.serial_input.clone().unwrap_or(ConsoleInput::Stdin),
             console_output: args.serial_output.clone().unwrap_or(ConsoleOutput::Stdout),
             api_socket: args.api_socket.clone(),
             tcg_jit: args.tcg_jit.unwrap_or_default(),
         };
         if arch == GuestArch::X86_64 {
-            let restore_started = Instant::now();
-            let vm =
-                Vm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
-            if args.timings {
-                eprintln!(
-                    "ember: snapshot restored in {:.3} ms",
-                    restore_started.elapsed().as_secs_f64() * 1e3
-                );
-            }
-            return run_x86_vm(vm, &args, started);
+            return restore_x86(dir, options, &args, started)
+                .with_context(|| format!("restore {}", dir.display()));
         }
         let vm =
             RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
@@ -357,10 +356,55 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let mut config = file.overridden_by(args.settings()).into_vm_config()?;
     let arch = config.arch;
+    if arch == GuestArch::X86_64 && !cfg!(target_arch = "x86_64") {
+        // Before resolve_accel, which would offer the software CPU.
+        return Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into());
+    }
     config.accel = resolve_accel(config.accel, arch)?;
     if arch == GuestArch::Riscv64 {
         return run_riscv(config, &args);
     }
+    run_x86(config, &args, started)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn restore_x86(
+    _: &std::path::Path,
+    _: RestoreOptions,
+    _: &RunArgs,
+    _: Instant,
+) -> anyhow::Result<ExitCode> {
+    Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into())
+}
+
+/// Restores the x86_64 VM saved in `dir` and runs it.
+#[cfg(target_arch = "x86_64")]
+fn restore_x86(
+    dir: &std::path::Path,
+    options: RestoreOptions,
+    args: &RunArgs,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
+    let restore_started = Instant::now();
+    let vm = Vm::restore(dir, options)?;
+    if args.timings {
+        eprintln!(
+            "ember: snapshot restored in {:.3} ms",
+            restore_started.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    run_x86_vm(vm, args, started)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn run_x86(_: VmConfig, _: &RunArgs, _: Instant) -> anyhow::Result<ExitCode> {
+    // run_vm refuses x86_64 guests on other hosts before getting here.
+    Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into())
+}
+
+/// Builds and runs an x86_64 VM from `config`.
+#[cfg(target_arch = "x86_64")]
+fn run_x86(config: VmConfig, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     if args.dump_dtb.is_some() {
         anyhow::bail!("--dump-dtb is for riscv64 guests (x86_64 guests get ACPI tables)");
     }
@@ -369,11 +413,12 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         print!("{}", vm.mtree());
         return Ok(ExitCode::SUCCESS);
     }
-    run_x86_vm(vm, &args, started)
+    run_x86_vm(vm, args, started)
 }
 
 /// Runs a built or restored x86_64 VM to its end and turns the outcome
 /// into the exit status.
+#[cfg(target_arch = "x86_64")]
 fn run_x86_vm(vm: Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let guest_ram = vm.guest_ram_resident_kib_probe();

@@ -229,7 +229,12 @@ impl Default for VmConfig {
             arch: GuestArch::host(),
             kernel: None,
             initrd: None,
-            cmdline: DEFAULT_CMDLINE.to_string(),
+            // The default arch's command line (riscv64 on riscv64 hosts).
+            cmdline: match GuestArch::host() {
+                GuestArch::X86_64 => DEFAULT_CMDLINE,
+                GuestArch::Riscv64 => DEFAULT_CMDLINE_RISCV64,
+            }
+            .to_string(),
             memory: 512 << 20,
             cpus: 1,
             firmware: None,

@@ -10,8 +10,8 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use crate::vmm::console::{
     ConsoleInput, ConsoleReader, DeliverInput, ExitWatcher, InputSource, RawTerminal,
 };
+use crate::vmm::error::VmError;
 use crate::vmm::exit::ExitSignal;
-use crate::vmm::vm::VmError;
 
 /// What the event loop serves besides the exit signal.
 pub struct EventLoopParts {

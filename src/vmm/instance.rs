@@ -31,10 +31,12 @@ use crate::api::{ControlError, VmControl, VmState};
 use crate::arch::GuestArch;
 use crate::vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig, DEFAULT_CMDLINE_RISCV64};
 use crate::vmm::console::{ConsoleInput, ConsoleOutput, OutputCapture};
+use crate::vmm::error::VmError;
 use crate::vmm::exit::ExitReason;
 use crate::vmm::live::LiveVm;
 use crate::vmm::riscv_vm::RiscvVm;
-use crate::vmm::vm::{Vm, VmError};
+#[cfg(target_arch = "x86_64")]
+use crate::vmm::vm::Vm;
 
 /// Errors of the library API.
 #[derive(Debug, thiserror::Error)]
@@ -146,9 +148,14 @@ impl VmBuilder {
         };
         let manifest = crate::vmm::snapshot::read_manifest(dir).map_err(VmError::from)?;
         if manifest.arch == crate::vmm::snapshot::ARCH_X86_64 {
-            let vm = Vm::restore(dir, options)?;
-            let control = vm.control();
-            return RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason));
+            #[cfg(target_arch = "x86_64")]
+            {
+                let vm = Vm::restore(dir, options)?;
+                let control = vm.control();
+                return RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason));
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            return Err(VmError::x86_64_needs_x86_64_host().into());
         }
         let vm = RiscvVm::restore(dir, options)?;
         let control = vm.control();
@@ -173,11 +180,14 @@ impl VmBuilder {
                 let control = vm.control();
                 RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
             }
+            #[cfg(target_arch = "x86_64")]
             GuestArch::X86_64 => {
                 let vm = Vm::new(self.config)?;
                 let control = vm.control();
                 RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            GuestArch::X86_64 => Err(VmError::x86_64_needs_x86_64_host().into()),
         }
     }
 }

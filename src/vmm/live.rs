@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::accel::kvm::kick::VcpuControl;
-use crate::accel::kvm::memory::KvmMemory;
-use crate::accel::kvm::vcpu::LiveVcpuStats;
+#[cfg(target_arch = "x86_64")]
+use crate::accel::kvm::{kick::VcpuControl, memory::KvmMemory, vcpu::LiveVcpuStats};
 use crate::accel::tcg::riscv64::RiscvSystem;
 use crate::api::{ControlError, VmControl, VmState};
 use crate::devices::plic::Plic;
@@ -20,6 +19,7 @@ use crate::vmm::config::VmConfig;
 use crate::vmm::console::DeliverInput;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
+#[cfg(target_arch = "x86_64")]
 use crate::vmm::snapshot_x86::{X86SnapshotParts, X86SnapshotSource};
 use crate::vmm::virtio::PlacedDevice;
 
@@ -29,7 +29,9 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The accelerator side.
 pub enum CpuBackend {
-    /// KVM vCPUs; `slots` once KVM is set up.
+    /// KVM vCPUs; `slots` once KVM is set up. Only the x86_64 machine
+    /// runs on KVM, so only x86_64 hosts have it.
+    #[cfg(target_arch = "x86_64")]
     Kvm {
         control: Arc<VcpuControl>,
         slots: Mutex<Option<KvmMemory>>,
@@ -135,12 +137,14 @@ impl LiveVm {
     /// The VM has ended.
     pub fn set_shut_down(&self) {
         self.lock().state = VmState::ShutDown;
+        #[cfg(target_arch = "x86_64")]
         if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
             snapshot.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
 
     /// KVM is set up: snapshots can be taken.
+    #[cfg(target_arch = "x86_64")]
     pub fn set_kvm_snapshot_parts(&self, parts: X86SnapshotParts) {
         if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
             *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(parts));
@@ -148,6 +152,7 @@ impl LiveVm {
     }
 
     /// The live counters of vCPU `index` (KVM), registered for
+    #[cfg(target_arch = "x86_64")]
     /// [`VmControl::counters`].
     pub fn vcpu_stats(&self, index: usize) -> Arc<LiveVcpuStats> {
         let stats = Arc::new(LiveVcpuStats::default());
@@ -162,6 +167,7 @@ impl LiveVm {
     }
 
     /// KVM is set up: the slot table can be reported.
+    #[cfg(target_arch = "x86_64")]
     pub fn set_kvm_slots(&self, slots: KvmMemory) {
         if let CpuBackend::Kvm { slots: s, .. } = &self.cpu {
             *s.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
@@ -170,6 +176,7 @@ impl LiveVm {
 
     fn pause_cpus(&self) -> Result<(), ControlError> {
         match &self.cpu {
+            #[cfg(target_arch = "x86_64")]
             CpuBackend::Kvm { control, .. } => {
                 control.pause();
                 Ok(())
@@ -189,6 +196,7 @@ impl LiveVm {
 
     fn resume_cpus(&self) {
         match &self.cpu {
+            #[cfg(target_arch = "x86_64")]
             CpuBackend::Kvm { control, .. } => control.resume(),
             CpuBackend::Tcg { system, .. } => system.resume_all(),
         }
@@ -207,6 +215,7 @@ impl LiveVm {
             return Err(ControlError::WrongState(inner.state, "paused"));
         }
         match &self.cpu {
+            #[cfg(target_arch = "x86_64")]
             CpuBackend::Kvm {
                 control, snapshot, ..
             } => {
@@ -268,6 +277,7 @@ impl VmControl for LiveVm {
             "config": {
                 "arch": c.arch.name(),
                 "accel": match self.cpu {
+                    #[cfg(target_arch = "x86_64")]
                     CpuBackend::Kvm { .. } => "kvm",
                     CpuBackend::Tcg { .. } => "tcg",
                 },
@@ -372,6 +382,7 @@ impl VmControl for LiveVm {
 
     fn accel_info(&self) -> Value {
         match &self.cpu {
+            #[cfg(target_arch = "x86_64")]
             CpuBackend::Kvm { slots, .. } => {
                 let slots = slots.lock().unwrap_or_else(|e| e.into_inner());
                 match slots.as_ref() {
@@ -429,6 +440,7 @@ impl VmControl for LiveVm {
             .collect();
         let serial = self.serial.counters();
         let cpus = match &self.cpu {
+            #[cfg(target_arch = "x86_64")]
             CpuBackend::Kvm { exits, .. } => Value::Array(
                 exits
                     .lock()
@@ -491,12 +503,12 @@ impl VmControl for LiveVm {
 pub fn start_api(
     config: &VmConfig,
     live: &Arc<LiveVm>,
-) -> Result<Option<crate::api::server::ApiServer>, crate::vmm::vm::VmError> {
+) -> Result<Option<crate::api::server::ApiServer>, crate::vmm::error::VmError> {
     let Some(path) = &config.api_socket else {
         return Ok(None);
     };
     let control: Arc<dyn VmControl> = live.clone();
     crate::api::server::ApiServer::start(path, control)
         .map(Some)
-        .map_err(|e| crate::vmm::vm::VmError::Device(format!("--api-socket: {e}")))
+        .map_err(|e| crate::vmm::error::VmError::Device(format!("--api-socket: {e}")))
 }

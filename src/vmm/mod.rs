@@ -4,12 +4,17 @@
 pub mod config;
 pub mod config_file;
 pub mod console;
+pub mod error;
 pub mod event_loop;
 pub mod exit;
 pub mod instance;
 pub mod live;
 pub mod riscv_vm;
 pub mod snapshot;
+// The x86_64 machine under KVM and its snapshots exist only on x86_64 hosts
+// (KVM runs only the host's architecture and the software CPU only riscv64).
+#[cfg(target_arch = "x86_64")]
 pub mod snapshot_x86;
 pub mod virtio;
+#[cfg(target_arch = "x86_64")]
 pub mod vm;

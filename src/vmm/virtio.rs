@@ -32,7 +32,7 @@ use crate::devices::virtio::subscriber::VirtioSubscriber;
 use crate::devices::virtio::{GuestMemoryHandle, IrqLine, VirtioDevice};
 use crate::memory::{AddressSpace, GuestRamListener, MemoryTree, RegionId};
 use crate::vmm::config::{ConsoleKind, VmConfig};
-use crate::vmm::vm::VmError;
+use crate::vmm::error::VmError;
 
 /// The region name, as QEMU names its virtio-mmio transports.
 pub const REGION_NAME: &str = "virtio-mmio";

@@ -15,7 +15,7 @@ use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
 use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::kvm::state::{restore_cpuid, restore_vcpu, restore_vm, VcpuStateCaps};
 use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
-use crate::accel::kvm::{KvmAccel, KvmError};
+use crate::accel::kvm::KvmAccel;
 use crate::accel::AccelChoice;
 use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
 use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
@@ -38,11 +38,13 @@ use crate::devices::power::{
 use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{
-    mtree_and_flatviews_text, AddressSpace, GuestRam, MemoryError, MemoryTree, RegionOps,
-    Unassigned,
+    mtree_and_flatviews_text, AddressSpace, GuestRam, MemoryTree, RegionOps, Unassigned,
 };
+// Kept importable from here, where it was defined before riscv64 hosts
+// (which have no `vm` module) needed it too.
 use crate::vmm::config::VmConfig;
 use crate::vmm::console::SharedOutput;
+pub use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
@@ -59,46 +61,6 @@ pub const BUILTIN_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hello
 pub const SERIAL_PORT: u64 = 0x3f8;
 /// COM1's interrupt line.
 pub const SERIAL_IRQ: u32 = 4;
-
-/// Why a VM could not be built or run.
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("--cpus must be between 1 and 254, not {0}")]
-    Cpus(u8),
-    #[error("memory map: {0}")]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Kvm(#[from] KvmError),
-    #[error("the software CPU (--accel tcg) is not available yet for x86_64 guests")]
-    NoTcg,
-    #[error("{what}: {path}: {source}")]
-    File {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Arch(String),
-    #[error("{0}")]
-    Cmdline(String),
-    #[error("KVM memory slots: {0}")]
-    Slots(String),
-    #[error("{what}: {source}")]
-    Ioctl {
-        what: &'static str,
-        source: vmm_sys_util::errno::Error,
-    },
-    #[error("console: {0}")]
-    Console(std::io::Error),
-    #[error("event loop: {0:?}")]
-    EventLoop(event_manager::Error),
-    #[error("cannot start a vCPU thread: {0}")]
-    Thread(std::io::Error),
-    #[error("{0}")]
-    Device(String),
-    #[error("snapshot: {0}")]
-    Snapshot(#[from] crate::vmm::snapshot::SnapshotError),
-}
 
 /// The KVM side of a prepared VM.
 struct KvmParts {

@@ -5,7 +5,12 @@
 pub mod ioeventfd;
 pub mod kick;
 pub mod memory;
+// The x86 vCPU and VM state and the x86 vCPU loop (port I/O, x86
+// registers): only x86_64 hosts have these KVM ioctls. The rest of this
+// module (slots, kicks, eventfds) is generic KVM.
+#[cfg(target_arch = "x86_64")]
 pub mod state;
+#[cfg(target_arch = "x86_64")]
 pub mod vcpu;
 
 use std::path::Path;
