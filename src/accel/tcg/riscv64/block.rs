@@ -209,6 +209,7 @@ impl Hart {
     /// straight on after a `jalr` or a jump to another page). `None`
     /// sends the hart back to its run loop, which does the full lookup,
     /// translation, compilation or fault.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn lookup_compiled(&mut self, vpc: u64) -> Option<usize> {
         let (ppage, _) = self.fetch_page(vpc).ok()?;
         let paddr = ppage | (vpc & !PAGE_MASK);

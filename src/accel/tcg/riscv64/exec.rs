@@ -319,6 +319,7 @@ impl Hart {
 
     /// Runs one instruction of the kinds [`Hart::step_cold`] handles, at
     /// `pc`, for compiled code: `Some(target)` if it jumped.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn step_one_cold(&mut self, i: &Insn, pc: u64) -> Result<Option<u64>, Exception> {
         let (rs1, rs2) = (self.x[i.rs1 as usize], self.x[i.rs2 as usize]);
         match self.step_cold(i, pc, rs1, rs2)? {
