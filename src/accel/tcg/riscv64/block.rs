@@ -179,16 +179,11 @@ impl Hart {
         let vpc = self.pc;
         let (ppage, host_page) = self.fetch_page(vpc)?;
         let paddr = ppage | (vpc & !PAGE_MASK);
-        let slot = BlockCache::jump_slot(vpc);
-        let j = self.blocks.jump[slot];
-        if j.vpc == vpc && j.paddr == paddr {
-            if let Some(b) = self.blocks.blocks.get(j.block as usize) {
-                if b.generation == self.sys.code.generation(paddr) {
-                    self.stats.jump_cache_hits += 1;
-                    return Ok(j.block);
-                }
-            }
+        if let Some(id) = self.jump_cache_hit(vpc, paddr) {
+            self.stats.jump_cache_hits += 1;
+            return Ok(id);
         }
+        let slot = BlockCache::jump_slot(vpc);
         if let Some(&id) = self.blocks.by_paddr.get(&paddr) {
             if let Some(b) = self.blocks.blocks.get(id as usize) {
                 if b.generation == self.sys.code.generation(paddr) {
@@ -212,7 +207,20 @@ impl Hart {
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn lookup_compiled(&mut self, vpc: u64) -> Option<usize> {
         let (ppage, _) = self.fetch_page(vpc).ok()?;
-        let paddr = ppage | (vpc & !PAGE_MASK);
+        let id = self.jump_cache_hit(vpc, ppage | (vpc & !PAGE_MASK))?;
+        match self.blocks.blocks.get(id as usize)?.jit {
+            JitState::Compiled { chain, .. } => {
+                self.stats.jump_cache_hits += 1;
+                Some(chain)
+            }
+            _ => None,
+        }
+    }
+
+    /// The block the jump cache holds for `vpc` at physical `paddr`, if
+    /// it is still valid (its page generation unchanged).
+    #[inline]
+    fn jump_cache_hit(&mut self, vpc: u64, paddr: u64) -> Option<u32> {
         let j = self.blocks.jump[BlockCache::jump_slot(vpc)];
         if j.vpc != vpc || j.paddr != paddr {
             return None;
@@ -221,13 +229,7 @@ impl Hart {
         if b.generation != self.sys.code.generation(paddr) {
             return None;
         }
-        match b.jit {
-            JitState::Compiled { chain, .. } => {
-                self.stats.jump_cache_hits += 1;
-                Some(chain)
-            }
-            _ => None,
-        }
+        Some(j.block)
     }
 
     /// Decodes the block at `vpc` (physical `paddr`, page mapped at

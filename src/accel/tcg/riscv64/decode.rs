@@ -273,6 +273,38 @@ impl Insn {
         }
     }
 
+    /// Whether the instruction runs out of line, in `Hart::step_cold`
+    /// (system, CSR, atomic and floating-point instructions): the
+    /// interpreter's cold arm, and the instructions compiled code hands
+    /// back to the interpreter one at a time.
+    pub fn runs_cold(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Illegal
+                | Op::Fence
+                | Op::FenceI
+                | Op::Ecall
+                | Op::Ebreak
+                | Op::Sret
+                | Op::Wfi
+                | Op::SfenceVma
+                | Op::Csrrw
+                | Op::Csrrs
+                | Op::Csrrc
+                | Op::Csrrwi
+                | Op::Csrrsi
+                | Op::Csrrci
+                | Op::Lr
+                | Op::Sc
+                | Op::Amo
+                | Op::Flw
+                | Op::Fld
+                | Op::Fsw
+                | Op::Fsd
+                | Op::Fp
+        )
+    }
+
     /// Whether the instruction ends a translated block: unconditional
     /// jumps and anything that changes privilege, translation or interrupt
     /// state. Conditional branches do not: a taken branch leaves the block

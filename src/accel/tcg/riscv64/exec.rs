@@ -264,28 +264,9 @@ impl Hart {
                         sext32((a % b) as u64)
                     })
                 }
-                Op::Illegal
-                | Op::Fence
-                | Op::FenceI
-                | Op::Ecall
-                | Op::Ebreak
-                | Op::Sret
-                | Op::Wfi
-                | Op::SfenceVma
-                | Op::Csrrw
-                | Op::Csrrs
-                | Op::Csrrc
-                | Op::Csrrwi
-                | Op::Csrrsi
-                | Op::Csrrci
-                | Op::Lr
-                | Op::Sc
-                | Op::Amo
-                | Op::Flw
-                | Op::Fld
-                | Op::Fsw
-                | Op::Fsd
-                | Op::Fp => match self.step_cold(i, pc(), rs1!(), rs2!()) {
+                // Everything else (`Insn::runs_cold`, the list compiled
+                // code uses too): system, CSR, atomic and FP instructions.
+                _ => match self.step_cold(i, pc(), rs1!(), rs2!()) {
                     Ok(Flow::Next) => next!(),
                     Ok(Flow::Jump(target)) => target,
                     Err(e) => {
@@ -333,6 +314,7 @@ impl Hart {
     /// values of the source registers.
     #[inline(never)]
     fn step_cold(&mut self, i: &Insn, pc: u64, rs1: u64, rs2: u64) -> Result<Flow, Exception> {
+        debug_assert!(i.runs_cold(), "{:?} is handled inline", i.op);
         let imm = i.imm as u64;
         let rd = i.rd as usize;
         let next = pc.wrapping_add(i.len as u64);

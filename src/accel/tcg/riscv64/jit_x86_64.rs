@@ -185,75 +185,6 @@ struct Gen {
     page_offset: i64,
 }
 
-/// Whether `op` runs through the interpreter's cold path.
-fn is_cold(op: Op) -> bool {
-    !matches!(
-        op,
-        Op::Lui
-            | Op::Auipc
-            | Op::Jal
-            | Op::Jalr
-            | Op::Beq
-            | Op::Bne
-            | Op::Blt
-            | Op::Bge
-            | Op::Bltu
-            | Op::Bgeu
-            | Op::Lb
-            | Op::Lh
-            | Op::Lw
-            | Op::Ld
-            | Op::Lbu
-            | Op::Lhu
-            | Op::Lwu
-            | Op::Sb
-            | Op::Sh
-            | Op::Sw
-            | Op::Sd
-            | Op::Addi
-            | Op::Slti
-            | Op::Sltiu
-            | Op::Xori
-            | Op::Ori
-            | Op::Andi
-            | Op::Slli
-            | Op::Srli
-            | Op::Srai
-            | Op::Addiw
-            | Op::Slliw
-            | Op::Srliw
-            | Op::Sraiw
-            | Op::Add
-            | Op::Sub
-            | Op::Sll
-            | Op::Slt
-            | Op::Sltu
-            | Op::Xor
-            | Op::Srl
-            | Op::Sra
-            | Op::Or
-            | Op::And
-            | Op::Addw
-            | Op::Subw
-            | Op::Sllw
-            | Op::Srlw
-            | Op::Sraw
-            | Op::Mul
-            | Op::Mulh
-            | Op::Mulhsu
-            | Op::Mulhu
-            | Op::Div
-            | Op::Divu
-            | Op::Rem
-            | Op::Remu
-            | Op::Mulw
-            | Op::Divw
-            | Op::Divuw
-            | Op::Remw
-            | Op::Remuw
-    )
-}
-
 impl Gen {
     /// `[rbx + reg(r)]` addresses guest register `r`.
     fn reg(r: u8) -> i32 {
@@ -298,7 +229,7 @@ impl Gen {
             // After a cold instruction (a CSR write, an SBI call) the hart
             // must go back to its run loop, so that exit never chains.
             let end = insns.last().map_or(0, |i| i.off as i64 + i.len as i64);
-            let chain = !insns.last().is_some_and(|i| is_cold(i.op));
+            let chain = !insns.last().is_some_and(Insn::runs_cold);
             let label = self.exit_stub(insns.len() as u64, end, chain);
             dynasm!(self.a ; .arch x64 ; jmp =>label);
         }
