@@ -267,19 +267,18 @@ impl Gen {
         match stub {
             Stub::Loop { label, retired } => {
                 let n = imm32(retired as i64)?;
+                let leave = self.a.new_dynamic_label();
                 dynasm!(self.a
                     ; .arch x64
                     ; =>label
                     ; add QWORD [r12 + l.instructions], n
-                    ; cmp DWORD [r12 + l.budget], 0
-                    ; je >leave
-                    ; cmp BYTE [r12 + l.check], 0
-                    ; jne >leave
-                    ; cmp BYTE [r15], 0
-                    ; jne >leave
+                );
+                self.stop_unless_may_go_on(leave);
+                dynasm!(self.a
+                    ; .arch x64
                     ; dec DWORD [r12 + l.budget]
                     ; jmp =>top
-                    ; leave:
+                    ; =>leave
                     ; mov QWORD [r12 + l.pc], r13
                     ; xor eax, eax
                     ; jmp =>exit
@@ -305,14 +304,10 @@ impl Gen {
                     let slot = self.a.new_dynamic_label();
                     self.slots.push(slot);
                     let t = imm32(target)?;
+                    let plain = self.a.new_dynamic_label();
+                    self.stop_unless_may_go_on(plain);
                     dynasm!(self.a
                         ; .arch x64
-                        ; cmp DWORD [r12 + l.budget], 0
-                        ; je >plain
-                        ; cmp BYTE [r12 + l.check], 0
-                        ; jne >plain
-                        ; cmp BYTE [r15], 0
-                        ; jne >plain
                         ; mov rax, QWORD [=>slot]
                         ; test rax, rax
                         ; jz >unlinked
@@ -322,7 +317,7 @@ impl Gen {
                         ; unlinked:
                         ; lea rax, [=>slot]
                         ; mov QWORD [r12 + l.link_slot], rax
-                        ; plain:
+                        ; =>plain
                     );
                 }
                 self.start_plus(target);
@@ -427,6 +422,24 @@ impl Gen {
         );
     }
 
+    /// Jumps to `stop` unless the hart may go on into more compiled code
+    /// without passing through its run loop: the checks the run loop makes
+    /// between blocks (block budget left, no `check` from a store into a
+    /// code page, no attention request: interrupt, IPI, pause, stop).
+    /// Every self-loop, chained hop and looked-up hop makes them.
+    fn stop_unless_may_go_on(&mut self, stop: DynamicLabel) {
+        let l = self.l;
+        dynasm!(self.a
+            ; .arch x64
+            ; cmp DWORD [r12 + l.budget], 0
+            ; je =>stop
+            ; cmp BYTE [r12 + l.check], 0
+            ; jne =>stop
+            ; cmp BYTE [r15], 0
+            ; jne =>stop
+        );
+    }
+
     /// `rax = start + v`.
     fn start_plus(&mut self, v: i64) {
         if fits_i32(v) {
@@ -491,25 +504,21 @@ impl Gen {
     fn lookup_tail(&mut self, label: DynamicLabel, exit: DynamicLabel) {
         let l = self.l;
         let helper = self.h.lookup as i64;
+        let out = self.a.new_dynamic_label();
+        dynasm!(self.a ; .arch x64 ; =>label);
+        self.stop_unless_may_go_on(out);
         dynasm!(self.a
             ; .arch x64
-            ; =>label
-            ; cmp DWORD [r12 + l.budget], 0
-            ; je >out
-            ; cmp BYTE [r12 + l.check], 0
-            ; jne >out
-            ; cmp BYTE [r15], 0
-            ; jne >out
             ; mov rdi, r12
             ; mov rsi, QWORD [r12 + l.pc]
             ; mov rax, QWORD helper
             ; call rax
             ; test rax, rax
-            ; jz >out
+            ; jz =>out
             ; dec DWORD [r12 + l.budget]
             ; mov r13, QWORD [r12 + l.pc]
             ; jmp rax
-            ; out:
+            ; =>out
             ; xor eax, eax
             ; jmp =>exit
         );
