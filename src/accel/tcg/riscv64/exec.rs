@@ -46,7 +46,7 @@ impl Hart {
         };
         self.inflight = insns.len().saturating_sub(1) as u64;
         let result = match compiled {
-            Ok(f) => self.run_compiled(id, f),
+            Ok(f) => self.run_compiled(f),
             Err(max_loops) => {
                 self.loops_left = max_loops;
                 let r = self.run_insns(&insns);

@@ -191,6 +191,8 @@ pub struct Hart {
     /// Written by compiled code: the chain slot it left unlinked (0 for
     /// none).
     pub(super) link_slot: u64,
+    /// Written with it: the physical page of the block that left it.
+    pub(super) link_page: u64,
     /// That slot, waiting for the next block (see `Hart::link`).
     pub(super) pending_link: Option<PendingLink>,
     /// The exception a helper called from compiled code raised.
@@ -243,6 +245,7 @@ impl Hart {
             jit_policy: JitPolicy::default(),
             jit_exception: None,
             link_slot: 0,
+            link_page: 0,
             pending_link: None,
             loops_left: 0,
             stats: HartStats::default(),

@@ -17,7 +17,6 @@
 //! blocks compile again.
 
 use super::hart::{Exception, Hart};
-use crate::accel::tcg::tlb::PAGE_MASK;
 
 /// Runs after which a block is compiled (QEMU compiles at once; waiting
 /// keeps code that runs a handful of times, most of a boot, from paying
@@ -92,7 +91,8 @@ pub type CompiledBlock = unsafe extern "C" fn(
 pub struct PendingLink {
     /// Executable-arena address of the slot.
     pub slot: usize,
-    /// Physical page of the block that left it.
+    /// Physical page of the block that left it (which may not be the
+    /// block the run loop entered: hops go on through chains and lookups).
     pub page: u64,
     /// The arena's epoch then.
     pub epoch: u64,
@@ -206,6 +206,7 @@ mod host {
             blocks: off(offset_of!(Hart, stats.blocks)),
             inflight: off(offset_of!(Hart, inflight)),
             link_slot: off(offset_of!(Hart, link_slot)),
+            link_page: off(offset_of!(Hart, link_page)),
             tlb_stride: off(std::mem::size_of::<TlbEntry>()),
             tlb_read: off(offset_of!(TlbEntry, addr_read)),
             tlb_write: off(offset_of!(TlbEntry, addr_write)),
@@ -235,15 +236,7 @@ mod host {
     /// Host code for `insns` (a block starting at guest physical `paddr`),
     /// or `None` if the block cannot be compiled.
     pub fn translate(insns: &[Insn], paddr: u64) -> Option<Compiled> {
-        let page_offset = paddr & !crate::accel::tcg::tlb::PAGE_MASK;
-        compile(
-            insns,
-            page_offset,
-            insns.as_ptr() as usize,
-            &layout(),
-            &helpers(),
-        )
-        .ok()
+        compile(insns, paddr, insns.as_ptr() as usize, &layout(), &helpers()).ok()
     }
 
     /// Installs `code` in `buffer`; `None` when it is full.
@@ -374,7 +367,7 @@ impl Hart {
         let JitState::Compiled { chain, .. } = block.jit else {
             return;
         };
-        if link.epoch != epoch || block.paddr & PAGE_MASK != link.page {
+        if link.epoch != epoch || block.paddr & crate::accel::tcg::tlb::PAGE_MASK != link.page {
             return;
         }
         if let Some(code) = self.blocks.code_buffer() {
@@ -393,15 +386,9 @@ impl Hart {
         None
     }
 
-    /// Runs compiled block `id` (code `f`), with the interpreter's
-    /// contract (see [`Hart::exec_block`]); the caller holds the block's
-    /// instructions.
-    pub(super) fn run_compiled(&mut self, id: u32, f: CompiledBlock) -> Result<(), Exception> {
-        let page = self
-            .blocks
-            .blocks
-            .get(id as usize)
-            .map_or(u64::MAX, |b| b.paddr & PAGE_MASK);
+    /// Runs compiled block `f`, with the interpreter's contract (see
+    /// [`Hart::exec_block`]); the caller holds the block's instructions.
+    pub(super) fn run_compiled(&mut self, f: CompiledBlock) -> Result<(), Exception> {
         self.link_slot = 0;
         let attention = self.signals.attention_flag() as *const _;
         let tlb = self.tlb.modes[self.mmu_idx].table.as_ptr();
@@ -420,7 +407,7 @@ impl Hart {
             if self.link_slot != 0 {
                 self.pending_link = Some(PendingLink {
                     slot: self.link_slot as usize,
-                    page,
+                    page: self.link_page,
                     epoch: self.blocks.code_epoch(),
                 });
             }

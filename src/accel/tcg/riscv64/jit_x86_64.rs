@@ -54,6 +54,8 @@ pub struct HartLayout {
     pub inflight: i32,
     /// `u64`: where an unlinked chain slot was left (see `Stub::Exit`).
     pub link_slot: i32,
+    /// `u64`: the physical page of the block that left it.
+    pub link_page: i32,
     /// Size of a `TlbEntry` and the offsets of its fields.
     pub tlb_stride: i32,
     pub tlb_read: i32,
@@ -149,12 +151,12 @@ pub struct Compiled {
     pub chain_entry: usize,
 }
 
-/// Compiles `insns` (one translated block, starting `page_offset` bytes
-/// into its guest page; the instructions stay at `insns_addr` for as long
-/// as the code exists) to position-independent x86-64 code.
+/// Compiles `insns` (one translated block, starting at guest physical
+/// `paddr`; the instructions stay at `insns_addr` for as long as the code
+/// exists) to position-independent x86-64 code.
 pub fn compile(
     insns: &[Insn],
-    page_offset: u64,
+    paddr: u64,
     insns_addr: usize,
     layout: &HartLayout,
     helpers: &Helpers,
@@ -166,7 +168,8 @@ pub fn compile(
         stubs: Vec::new(),
         slots: Vec::new(),
         lookup: None,
-        page_offset: page_offset as i64,
+        page: paddr & PAGE_MASK,
+        page_offset: (paddr & !PAGE_MASK) as i64,
     };
     let chain_entry = g.block(insns, insns_addr)?;
     let code = g.a.finalize().map_err(|_| CompileError::Assembler)?;
@@ -182,6 +185,8 @@ struct Gen {
     slots: Vec<DynamicLabel>,
     /// The shared tail that leaves through a lookup (see `lookup_tail`).
     lookup: Option<DynamicLabel>,
+    /// The block's guest physical page, and where in it the block starts.
+    page: u64,
     page_offset: i64,
 }
 
@@ -303,6 +308,7 @@ impl Gen {
                     // the slot, under the checks the run loop would make.
                     let slot = self.a.new_dynamic_label();
                     self.slots.push(slot);
+                    let page = self.page as i64;
                     let t = imm32(target)?;
                     let plain = self.a.new_dynamic_label();
                     self.stop_unless_may_go_on(plain);
@@ -317,6 +323,8 @@ impl Gen {
                         ; unlinked:
                         ; lea rax, [=>slot]
                         ; mov QWORD [r12 + l.link_slot], rax
+                        ; mov rax, QWORD page
+                        ; mov QWORD [r12 + l.link_page], rax
                         ; =>plain
                     );
                 }
