@@ -8,13 +8,16 @@
 //! from then on runs as host code. Both tiers keep the same state in the
 //! same places (the hart's register file, pc and counters), so a block can
 //! switch tiers between any two runs and a trap looks the same from
-//! either. Compiled code calls back into Rust for loads and stores (the
-//! softmmu TLB) and for the instructions it does not generate inline.
+//! either. Compiled code calls back into Rust for loads and stores the
+//! inline TLB lookup cannot do, for the instructions it does not generate
+//! inline, and to look up the next block after a `jalr`; it goes from block
+//! to block without the run loop through chain slots (see `Hart::link`
+//! and `jit_x86_64.rs`).
 //!
-//! The compiled code lives exactly as long as its block: a block cache
-//! flush (`fence.i`, a topology change, the cache filling up) empties the
-//! arena as well, and a full arena drops all compiled code and lets hot
-//! blocks compile again.
+//! Compiled code is used only while its block is: a block cache flush
+//! (`fence.i`, a topology change, the cache filling up) empties the arena
+//! as well, and a full arena drops all compiled code and lets hot blocks
+//! compile again.
 
 use super::hart::{Exception, Hart};
 
