@@ -279,6 +279,13 @@ impl Hart {
         self.blocks.set_code_size(bytes);
     }
 
+    /// Block-cache flushes so far (also in [`HartStats`] after a run).
+    ///
+    /// [`HartStats`]: super::HartStats
+    pub fn block_cache_flushes(&self) -> u64 {
+        self.blocks.flushes
+    }
+
     /// Limits this hart's translated blocks to about `bytes` (default
     /// [`DEFAULT_CACHE_BYTES`](super::block::DEFAULT_CACHE_BYTES)): a
     /// translation that would pass it empties the cache first. Small
