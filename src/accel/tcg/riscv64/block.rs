@@ -445,3 +445,18 @@ impl Hart {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures docs/architecture.md gives for the per-hart bound.
+    #[test]
+    fn footprints_are_as_documented() {
+        assert_eq!(std::mem::size_of::<Insn>(), 16);
+        assert_eq!(Block::footprint(0), 146);
+        assert_eq!(Block::footprint(MAX_BLOCK_INSNS), 146 + 1024);
+        assert_eq!(JUMP_CACHE * std::mem::size_of::<JumpEntry>(), 96 << 10);
+        assert_eq!(DEFAULT_CACHE_BYTES, 16 << 20);
+    }
+}
