@@ -7,7 +7,8 @@
 //!   back after the restore, and can still write (virtio-blk queues come
 //!   back active, at their saved positions).
 //! * A damaged snapshot (flipped byte in memory or state, truncated memory,
-//!   wrong version or format) is refused with an error naming the problem.
+//!   wrong version or format, a hart state no hart can be in) is refused
+//!   with an error naming the problem.
 //!
 //! The snapshot create and restore times of the 256 MiB guest are printed;
 //! see them with
@@ -393,6 +394,26 @@ fn damaged_snapshots_are_refused() {
     let dir = variant("arch", &[MANIFEST_FILE]);
     edit_manifest(&dir, |m| m["arch"] = "x86_64".into());
     assert!(matches!(restore_error(&dir), SnapshotError::Arch { .. }));
+
+    // A hart state no hart can be in, checksums made to match: an odd pc
+    // (on the last byte of RAM, whose fetch read past the RAM mapping).
+    let dir = variant("odd-pc", &[STATE_FILE, MANIFEST_FILE]);
+    let path = dir.join(STATE_FILE);
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["harts"][1]["state"]["pc"] = 0x8fff_ffffu64.into();
+    let bytes = serde_json::to_vec(&state).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    edit_manifest(&dir, |m| {
+        m["state"]["size"] = bytes.len().into();
+        m["state"]["crc32"] = crc32fast::hash(&bytes).into();
+    });
+    let err = restore_error(&dir);
+    assert!(matches!(err, SnapshotError::Inconsistent(_)), "{err}");
+    assert!(
+        err.to_string().contains("hart 1: pc 0x8fffffff is odd"),
+        "{err}"
+    );
 
     // A directory without a snapshot.
     let empty = scratch("empty");

@@ -4133,3 +4133,133 @@ u_jump:
     assert_eq!(m.hart.x[8], 2, "SSIP was pending in S-mode");
     assert!(m.traps().iter().all(|t| t.status & SSTATUS_SPP == 0));
 }
+
+// ------------------------------------------------- pcs from outside the ISA
+
+const FETCH_MISALIGNED: u64 = 0;
+const HSM: u64 = 0x48_534d;
+const ERR_INVALID_ADDRESS: u64 = -5i64 as u64;
+
+/// HSM `hart_start` refuses a start address a hart could not fetch from
+/// with SBI_ERR_INVALID_ADDRESS, and hart 1 stays stopped: the last byte
+/// of RAM (where the first fetch, two bytes at page offset 0xfff, read
+/// past the end of the RAM mapping: a host SIGSEGV), any odd address, the
+/// first address past RAM, and one where nothing is mapped. The hart id is
+/// checked first (INVALID_PARAM), the hart's state last.
+#[test]
+fn hart_start_refuses_addresses_it_cannot_fetch_from() {
+    let last = RAM_BASE + RAM_SIZE - 1;
+    let end = RAM_BASE + RAM_SIZE;
+    let mut m = Machine::new_smp(&[], 2);
+    m.load_program(&assemble(&program(&format!(
+        "
+    .macro start hart, addr
+    li a0, \\hart
+    li a1, \\addr
+    sbi {HSM:#x}, 0
+    sd a0, 0(s11)
+    addi s11, s11, 8
+    .endm
+    li s11, OUT
+    start 1, {last:#x}
+    start 1, {odd:#x}
+    start 1, {end:#x}
+    start 1, 0x1000
+    start 7, {last:#x}
+    start 0, {last:#x}
+    start 0, {RAM_BASE:#x}
+    li a0, 1
+    sbi {HSM:#x}, 2
+    sd a1, 0(s11)
+    ",
+        odd = RAM_BASE + 0x2001,
+    ))));
+    let hart1 = m.others.pop().unwrap();
+    let thread = std::thread::spawn(move || hart1.thread_main());
+    let r = m.run_bounded(1_000_000);
+    m.sys.stop_all();
+    let stats1 = thread.join().expect("hart 1 thread");
+    assert_eq!(r, Some(ExitReason::PowerOff), "traps: {:#x?}", m.traps());
+    m.assert_traps(&[]);
+    let invalid_param = -3i64 as u64;
+    let already = -6i64 as u64;
+    assert_eq!(
+        m.read_u64s(OUT, 8),
+        [
+            ERR_INVALID_ADDRESS,
+            ERR_INVALID_ADDRESS,
+            ERR_INVALID_ADDRESS,
+            ERR_INVALID_ADDRESS,
+            invalid_param,
+            ERR_INVALID_ADDRESS,
+            already,
+            1, // hart 1: stopped
+        ]
+    );
+    assert_eq!(stats1.instructions, 0, "hart 1 never ran");
+}
+
+/// A pc with bit 0 set, which no instruction can produce but HSM
+/// `hart_start` (`reset_to`) or a restored state (`set_state`) could
+/// hand a hart, raises instruction-address-misaligned before anything is
+/// fetched, with the odd pc in stval and sepc with bit 0 clear: on the
+/// last byte of RAM (where a 2-byte fetch read past the end of the RAM
+/// mapping) and inside a page.
+#[test]
+fn an_odd_pc_faults_before_anything_is_fetched() {
+    let last = RAM_BASE + RAM_SIZE - 1;
+    for (pc, restore) in [(last, true), (RAM_BASE + 0x2001, true), (last, false)] {
+        let mut m = Machine::with_program(
+            "
+resumed:
+    li t0, OUT
+    li t1, 1
+    sd t1, 0(t0)
+    ",
+        );
+        let mut state = m.hart.state();
+        state.stvec = m.sym("trap_handler");
+        if restore {
+            state.pc = pc;
+            assert!(state.check().is_err(), "a restore refuses it");
+            m.hart.set_state(&state);
+        } else {
+            m.hart.set_state(&state);
+            m.hart.reset_to(pc, 1, 0);
+        }
+        m.write_u64(TRAP_RESUME, m.sym("resumed"));
+        m.run_to_poweroff();
+        m.assert_traps(&[Trap::new(FETCH_MISALIGNED, pc, pc & !1)]);
+        assert_eq!(m.out(0), 1, "resumed at {pc:#x} (restore: {restore})");
+    }
+}
+
+/// Bit 0 of a jump target is dropped as the ISA says (IALIGN = 16): `jalr`
+/// clears it, and so does a write to `sepc`, so `sret` cannot reach an
+/// odd pc either.
+#[test]
+fn jump_targets_lose_bit_0() {
+    let mut m = Machine::with_program(
+        "
+    li s11, OUT
+    la t0, after_sret
+    addi t0, t0, 1
+    csrw sepc, t0
+    csrr t1, sepc
+    sd t1, 0(s11)
+    li t1, 0x100
+    csrs sstatus, t1              # SPP = S
+    sret
+after_sret:
+    la t0, after_jalr
+    addi t0, t0, 1
+    jalr ra, 0(t0)
+after_jalr:
+    li t1, 1
+    sd t1, 8(s11)
+    ",
+    );
+    m.run_to_poweroff();
+    m.assert_traps(&[]);
+    assert_eq!(m.read_u64s(OUT, 2), [m.sym("after_sret"), 1]);
+}

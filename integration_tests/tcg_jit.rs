@@ -15,6 +15,7 @@ mod riscv;
 use std::fmt::Write;
 
 use ember::accel::tcg::riscv64::jit::JitPolicy;
+use ember::accel::tcg::riscv64::Hart;
 use proptest::prelude::*;
 use riscv::*;
 
@@ -141,15 +142,17 @@ struct Outcome {
     traps: usize,
 }
 
-/// Statistics of a run: blocks compiled, chain links made.
+/// Statistics of a run: blocks compiled, chain links made, block-cache
+/// flushes.
 #[derive(Debug, Default)]
 struct JitStats {
     compilations: u64,
     chained: u64,
+    flushes: u64,
 }
 
 fn run(p: &Program, data: &[u8], policy: JitPolicy) -> (Outcome, JitStats) {
-    run_with_arena(p, data, policy, None)
+    run_with(p, data, policy, |_| {})
 }
 
 fn run_with_arena(
@@ -158,11 +161,24 @@ fn run_with_arena(
     policy: JitPolicy,
     arena: Option<usize>,
 ) -> (Outcome, JitStats) {
+    run_with(p, data, policy, |hart| {
+        if let Some(bytes) = arena {
+            hart.set_code_arena_size(bytes);
+        }
+    })
+}
+
+/// Runs `p` on a hart `setup` configured after the policy was set.
+fn run_with(
+    p: &Program,
+    data: &[u8],
+    policy: JitPolicy,
+    setup: impl FnOnce(&mut Hart),
+) -> (Outcome, JitStats) {
     let mut m = Machine::load(p);
     m.hart.set_jit_policy(policy);
-    if let Some(bytes) = arena {
-        m.hart.set_code_arena_size(bytes);
-    }
+    setup(&mut m.hart);
+    let flushes_before = m.hart.block_cache_flushes();
     m.write(BASE, data);
     m.run_to_poweroff();
     let outcome = Outcome {
@@ -174,6 +190,7 @@ fn run_with_arena(
     let stats = JitStats {
         compilations: m.hart.stats.compilations,
         chained: m.hart.stats.chained,
+        flushes: m.hart.block_cache_flushes() - flushes_before,
     };
     (outcome, stats)
 }
@@ -232,6 +249,105 @@ leaf:
     assert_eq!(compiled, interpreted, "2 KiB arena");
     if JitPolicy::supported() {
         assert!(stats.compilations > 100, "no arena resets: {stats:?}");
+    }
+}
+
+/// A loop through blocks on one page that, every 64th of 512 iterations,
+/// patches a function on that page and runs `fence.i`: in compiled code
+/// that the loop reached through a chain link (not from the run loop),
+/// so the flush `fence.i` asks for must wait until the chain returns,
+/// since the code running points into that block's instructions (which
+/// the flush used to free under it). In between, the blocks get hot and
+/// chained again. The next call runs the new code under every policy.
+#[test]
+fn fence_i_in_chained_compiled_code() {
+    let p = assemble(&program(&format!(
+        r#"
+main:
+    li s3, 512
+    li s4, 0
+    la s2, f_patched
+    li s6, {addi_a0:#x}
+loop:
+    addi s5, s5, 1
+    j 1f
+1:
+    andi t1, s3, 63
+    bnez t1, 2f
+    slli t2, s3, 20
+    or t2, t2, s6
+    sw t2, 0(s2)
+    fence.i
+2:
+    call f_patched
+    add s4, s4, a0
+    addi s3, s3, -1
+    bnez s3, loop
+    sbi 8, 0
+f_patched:
+    li a0, 1
+    ret
+"#,
+        addi_a0 = (10 << 7) | 0x13, // addi a0, zero, 0
+    )));
+    let mut value = 1;
+    let mut sum = 0u64;
+    for s3 in (1..=512u64).rev() {
+        if s3 % 64 == 0 {
+            value = s3;
+        }
+        sum += value;
+    }
+    let data = vec![0u8; DATA_LEN];
+    let (interpreted, none) = run(&p, &data, JitPolicy::Off);
+    assert_eq!(interpreted.x[20], sum, "s4: the sum of f's results");
+    assert_eq!(none.flushes, 8, "one per fence.i");
+    for policy in [JitPolicy::Hot, JitPolicy::Eager] {
+        let (compiled, stats) = run(&p, &data, policy);
+        assert_eq!(compiled, interpreted, "{policy:?}");
+        assert_eq!(stats.flushes, 8, "{policy:?}: one per fence.i");
+        if JitPolicy::supported() {
+            assert!(stats.chained > 0, "{policy:?}: {stats:?}");
+        }
+    }
+}
+
+/// A block cache limited to about two blocks starts over whenever it is
+/// full (as the code arena does), under every policy, with the results of
+/// an unlimited one.
+#[test]
+fn a_full_block_cache_starts_over() {
+    let p = assemble(&program(&format!(
+        r#"
+main:
+    li s2, {BASE:#x}
+    li s3, 300
+loop:
+    addi t0, t0, 3
+    j 1f
+2:
+    mul t1, t1, t0
+    andi t2, t1, 4
+    beqz t2, 3f
+    addi t0, t0, 1
+3:
+    addi s3, s3, -1
+    bnez s3, loop
+    sd t1, 0(s2)
+    sbi 8, 0
+1:
+    xor t1, t1, t0
+    addi t1, t1, 7
+    j 2b
+"#
+    )));
+    let data = vec![0u8; DATA_LEN];
+    let (unlimited, stats) = run(&p, &data, JitPolicy::Off);
+    assert_eq!(stats.flushes, 0, "nothing fills 16 MiB here");
+    for policy in [JitPolicy::Off, JitPolicy::Hot, JitPolicy::Eager] {
+        let (limited, stats) = run_with(&p, &data, policy, |h| h.set_block_cache_size(512));
+        assert_eq!(limited, unlimited, "{policy:?}");
+        assert!(stats.flushes > 100, "{policy:?}: {stats:?}");
     }
 }
 

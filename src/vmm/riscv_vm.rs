@@ -99,6 +99,18 @@ impl RiscvVm {
     pub fn restore(dir: &Path, options: RestoreOptions) -> Result<RiscvVm, VmError> {
         let snapshot = LoadedSnapshot::open(dir)?;
         let state = &snapshot.state;
+        // A hart state no hart could be in (a hand-edited state.json) is
+        // refused before anything is built.
+        for (id, saved) in state.harts.iter().enumerate() {
+            let pc = match (&saved.state, saved.hsm) {
+                (Some(s), _) => s.check(),
+                (None, crate::vmm::snapshot::SavedHsm::StartPending { addr, .. }) => {
+                    crate::accel::tcg::riscv64::hart::check_pc(addr)
+                }
+                (None, _) => Ok(()),
+            };
+            pc.map_err(|e| SnapshotError::Inconsistent(format!("hart {id}: {e}")))?;
+        }
         let base = VmConfig {
             arch: crate::arch::GuestArch::Riscv64,
             console_input: options.console_input,

@@ -6,19 +6,26 @@
 //! before running a cached block, so a stale block is never executed after
 //! its page was written through the slow path. Stores reach the slow path
 //! because TLB entries for pages marked here carry `TLB_NOTDIRTY`.
+//!
+//! Generations are 63-bit counters, so they never come back to a value a
+//! cached block recorded: each increment is one slow-path store into a
+//! code page (a TLB fill, a page walk or at least a dispatch through
+//! `code_page_written`), far slower than 1 ns, and 2^63 ns is 292 years.
+//! (A 31-bit counter wrapped after 2^31 stores into one page, about a
+//! minute of a guest hammering it, and made an old block valid again.)
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::memory::{FlatView, RegionKind};
 
 use super::tlb::{PAGE_BITS, PAGE_MASK};
 
 /// Set in a page's word while it holds translated code.
-const HAS_CODE: u32 = 1 << 31;
+const HAS_CODE: u64 = 1 << 63;
 
 struct Range {
     start: u64,
-    pages: Box<[AtomicU32]>,
+    pages: Box<[AtomicU64]>,
 }
 
 /// Per-page code flags and generations for the RAM of a view.
@@ -39,7 +46,7 @@ impl CodePages {
                 let count = (end.saturating_sub(start)).div_ceil(1 << PAGE_BITS) as usize;
                 ranges.push(Range {
                     start,
-                    pages: (0..count).map(|_| AtomicU32::new(0)).collect(),
+                    pages: (0..count).map(|_| AtomicU64::new(0)).collect(),
                 });
             }
         }
@@ -47,7 +54,7 @@ impl CodePages {
     }
 
     #[inline]
-    fn slot(&self, paddr: u64) -> Option<&AtomicU32> {
+    fn slot(&self, paddr: u64) -> Option<&AtomicU64> {
         // Machines have one RAM range almost always: check it first
         // without the iterator.
         if let Some(first) = self.ranges.first() {
@@ -65,13 +72,13 @@ impl CodePages {
 
     /// The page's generation (0 for untracked pages).
     #[inline]
-    pub fn generation(&self, paddr: u64) -> u32 {
+    pub fn generation(&self, paddr: u64) -> u64 {
         self.slot(paddr)
             .map_or(0, |s| s.load(Ordering::Acquire) & !HAS_CODE)
     }
 
     /// Marks the page as holding code; returns its generation.
-    pub fn mark_code(&self, paddr: u64) -> u32 {
+    pub fn mark_code(&self, paddr: u64) -> u64 {
         match self.slot(paddr) {
             Some(s) => s.fetch_or(HAS_CODE, Ordering::AcqRel) & !HAS_CODE,
             None => 0,
@@ -90,8 +97,11 @@ impl CodePages {
     /// translated anew.
     pub fn invalidate(&self, paddr: u64) {
         if let Some(s) = self.slot(paddr) {
+            // `fetch_update` never fails with a closure that always
+            // returns `Some`. The counter stays below 2^63 (see the module
+            // comment), so the mask only drops the code flag.
             let _ = s.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(((v & !HAS_CODE).wrapping_add(1)) & !HAS_CODE)
+                Some(((v & !HAS_CODE) + 1) & !HAS_CODE)
             });
         }
     }
@@ -123,5 +133,30 @@ mod tests {
         assert_eq!(pages.generation(p + 0x1000), 0, "neighbours untouched");
         assert_eq!(pages.generation(0x1000), 0, "untracked");
         pages.invalidate(0x1000);
+    }
+
+    /// Generations count on past 2^31 (where a 31-bit counter went back
+    /// to a value old blocks recorded) without touching the code flag.
+    #[test]
+    fn generations_do_not_wrap() {
+        let mut tree = MemoryTree::new();
+        let root = tree.new_container("system", 1 << 40).unwrap();
+        let ram = tree.new_ram("ram", 0x10000).unwrap();
+        tree.add_subregion(root, 0x8000_0000, ram).unwrap();
+        let space = tree
+            .add_address_space("memory", root, Unassigned::Zero)
+            .unwrap();
+        let pages = CodePages::new(&space.view());
+        let p = 0x8000_3000;
+        let slot = pages.slot(p).unwrap();
+        slot.store(((1u64 << 31) - 1) as _, Ordering::SeqCst);
+        pages.mark_code(p);
+        pages.invalidate(p);
+        assert_eq!(pages.generation(p), 1 << 31);
+        assert!(!pages.has_code(p));
+        assert_eq!(pages.mark_code(p), 1 << 31);
+        assert!(pages.has_code(p));
+        pages.invalidate(p);
+        assert_eq!(pages.generation(p), (1 << 31) + 1);
     }
 }

@@ -6,6 +6,17 @@
 //! generation moved on is decoded again. `fence.i` and topology changes
 //! drop the whole cache, like QEMU's `tb_flush`, together with the host
 //! code compiled from it (`jit.rs`).
+//!
+//! Nothing is freed while guest code runs: a flush asked for by an
+//! instruction (`fence.i`, an SBI remote fence aimed at the hart itself)
+//! is deferred until the block, and the compiled blocks it chained into,
+//! have returned to the run loop, because those blocks' instructions and
+//! host code are in use until then.
+//!
+//! The cache is bounded: past [`MAX_BLOCKS`] blocks or
+//! [`DEFAULT_CACHE_BYTES`] of blocks and decoded instructions it starts
+//! over, as the code arena does when full (see docs/architecture.md for
+//! the per-hart total).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -13,7 +24,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use crate::accel::tcg::tlb::{PAGE_MASK, PAGE_SIZE};
 
 use super::decode::{decode_parts, is_compressed, Insn};
-use super::hart::{Exception, Hart};
+use super::hart::{cause, Exception, Hart};
 use super::jit::JitState;
 #[cfg(target_arch = "x86_64")]
 use crate::accel::tcg::code_buffer::{CodeBuffer, ARENA_SIZE};
@@ -25,15 +36,29 @@ const _: () = assert!((MAX_BLOCK_INSNS - 1) * 4 <= u8::MAX as usize);
 /// Jump-cache entries (direct-mapped by virtual PC).
 const JUMP_CACHE: usize = 4096;
 /// Beyond this many blocks the cache starts over (bounded memory).
-const MAX_BLOCKS: usize = 1 << 16;
+pub const MAX_BLOCKS: usize = 1 << 16;
+/// Bytes of translated blocks (decoded instructions plus the cache's
+/// bookkeeping per block, see [`Block::footprint`]) beyond which the cache
+/// starts over.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 /// One translated block.
 pub struct Block {
-    pub generation: u32,
+    pub generation: u64,
     /// Guest physical address of the first instruction.
     pub paddr: u64,
     pub insns: Box<[Insn]>,
     pub jit: JitState,
+}
+
+impl Block {
+    /// Bytes this block accounts for against the cache's limit: its
+    /// instructions, and twice its entries in the block vector and the
+    /// address map (the slack either may have after growing).
+    fn footprint(insns: usize) -> usize {
+        insns * std::mem::size_of::<Insn>()
+            + 2 * (std::mem::size_of::<Block>() + std::mem::size_of::<(u64, u32)>() + 1)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -69,6 +94,17 @@ pub struct BlockCache {
     jump: Box<[JumpEntry]>,
     /// The last uncacheable block (one straddling two pages).
     scratch: Option<Block>,
+    /// [`Block::footprint`] of every block in `blocks`.
+    bytes: usize,
+    /// The limit on `bytes`.
+    max_bytes: usize,
+    /// Guest code is running (a block, and what it chains into): the
+    /// blocks and the code arena must not change.
+    running: bool,
+    /// A flush was asked for while `running`.
+    flush_deferred: bool,
+    /// Flushes done (for tests and `--timings`).
+    pub(super) flushes: u64,
     /// Executable memory for compiled blocks, created at the first
     /// compilation.
     #[cfg(target_arch = "x86_64")]
@@ -100,6 +136,11 @@ impl BlockCache {
             by_paddr: HashMap::default(),
             jump: vec![EMPTY_JUMP; JUMP_CACHE].into_boxed_slice(),
             scratch: None,
+            bytes: 0,
+            max_bytes: DEFAULT_CACHE_BYTES,
+            running: false,
+            flush_deferred: false,
+            flushes: 0,
             #[cfg(target_arch = "x86_64")]
             code: None,
             #[cfg(target_arch = "x86_64")]
@@ -120,15 +161,26 @@ impl BlockCache {
         let _ = bytes;
     }
 
-    /// Drops every block and the code compiled from them.
-    ///
-    /// This may run from a helper called by compiled code (`fence.i`);
-    /// that code is not overwritten before it returns, because nothing is
-    /// installed in the arena until the next compilation, which happens
-    /// between blocks.
+    /// Sets the limit on the bytes of translated blocks (dropping every
+    /// block): [`DEFAULT_CACHE_BYTES`] unless a test wants the cache to
+    /// fill often.
+    pub fn set_max_bytes(&mut self, bytes: usize) {
+        self.flush();
+        self.max_bytes = bytes;
+    }
+
+    /// Drops every block and the code compiled from them; while guest code
+    /// runs (an instruction asked for it), when that code has returned to
+    /// the run loop (see [`BlockCache::end_run`]).
     pub fn flush(&mut self) {
+        if self.running {
+            self.flush_deferred = true;
+            return;
+        }
+        self.flushes += 1;
         self.blocks.clear();
         self.by_paddr.clear();
+        self.bytes = 0;
         self.jump.fill(EMPTY_JUMP);
         #[cfg(target_arch = "x86_64")]
         if let Some(code) = &mut self.code {
@@ -136,10 +188,27 @@ impl BlockCache {
         }
     }
 
+    /// Guest code starts running: from now until [`BlockCache::end_run`]
+    /// no block, instruction array or compiled code is freed or replaced.
+    pub(super) fn begin_run(&mut self) {
+        self.running = true;
+    }
+
+    /// Guest code has returned to the run loop: a flush it asked for
+    /// happens now.
+    pub(super) fn end_run(&mut self) {
+        self.running = false;
+        if std::mem::take(&mut self.flush_deferred) {
+            self.flush();
+        }
+    }
+
     /// Forgets all compiled code (the arena is full) but keeps the blocks,
     /// which compile again once hot.
     #[cfg(target_arch = "x86_64")]
     pub(super) fn drop_compiled(&mut self) {
+        // Compilation happens between blocks, never from running code.
+        debug_assert!(!self.running, "arena reset while its code runs");
         for b in &mut self.blocks {
             if let JitState::Compiled { .. } = b.jit {
                 b.jit = JitState::Cold(0);
@@ -177,6 +246,13 @@ impl Hart {
     #[inline]
     pub(super) fn fetch_block(&mut self) -> Result<u32, Exception> {
         let vpc = self.pc;
+        if vpc & 1 != 0 {
+            // Only a pc set from outside the guest's instructions can be
+            // odd (HSM `hart_start`, a restored state: `jalr`, `sepc` and
+            // `stvec` clear bit 0). Instructions are 2-byte aligned, so
+            // no fetch ever starts at a page's last byte.
+            return Err(Exception::new(cause::FETCH_MISALIGNED, vpc));
+        }
         let (ppage, host_page) = self.fetch_page(vpc)?;
         let paddr = ppage | (vpc & !PAGE_MASK);
         if let Some(id) = self.jump_cache_hit(vpc, paddr) {
@@ -233,13 +309,14 @@ impl Hart {
     }
 
     /// Decodes the block at `vpc` (physical `paddr`, page mapped at
-    /// `host_page`).
+    /// `host_page`, `vpc` even).
     fn translate_block(
         &mut self,
         vpc: u64,
         paddr: u64,
         host_page: *const u8,
     ) -> Result<u32, Exception> {
+        debug_assert!(!self.blocks.running, "translation while code runs");
         self.stats.translations += 1;
         let ppage = paddr & PAGE_MASK;
         if !self.sys.code.has_code(ppage) {
@@ -248,24 +325,36 @@ impl Hart {
             self.tlb.protect_code_page(ppage);
         }
         let generation = self.sys.code.mark_code(ppage);
+        debug_assert!(vpc & 1 == 0, "fetch_block refuses odd pcs");
         let mut insns = Vec::with_capacity(16);
         let first = vpc & !PAGE_MASK;
         let mut offset = first;
         let mut cacheable = true;
-        let read_half = |off: u64| -> u16 {
+        // The one place fetched bytes are read: two at `off`, only if
+        // both are on the page.
+        let read_half = |off: u64| -> Option<u16> {
+            if off > PAGE_SIZE - 2 {
+                return None;
+            }
             // SAFETY: `host_page` maps a whole guest page of RAM or ROM
-            // (fetch_page checked the TLB entry) and `off + 2 <= 4096`.
-            unsafe {
+            // (`fetch_page` returns only those, from a TLB entry filled for
+            // exactly one page of the view the hart holds), and `off + 2 <=
+            // PAGE_SIZE` was checked just above, for any `off`.
+            Some(unsafe {
                 let p = host_page.wrapping_add(off as usize);
                 u16::from_le_bytes([*p, *p.wrapping_add(1)])
-            }
+            })
         };
-        while insns.len() < MAX_BLOCK_INSNS && offset < PAGE_SIZE {
-            let lo = read_half(offset);
+        while insns.len() < MAX_BLOCK_INSNS {
+            // `offset` is even (so is `vpc`, and instructions are 2 or 4
+            // bytes), so this ends the block exactly at the page's end.
+            let Some(lo) = read_half(offset) else {
+                break;
+            };
             let mut insn = if is_compressed(lo) {
                 decode_parts(lo, 0)
-            } else if offset + 4 <= PAGE_SIZE {
-                decode_parts(lo, read_half(offset + 2))
+            } else if let Some(hi) = read_half(offset + 2) {
+                decode_parts(lo, hi)
             } else {
                 // The second half is on the next page, which may fault.
                 let next = (vpc & PAGE_MASK).wrapping_add(PAGE_SIZE);
@@ -274,7 +363,8 @@ impl Hart {
                     break;
                 }
                 let (_, next_host) = self.fetch_page(next)?;
-                // SAFETY: as above, for the first bytes of the next page.
+                // SAFETY: as in `read_half`, for the first two bytes of
+                // the next page, which `fetch_page` just mapped whole.
                 let hi = unsafe { u16::from_le_bytes([*next_host, *next_host.wrapping_add(1)]) };
                 cacheable = false;
                 decode_parts(lo, hi)
@@ -296,13 +386,21 @@ impl Hart {
             self.blocks.scratch = Some(block);
             return Ok(SCRATCH_BLOCK);
         }
-        if self.blocks.blocks.len() >= MAX_BLOCKS {
+        let footprint = Block::footprint(block.insns.len());
+        if self.blocks.blocks.len() >= MAX_BLOCKS
+            || self.blocks.bytes.saturating_add(footprint) > self.blocks.max_bytes
+        {
+            // Full: start over, as QEMU does.
             self.blocks.flush();
         }
         // Reuse the slot of a stale block at the same address.
         let id = match self.blocks.by_paddr.get(&paddr) {
             Some(&id) if (id as usize) < self.blocks.blocks.len() => {
-                self.blocks.blocks[id as usize] = block;
+                let old = std::mem::replace(&mut self.blocks.blocks[id as usize], block);
+                self.blocks.bytes = self
+                    .blocks
+                    .bytes
+                    .saturating_sub(Block::footprint(old.insns.len()));
                 id
             }
             _ => {
@@ -310,6 +408,7 @@ impl Hart {
                 (self.blocks.blocks.len() - 1) as u32
             }
         };
+        self.blocks.bytes += footprint;
         self.blocks.by_paddr.insert(paddr, id);
         self.blocks.jump[BlockCache::jump_slot(vpc)] = JumpEntry {
             vpc,
@@ -331,8 +430,8 @@ impl Hart {
         Some(std::mem::take(&mut block.insns))
     }
 
-    /// Returns instructions taken by [`Hart::blocks_take`], unless the
-    /// cache was flushed meanwhile (`fence.i`), in which case they go.
+    /// Returns instructions taken by [`Hart::blocks_take`] (nothing can
+    /// have replaced the block meanwhile: see [`BlockCache::begin_run`]).
     pub(super) fn blocks_put_back(&mut self, id: u32, insns: Box<[Insn]>) {
         let block = if id == SCRATCH_BLOCK {
             self.blocks.scratch.as_mut()
@@ -344,5 +443,20 @@ impl Hart {
                 block.insns = insns;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The figures docs/architecture.md gives for the per-hart bound.
+    #[test]
+    fn footprints_are_as_documented() {
+        assert_eq!(std::mem::size_of::<Insn>(), 16);
+        assert_eq!(Block::footprint(0), 146);
+        assert_eq!(Block::footprint(MAX_BLOCK_INSNS), 146 + 1024);
+        assert_eq!(JUMP_CACHE * std::mem::size_of::<JumpEntry>(), 96 << 10);
+        assert_eq!(DEFAULT_CACHE_BYTES, 16 << 20);
     }
 }

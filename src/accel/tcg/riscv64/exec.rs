@@ -45,6 +45,11 @@ impl Hart {
             None => return Ok(()),
         };
         self.inflight = insns.len().saturating_sub(1) as u64;
+        // From here until `end_run` the cache frees nothing: the compiled
+        // code may chain into other blocks, whose instructions (which
+        // their code points into) and code must outlive the whole run even
+        // if an instruction flushes the cache (`fence.i`).
+        self.blocks.begin_run();
         let result = match compiled {
             Ok(f) => self.run_compiled(f),
             Err(max_loops) => {
@@ -55,6 +60,7 @@ impl Hart {
             }
         };
         self.blocks_put_back(id, insns);
+        self.blocks.end_run();
         result
     }
 
@@ -331,6 +337,8 @@ impl Hart {
                 }
             }
             Op::FenceI => {
+                // Deferred until this block (and any it chained into)
+                // returns to the run loop, before the next fetch.
                 self.blocks.flush();
                 return Ok(Flow::Jump(next));
             }

@@ -27,6 +27,7 @@ pub enum Priv {
 
 /// Exception causes (`scause` without the interrupt bit).
 pub mod cause {
+    pub const FETCH_MISALIGNED: u64 = 0;
     pub const FETCH_ACCESS: u64 = 1;
     pub const ILLEGAL: u64 = 2;
     pub const BREAKPOINT: u64 = 3;
@@ -96,6 +97,9 @@ pub struct HartStats {
     pub code_bytes: u64,
     pub jump_cache_hits: u64,
     pub smc_invalidations: u64,
+    /// Whole block-cache flushes (`fence.i`, topology changes, the cache
+    /// filling up).
+    pub block_flushes: u64,
     pub traps: u64,
     pub interrupts: u64,
     pub sbi_calls: u64,
@@ -136,6 +140,30 @@ pub struct HartState {
     pub wfi: bool,
     /// Instructions retired (the `cycle` and `instret` CSRs).
     pub instret: u64,
+}
+
+impl HartState {
+    /// Refuses a state no hart can be in, which a restore must not load:
+    /// an odd pc (instructions are 2-byte aligned; `jalr`, `sepc` and
+    /// `stvec` cannot produce one). A hart given one anyway faults on its
+    /// first fetch (instruction address misaligned), never reads outside
+    /// the page. Everything else is either masked by
+    /// [`Hart::set_state`] as the CSR writes would, or a value the guest
+    /// could have written (a pc outside RAM faults on fetch).
+    pub fn check(&self) -> Result<(), String> {
+        check_pc(self.pc)
+    }
+}
+
+/// Refuses a pc no hart can have (see [`HartState::check`]): also for the
+/// start address of a hart saved between HSM `hart_start` and its start.
+pub fn check_pc(pc: u64) -> Result<(), String> {
+    if pc & 1 != 0 {
+        return Err(format!(
+            "pc {pc:#x} is odd (instructions are 2-byte aligned)"
+        ));
+    }
+    Ok(())
 }
 
 /// One hart.
@@ -490,7 +518,10 @@ impl Hart {
     /// faulting instruction, or the next one for interrupts.
     pub(super) fn take_trap(&mut self, cause: u64, tval: u64, interrupt: bool) {
         self.stats.traps += 1;
-        self.sepc = self.pc;
+        // sepc[0] is always zero with 2-byte instructions; the pc is odd
+        // only for an instruction-address-misaligned fetch (which has the
+        // odd address in stval).
+        self.sepc = self.pc & !1;
         self.scause = cause | if interrupt { 1 << 63 } else { 0 };
         self.stval = tval;
         let mut s = self.sstatus & !(SSTATUS_SPP | SSTATUS_SPIE | SSTATUS_SIE);
@@ -629,6 +660,7 @@ impl Hart {
     /// Copies the counters where the control API reads them; skipped when
     /// a reader holds the lock (the next service point publishes).
     fn publish_stats(&mut self) {
+        self.stats.block_flushes = self.blocks.flushes;
         if let Ok(mut p) = self.sys.harts[self.id].published.try_lock() {
             *p = self.stats;
             p.tlb = self.tlb.stats;
@@ -714,6 +746,7 @@ impl Hart {
         self.run();
         self.limit = None;
         self.stats.tlb = self.tlb.stats;
+        self.stats.block_flushes = self.blocks.flushes;
         self.exit.take()
     }
 
@@ -771,6 +804,7 @@ impl Hart {
             }
         }
         self.stats.tlb = self.tlb.stats;
+        self.stats.block_flushes = self.blocks.flushes;
         self.stats
     }
 }

@@ -167,8 +167,12 @@ mod host {
     /// # Safety
     /// As [`load`]; `insn` points at the block's instruction being run.
     unsafe extern "sysv64" fn cold(hart: *mut Hart, insn: *const Insn, pc: u64) -> Ret {
-        // SAFETY: as in `load`; the block's instructions are kept alive by
-        // `Hart::exec_block` for the whole run.
+        // SAFETY: as in `load`; `insn` points into the instructions of the
+        // compiled block running, which stay allocated and unchanged until
+        // the run returns to `Hart::exec_block`: the entered block's are
+        // held by `exec_block` itself, and those of blocks it chained into
+        // are in the cache, which frees nothing between `begin_run` and
+        // `end_run` (a `fence.i` here only asks for a flush).
         let (hart, insn) = unsafe { (&mut *hart, &*insn) };
         match hart.step_one_cold(insn, pc) {
             Ok(None) => Ret {
@@ -273,6 +277,21 @@ impl Hart {
     /// tests use to exercise that path.
     pub fn set_code_arena_size(&mut self, bytes: usize) {
         self.blocks.set_code_size(bytes);
+    }
+
+    /// Block-cache flushes so far (also in [`HartStats`] after a run).
+    ///
+    /// [`HartStats`]: super::HartStats
+    pub fn block_cache_flushes(&self) -> u64 {
+        self.blocks.flushes
+    }
+
+    /// Limits this hart's translated blocks to about `bytes` (default
+    /// [`DEFAULT_CACHE_BYTES`](super::block::DEFAULT_CACHE_BYTES)): a
+    /// translation that would pass it empties the cache first. Small
+    /// limits make that happen often, which tests use.
+    pub fn set_block_cache_size(&mut self, bytes: usize) {
+        self.blocks.set_max_bytes(bytes);
     }
 
     /// The compiled code for block `id`, compiling it if it has become

@@ -519,6 +519,17 @@ impl Hart {
         Ok((e.paddr, host))
     }
 
+    /// Whether a hart could start fetching at physical `paddr`: a 2-byte
+    /// aligned address in a page of RAM or ROM (what `fetch_page` maps),
+    /// for HSM `hart_start`.
+    pub(super) fn can_execute_phys(&self, paddr: u64) -> bool {
+        paddr & 1 == 0
+            && matches!(
+                self.phys_target(paddr & PAGE_MASK, PAGE_SIZE),
+                PhysTarget::Host(..)
+            )
+    }
+
     /// Reads guest-physical memory for the SBI (DBCN buffers).
     pub(super) fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> bool {
         matches!(self.sys.memory.read_buf(paddr, buf), MemTxResult::Ok)

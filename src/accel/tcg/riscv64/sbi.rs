@@ -27,6 +27,7 @@ const SUCCESS: i64 = 0;
 const ERR_FAILED: i64 = -1;
 const ERR_NOT_SUPPORTED: i64 = -2;
 const ERR_INVALID_PARAM: i64 = -3;
+const ERR_INVALID_ADDRESS: i64 = -5;
 const ERR_ALREADY_AVAILABLE: i64 = -6;
 
 /// SBI specification version 2.0: Linux uses SRST from 0.3 and DBCN from
@@ -192,6 +193,13 @@ impl Hart {
                 let Some(target) = self.sys.harts.get(id) else {
                     return (ERR_INVALID_PARAM, 0);
                 };
+                // The hart starts in S-mode with translation off, so
+                // `start_addr` is physical; the spec's INVALID_ADDRESS is
+                // for one S-mode cannot execute from. Checked before the
+                // hart's state, as OpenSBI does.
+                if !self.can_execute_phys(a[1]) {
+                    return (ERR_INVALID_ADDRESS, 0);
+                }
                 let mut state = target.hsm.lock().unwrap_or_else(|e| e.into_inner());
                 if *state != HsmState::Stopped {
                     return (ERR_ALREADY_AVAILABLE, 0);
