@@ -43,6 +43,9 @@ use super::device::{DeviceError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 use super::GuestMemoryHandle;
 use crate::memory::{AccessRules, RegionOps};
 
+/// `VIRTIO_RING_F_EVENT_IDX` (virtio 1.2, 6): no device here offers it.
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
 /// The size of the register window: registers up to 0x100, config space
 /// from 0x100 to 0x200.
 pub const WINDOW_SIZE: u64 = 0x200;
@@ -198,6 +201,8 @@ pub struct TransportState {
 pub enum TransportStateError {
     #[error("device type {saved} was saved here, but this slot holds device type {found}")]
     DeviceType { saved: u32, found: u32 },
+    #[error("features {saved:#x} were saved, the device offers only {offered:#x}")]
+    Features { saved: u64, offered: u64 },
     #[error("{saved} queues were saved, the device has {found}")]
     QueueCount { saved: usize, found: usize },
     #[error("the device did not report its ready queue {0}")]
@@ -474,6 +479,29 @@ impl VirtioMmio {
         self.finish(&mut st, result);
     }
 
+    /// Notifies again every queue whose device stopped at its work budget
+    /// (see [`VirtioDevice::has_more_work`]): the event loop serves what
+    /// else is ready, this transport's lock is free meanwhile, and the
+    /// queue's next pass goes on where this one stopped.
+    fn requeue_unfinished(&self, st: &State) {
+        if !st.active {
+            return;
+        }
+        for (index, event) in self.inner.queue_events.iter().enumerate() {
+            if st.device.has_more_work(index) {
+                // Cannot fail short of the counter reaching 2^64 - 1, which
+                // the event loop's reads prevent.
+                let _ = event.write(1);
+            }
+        }
+    }
+
+    /// Writes what the device completed to stable storage (a disk's
+    /// `fdatasync`), for a snapshot; see [`VirtioDevice::sync_data`].
+    pub fn sync_data(&self) -> Result<(), DeviceError> {
+        self.lock().device.sync_data()
+    }
+
     /// The event loop saw `host_fds()[index]` ready: lets an active device
     /// handle it.
     pub fn process_host_event(&self, index: usize) {
@@ -569,6 +597,26 @@ impl VirtioMmio {
             });
         }
         let mut st = self.lock();
+        // The queues and the device trust the negotiated features (no
+        // indirect descriptors, no event index unless offered): a state file
+        // may not claim more than the device offers.
+        let offered = st.device.features();
+        if saved.driver_features & !offered != 0 {
+            return Err(TransportStateError::Features {
+                saved: saved.driver_features,
+                offered,
+            });
+        }
+        if let Some(q) = saved
+            .device_queues
+            .iter()
+            .find(|q| q.event_idx && saved.driver_features & VIRTIO_RING_F_EVENT_IDX == 0)
+        {
+            return Err(TransportStateError::BadQueue {
+                index: q.index,
+                reason: "event index enabled but VIRTIO_RING_F_EVENT_IDX not negotiated".into(),
+            });
+        }
         if saved.queues.len() != st.queues.len() {
             return Err(TransportStateError::QueueCount {
                 saved: saved.queues.len(),
@@ -641,6 +689,7 @@ impl VirtioMmio {
             Ok(false) => {}
             Err(e) => self.fail(st, &e),
         }
+        self.requeue_unfinished(st);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -668,7 +717,7 @@ impl VirtioMmio {
 
     /// The device cannot go on: stop calling it, tell the driver.
     fn fail(&self, st: &mut State, err: &DeviceError) {
-        eprintln!(
+        crate::eprintln_limited!(
             "virtio (device type {}): {err}; device needs reset",
             self.inner.device_type
         );

@@ -33,6 +33,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{pop_head, read_chain, ChainRef, PassBudget};
 use super::tap::{Tap, TapError};
 
 /// The device has a MAC address in config space.
@@ -55,6 +56,13 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// The largest frame accepted from the guest: a 64 KiB IP packet plus
 /// Ethernet and VLAN headers (the limit Linux's tun uses too).
 pub const MAX_FRAME_LEN: usize = 65550;
+/// What one pass over a queue may do before yielding the event loop (see
+/// [`PassBudget`]): frames, and bytes copied. A guest can keep both rings
+/// full from another vCPU, and the TAP can keep receiving, forever.
+pub const PASS_BUDGET: PassBudget = PassBudget {
+    requests: 128,
+    bytes: 4 << 20,
+};
 /// Cap on descriptors walked in one chain, so that a parser fed an
 /// arbitrary iterator (the fuzz target) terminates too; a real chain is
 /// bounded by the queue size anyway.
@@ -395,6 +403,10 @@ pub struct Net<B: NetBackend = Tap> {
     tx_buf: Vec<u8>,
     /// A transmit hit `WouldBlock`; retry on every event.
     tx_blocked: bool,
+    /// The last receive pass stopped at its budget with frames left.
+    more_rx: bool,
+    /// The last transmit pass stopped at its budget with chains left.
+    more_tx: bool,
     counters: NetCounters,
 }
 
@@ -423,6 +435,8 @@ impl<B: NetBackend> Net<B> {
             rx_buf: vec![0; MAX_FRAME_LEN + 16],
             tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
             tx_blocked: false,
+            more_rx: false,
+            more_tx: false,
             counters: NetCounters::default(),
         }
     }
@@ -448,6 +462,8 @@ impl<B: NetBackend> Net<B> {
         };
         let rxq = &mut queues[RX_QUEUE];
         let mut used = false;
+        let mut budget = PASS_BUDGET;
+        self.more_rx = false;
         loop {
             let len = match self.rx_pending {
                 Some(len) => len,
@@ -466,11 +482,22 @@ impl<B: NetBackend> Net<B> {
                     }
                 },
             };
-            let Some(chain) = pop_chain(rxq, RX_QUEUE, mem)? else {
+            if budget.spent() {
+                self.more_rx = true;
+                break;
+            }
+            let Some(head) = pop_head(rxq, RX_QUEUE, mem)? else {
                 break;
             };
-            let head = chain.head_index();
-            match write_rx_chain(mem, chain, &self.rx_buf[..len]) {
+            budget.charge_request(len as u64);
+            let chain = read_chain(mem, ChainRef::new(rxq, head), MAX_CHAIN_DESCRIPTORS);
+            let descriptors = chain.descriptors.into_iter();
+            let result = if chain.indirect {
+                Err(RxChainError::Malformed("indirect descriptor (not negotiated)"))
+            } else {
+                write_rx_chain(mem, descriptors, &self.rx_buf[..len])
+            };
+            match result {
                 Ok(written) => {
                     self.rx_pending = None;
                     self.counters.rx_frames += 1;
@@ -503,9 +530,24 @@ impl<B: NetBackend> Net<B> {
         let txq = &mut queues[TX_QUEUE];
         self.tx_blocked = false;
         let mut used = false;
-        while let Some(chain) = pop_chain(txq, TX_QUEUE, mem)? {
-            let head = chain.head_index();
-            if parse_tx_chain(mem, chain, &mut self.tx_buf).is_err() {
+        let mut budget = PASS_BUDGET;
+        self.more_tx = false;
+        loop {
+            if budget.spent() {
+                self.more_tx = true;
+                break;
+            }
+            let Some(head) = pop_head(txq, TX_QUEUE, mem)? else {
+                break;
+            };
+            let chain = read_chain(mem, ChainRef::new(txq, head), MAX_CHAIN_DESCRIPTORS);
+            let parsed = if chain.indirect {
+                Err(TxChainError::Unterminated)
+            } else {
+                parse_tx_chain(mem, chain.descriptors, &mut self.tx_buf)
+            };
+            budget.charge_request(self.tx_buf.len() as u64);
+            if parsed.is_err() {
                 self.counters.tx_bad_chains += 1;
             } else {
                 match self.backend.write_frame(&self.tx_buf) {
@@ -582,6 +624,8 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         self.acked_features = features;
         self.rx_pending = None;
         self.tx_blocked = false;
+        self.more_rx = false;
+        self.more_tx = false;
         Ok(())
     }
 
@@ -598,6 +642,16 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         // The pending frame belonged to the old driver session.
         self.rx_pending = None;
         self.tx_blocked = false;
+        self.more_rx = false;
+        self.more_tx = false;
+    }
+
+    fn has_more_work(&self, index: usize) -> bool {
+        match index {
+            RX_QUEUE => self.more_rx,
+            TX_QUEUE => self.more_tx,
+            _ => false,
+        }
     }
 
     fn process_queue(
