@@ -1573,6 +1573,250 @@ mod tests {
         );
     }
 
+    /// A queue of `queue_size` entries over a sparse disk of `disk_bytes`.
+    fn sparse_fixture(queue_size: u16, disk_bytes: u64) -> Fixture {
+        let disk = TempDisk::new(&[]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk.0)
+            .unwrap()
+            .set_len(disk_bytes)
+            .unwrap();
+        let config = BlockConfig {
+            path: disk.0.clone(),
+            readonly: false,
+            id: None,
+        };
+        let mut blk = Block::new(&config).unwrap();
+        let mem = guest_memory(MEM_SIZE);
+        let tq = TestQueue::new(&mem, 0x1000, queue_size);
+        let features = blk.features();
+        blk.activate(vec![tq.device_queue()], features).unwrap();
+        Fixture { disk, mem, tq, blk }
+    }
+
+    /// Most a pass may move: its budget, plus the one segment it may start
+    /// with little budget left.
+    const PASS_MAX: u64 = PASS_BUDGET.bytes + MAX_SEGMENT_BYTES as u64;
+
+    /// Regression: one notification made the device read 63.5 GiB under the
+    /// transport lock (one head published 256 times, each a chain of 254 x
+    /// 1 MiB). Now a pass stops at its budget, in the middle of a request,
+    /// and says there is more.
+    #[test]
+    fn one_notification_does_bounded_work_per_pass() {
+        const MIB: u32 = 1 << 20;
+        let mut f = sparse_fixture(256, SEG_MAX as u64 * MIB as u64);
+        let hdr = f.header(0, IN, 0);
+        let mut chain = vec![(hdr, 16, R)];
+        chain.extend(std::iter::repeat_n((DATA, MIB, W), SEG_MAX as usize));
+        chain.push((STATUS, 1, W));
+        let head = f.tq.add_chain(&f.mem, &chain);
+        for _ in 0..256 {
+            f.tq.publish(&f.mem, head);
+        }
+        let mut moved = 0;
+        for _ in 0..4 {
+            f.blk.process_queue(0, &f.mem).unwrap();
+            let pass = f.blk.last_pass();
+            assert!(pass.bytes > 0 && pass.bytes <= PASS_MAX, "{pass:?}");
+            assert!(f.blk.has_more_work(0));
+            moved += pass.bytes;
+        }
+        assert!(f.tq.take_used(&f.mem).is_empty(), "254 MiB not done yet");
+        assert_eq!(f.blk.counters().read_bytes, 0);
+        assert!(moved <= 4 * PASS_MAX);
+    }
+
+    /// Requests cut across passes all complete, in order, with the right
+    /// data and lengths; nothing is lost or done twice.
+    #[test]
+    fn budgeted_passes_complete_every_request_in_order() {
+        const MIB: u32 = 1 << 20;
+        let sectors = 3 * MIB as u64 / 512;
+        let mut f = sparse_fixture(256, 3 * MIB as u64 + 4096);
+        // The disk's last 4 KiB hold a pattern; the rest is zeros.
+        let tail = pattern(4096, 5);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f.disk.0)
+            .unwrap()
+            .write_all_at(&tail, 3 * MIB as u64)
+            .unwrap();
+        let hdr_big = f.header(0, IN, 0);
+        let hdr_small = f.header(1, IN, sectors + 1);
+        let big = f.tq.add_chain(
+            &f.mem,
+            &[
+                (hdr_big, 16, R),
+                (DATA, MIB, W),
+                (DATA, MIB, W),
+                (DATA, MIB, W),
+                (STATUS, 1, W),
+            ],
+        );
+        let small = f.tq.add_chain(
+            &f.mem,
+            &[(hdr_small, 16, R), (0x300000, 512, W), (STATUS + 1, 1, W)],
+        );
+        for i in 0..256 {
+            f.tq.publish(&f.mem, if i % 2 == 0 { big } else { small });
+        }
+        let mut used = Vec::new();
+        let mut passes = 0;
+        loop {
+            f.blk.process_queue(0, &f.mem).unwrap();
+            passes += 1;
+            let pass = f.blk.last_pass();
+            assert!(pass.bytes <= PASS_MAX, "{pass:?}");
+            assert!(pass.requests <= PASS_BUDGET.requests, "{pass:?}");
+            used.extend(f.tq.take_used(&f.mem));
+            if !f.blk.has_more_work(0) {
+                break;
+            }
+            assert!(passes < 1000, "no progress");
+        }
+        let expect: Vec<(u32, u32)> = (0..256)
+            .map(|i| {
+                if i % 2 == 0 {
+                    (big as u32, 3 * MIB + 1)
+                } else {
+                    (small as u32, 513)
+                }
+            })
+            .collect();
+        assert_eq!(used, expect);
+        assert!(passes >= (128 * 3 * MIB as u64).div_ceil(PASS_MAX) as usize);
+        assert_eq!(f.guest(STATUS, 2), vec![OK, OK]);
+        assert_eq!(f.guest(0x300000, 512), &tail[512..1024]);
+        let c = f.blk.counters();
+        assert_eq!((c.reads, c.read_bytes), (256, 128 * (3 * MIB as u64 + 512)));
+        // Nothing left: another pass finds nothing.
+        f.blk.process_queue(0, &f.mem).unwrap();
+        assert_eq!(f.blk.last_pass(), PassStats::default());
+    }
+
+    /// A request interrupted by the budget and then reset is forgotten: the
+    /// next driver session starts clean.
+    #[test]
+    fn reset_forgets_a_request_in_progress() {
+        const MIB: u32 = 1 << 20;
+        let mut f = sparse_fixture(16, 16 * MIB as u64);
+        let hdr = f.header(0, IN, 0);
+        let mut chain = vec![(hdr, 16, R)];
+        chain.extend(std::iter::repeat_n((DATA, MIB, W), 12));
+        chain.push((STATUS, 1, W));
+        f.tq.push(&f.mem, &chain);
+        f.blk.process_queue(0, &f.mem).unwrap();
+        assert!(f.blk.has_more_work(0));
+        assert!(f.blk.queue_states()[0].1.next_avail == 0, "chain left on the ring");
+        f.blk.reset();
+        assert!(!f.blk.has_more_work(0));
+        assert!(f.blk.in_progress.is_none());
+    }
+
+    /// Regression: for a malformed chain the status byte went to the last
+    /// byte of the last writable descriptor whenever that byte was in RAM,
+    /// even when the buffer as a whole was not (a buffer starting in a hole
+    /// below RAM). A device writes only into wholly valid buffers.
+    #[test]
+    fn no_status_through_a_partly_invalid_buffer() {
+        // RAM at [0, 2 MiB) and [3 MiB, 4 MiB): a hole below 3 MiB.
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x20_0000),
+            (GuestAddress(0x30_0000), 0x10_0000),
+        ])
+        .unwrap();
+        let straddling = Descriptor::new(0x30_0000 - 0x800, 0x1000, W, 0);
+        let last_byte = 0x30_0000 + 0x7ff;
+        mem.write_obj(0xeeu8, GuestAddress(last_byte)).unwrap();
+        let header = Descriptor::new(0x1000, 16, R | NEXT, 1);
+        let bad = parse_descriptors(&[header, straddling], true, false, &mem).unwrap_err();
+        assert_eq!(bad.status, None);
+        // Through the device: the chain is returned unanswered and the
+        // byte in RAM is untouched.
+        let disk = TempDisk::new(&[0; 4096]);
+        let mut blk = Block::new(&BlockConfig {
+            path: disk.0.clone(),
+            readonly: false,
+            id: None,
+        })
+        .unwrap();
+        let mut tq = TestQueue::new(&mem, 0x1000, 16);
+        blk.activate(vec![tq.device_queue()], blk.features()).unwrap();
+        tq.push(&mem, &[(0x8000, 16, R), (0x30_0000 - 0x800, 0x1000, W)]);
+        blk.process_queue(0, &mem).unwrap();
+        assert_eq!(tq.take_used(&mem), vec![(0, 0)]);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(last_byte)).unwrap(), 0xee);
+        // A wholly valid writable last descriptor still gets the error.
+        let ok = Descriptor::new(0x30_0000, 0x1000, W, 0);
+        let bad = parse_descriptors(&[header, ok], true, false, &mem).unwrap_err();
+        assert_eq!(bad.status, Some(GuestAddress(last_byte + 0x800)));
+    }
+
+    #[test]
+    fn a_writable_disk_is_locked_against_other_openers() {
+        let disk = TempDisk::new(&[0; 4096]);
+        let cfg = |readonly| BlockConfig {
+            path: disk.0.clone(),
+            readonly,
+            id: None,
+        };
+        let rw = Block::new(&cfg(false)).unwrap();
+        for readonly in [false, true] {
+            let err = Block::new(&cfg(readonly)).err().expect("refused");
+            assert!(matches!(err, BlockError::Locked { .. }), "{err}");
+            assert!(err.to_string().contains(&*disk.0.to_string_lossy()), "{err}");
+        }
+        drop(rw);
+        // Readers share; a writer cannot join them.
+        let ro1 = Block::new(&cfg(true)).unwrap();
+        let ro2 = Block::new(&cfg(true)).unwrap();
+        assert!(matches!(
+            Block::new(&cfg(false)),
+            Err(BlockError::Locked { .. })
+        ));
+        drop((ro1, ro2));
+        assert!(Block::new(&cfg(false)).is_ok(), "the lock goes with the file");
+    }
+
+    #[test]
+    fn only_regular_files_and_block_devices_are_disks() {
+        let dir = std::env::temp_dir().join(format!("ember-disk-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path for the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let cases = [
+            (dir.clone(), true, "a directory"),
+            (fifo.clone(), true, "a FIFO"),
+            (fifo.clone(), false, "a FIFO"),
+            (PathBuf::from("/dev/null"), true, "a character device"),
+        ];
+        for (path, readonly, kind) in cases {
+            let err = Block::new(&BlockConfig {
+                path: path.clone(),
+                readonly,
+                id: Some("x".into()),
+            })
+            .err()
+            .expect("refused");
+            let msg = err.to_string();
+            assert!(msg.contains(&*path.to_string_lossy()) && msg.contains(kind), "{msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sync_data_reaches_the_file() {
+        let mut f = fixture(4, false);
+        f.mem.write_slice(&[0x42; 512], GuestAddress(DATA)).unwrap();
+        assert_eq!(f.one(OUT, 1, &[(DATA, 512, R)]), (1, OK));
+        f.blk.sync_data().unwrap();
+        assert_eq!(&f.disk.contents()[512..1024], &[0x42; 512]);
+    }
+
     #[test]
     fn bad_head_or_available_index_is_a_device_error() {
         let mut f = fixture(8, false);
