@@ -993,6 +993,8 @@ mod tests {
         resets: usize,
         processed: Vec<usize>,
         config_writes: Vec<(u64, Vec<u8>)>,
+        /// Passes `process_queue` still claims to have work for.
+        more_passes: u32,
     }
 
     struct Fake {
@@ -1052,8 +1054,13 @@ mod tests {
             index: usize,
             _mem: &GuestMemoryMmap<()>,
         ) -> Result<bool, DeviceError> {
-            self.log.lock().unwrap().processed.push(index);
+            let mut log = self.log.lock().unwrap();
+            log.processed.push(index);
+            log.more_passes = log.more_passes.saturating_sub(1);
             (self.answer)()
+        }
+        fn has_more_work(&self, index: usize) -> bool {
+            index == 0 && self.log.lock().unwrap().more_passes > 0
         }
     }
 
@@ -1372,6 +1379,75 @@ mod tests {
         assert_eq!(rig.r(REG_INTERRUPT_STATUS), 1);
         assert_eq!(rig.irq.take(), vec![true]);
         assert_eq!(rig.mmio.stats().queue_events, 5);
+    }
+
+    /// A device that stopped at its work budget gets its queue notified
+    /// again, so the event loop comes back to it (after serving other
+    /// events) with the lock free in between; pause holds it off, resume
+    /// picks it up again.
+    #[test]
+    fn a_device_with_work_left_is_notified_again() {
+        let rig = rig();
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        let event = &rig.mmio.queue_events()[0];
+        assert_eq!(event.read().unwrap(), 1, "the activation kick");
+        rig.log.lock().unwrap().more_passes = 3;
+        rig.mmio.process_queue_event(0);
+        assert_eq!(event.read().unwrap(), 1);
+        rig.mmio.process_queue_event(0);
+        assert_eq!(event.read().unwrap(), 1);
+        // Paused between passes: nothing runs, nothing is lost.
+        rig.mmio.pause();
+        rig.mmio.process_queue_event(0);
+        assert!(event.read().is_err(), "no notification while paused");
+        rig.mmio.resume();
+        assert_eq!(event.read().unwrap(), 1, "resume kicks the queue");
+        rig.mmio.process_queue_event(0);
+        assert!(event.read().is_err(), "done: no more notifications");
+        assert_eq!(rig.log.lock().unwrap().processed, vec![0, 0, 0]);
+    }
+
+    /// A saved state may not claim features the device does not offer, nor
+    /// an event index that was not negotiated.
+    #[test]
+    fn restore_refuses_features_that_were_not_offered() {
+        let rig = rig();
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        // As an active device with queue 0 saves it (the fake device does
+        // not report its queues).
+        let mut saved = rig.mmio.save_state().unwrap();
+        saved.active = true;
+        saved.status |= status::DRIVER_OK;
+        saved.device_queues = vec![SavedQueue {
+            index: 0,
+            max_size: 16,
+            size: 16,
+            ready: true,
+            next_avail: 0,
+            next_used: 0,
+            event_idx: false,
+            desc_table: 0x1000,
+            avail_ring: 0x2000,
+            used_ring: 0x3000,
+        }];
+        let fresh = rig_with(|| Ok(true), false);
+        let mut bad = saved.clone();
+        bad.driver_features |= 1 << 28; // VIRTIO_RING_F_INDIRECT_DESC
+        assert!(matches!(
+            fresh.mmio.restore_state(&bad),
+            Err(TransportStateError::Features { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.device_queues[0].event_idx = true;
+        assert!(matches!(
+            fresh.mmio.restore_state(&bad),
+            Err(TransportStateError::BadQueue { index: 0, .. })
+        ));
+        fresh.mmio.restore_state(&saved).unwrap();
+        assert!(fresh.mmio.is_active());
     }
 
     #[test]
