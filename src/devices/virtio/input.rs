@@ -403,6 +403,30 @@ mod tests {
         assert_eq!(events.pending(), 0);
     }
 
+    /// Regression: an event buffer reaching past the end of RAM got the
+    /// part of the event that fitted. A device writes only into buffers
+    /// that are wholly valid.
+    #[test]
+    fn no_event_is_written_into_a_partly_invalid_buffer() {
+        use super::super::net::test_ring::RAM_SIZE;
+        let m = mem();
+        let mut dev = PowerKey::new().unwrap();
+        let mut evq = Ring::new(&m, 0, 16);
+        let stq = Ring::new(&m, 0x4000, 16);
+        dev.activate(vec![evq.queue(), stq.queue()], VIRTIO_F_VERSION_1)
+            .unwrap();
+        let tail = vm_memory::GuestAddress(RAM_SIZE - 4);
+        m.write_slice(&[0xee; 4], tail).unwrap();
+        dev.events().press().unwrap();
+        evq.add(&[(RAM_SIZE - 4, 8, true)]);
+        dev.process_queue(EVENT_QUEUE, &m).unwrap();
+        assert_eq!(evq.used(), vec![(0, 0)]);
+        let mut got = [0u8; 4];
+        m.read_slice(&mut got, tail).unwrap();
+        assert_eq!(got, [0xee; 4]);
+        assert_eq!(dev.events().pending(), 4, "nothing delivered");
+    }
+
     #[test]
     fn an_unread_key_is_bounded() {
         let dev = PowerKey::new().unwrap();
