@@ -5,6 +5,7 @@ pub mod accel;
 pub mod api;
 pub mod arch;
 pub mod devices;
+pub mod log_limit;
 pub mod memory;
 pub mod vmm;
 

@@ -96,6 +96,23 @@ pub trait VirtioDevice: Send {
         index: usize,
         mem: &GuestMemoryMmap<()>,
     ) -> Result<bool, DeviceError>;
+    /// Whether the last `process_queue` or `process_host_event` stopped at
+    /// its [`PassBudget`](super::PassBudget) with work left for queue
+    /// `index`. The transport then notifies that queue again (its eventfd),
+    /// so the event loop comes back to it after serving the other events
+    /// that are ready, instead of one guest notification holding the
+    /// transport lock for as long as the guest likes. A device that cannot
+    /// be asked for unbounded work keeps the default.
+    fn has_more_work(&self, _index: usize) -> bool {
+        false
+    }
+    /// Writes everything the device has completed to stable storage
+    /// (`fdatasync` for a disk), for a snapshot: a restored guest must not
+    /// lose writes it was told were complete. Devices without storage have
+    /// nothing to do.
+    fn sync_data(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// Host descriptors the event loop should poll for this device (a TAP
     /// device, console input), with readable interest, edge-triggered
     /// (`EPOLLET`; see the trait documentation for what that asks of the

@@ -12,6 +12,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::parse_request;
+use super::{read_chain, ChainRef};
 use super::net::parse_tx_chain;
 
 /// Size of the fuzzed guest memory, at guest address 0.
@@ -57,7 +58,7 @@ pub fn block_request(data: &[u8]) {
         return;
     };
     if let Some(chain) = queue.pop_descriptor_chain(&mem) {
-        let _ = parse_request(chain, &mem);
+        let _ = parse_request(&mem, ChainRef::new(&queue, chain.head_index()));
     }
 }
 
@@ -67,8 +68,9 @@ pub fn net_tx(data: &[u8]) {
         return;
     };
     if let Some(chain) = queue.pop_descriptor_chain(&mem) {
+        let chain = read_chain(&mem, ChainRef::new(&queue, chain.head_index()), usize::MAX);
         let mut frame = Vec::new();
-        let _ = parse_tx_chain(&mem, chain, &mut frame);
+        let _ = parse_tx_chain(&mem, chain.descriptors, &mut frame);
     }
 }
 
@@ -96,12 +98,12 @@ mod tests {
         data.extend([0u8; 16]); // header: IN, sector 0
         let (mem, mut queue) = setup(&data).unwrap();
         let chain = queue.pop_descriptor_chain(&mem).unwrap();
-        assert!(parse_request(chain, &mem).is_ok());
-        let (mem, mut queue) = setup(&data).unwrap();
-        let chain = queue.pop_descriptor_chain(&mem).unwrap();
+        let chain = ChainRef::new(&queue, chain.head_index());
+        assert!(parse_request(&mem, chain).is_ok());
+        let chain = read_chain(&mem, chain, usize::MAX);
         let mut frame = Vec::new();
         // A chain with writable descriptors is not a transmit chain.
-        assert!(parse_tx_chain(&mem, chain, &mut frame).is_err());
+        assert!(parse_tx_chain(&mem, chain.descriptors, &mut frame).is_err());
     }
 
     proptest! {

@@ -14,11 +14,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
-use super::net::{pop_chain, read_config_bytes, return_chain, wants_interrupt};
+use super::net::{read_config_bytes, return_chain, wants_interrupt};
+use super::{pop_head, read_chain, ChainRef};
 
 /// virtio-input's device ID.
 pub const DEVICE_ID_INPUT: u32 = 18;
@@ -98,6 +99,8 @@ pub struct PowerKey {
     select: u8,
     subsel: u8,
     delivered: u64,
+    /// Per queue: the last pass stopped after a ring's worth of chains.
+    more: [bool; 2],
 }
 
 impl PowerKey {
@@ -111,6 +114,7 @@ impl PowerKey {
             select: 0,
             subsel: 0,
             delivered: 0,
+            more: [false; 2],
         })
     }
 
@@ -152,18 +156,32 @@ impl PowerKey {
         };
         let q = &mut queues[EVENT_QUEUE];
         let mut used = false;
+        self.more[EVENT_QUEUE] = false;
+        // One ring's worth of chains per pass: a guest that keeps handing
+        // back bad chains from another vCPU cannot keep this loop going.
+        let mut chains = 0;
         loop {
+            if chains == QUEUE_SIZE {
+                self.more[EVENT_QUEUE] = true;
+                break;
+            }
+            chains += 1;
             let Some(ev) = self.events.lock().front().copied() else {
                 break;
             };
-            let Some(chain) = pop_chain(q, EVENT_QUEUE, mem)? else {
+            let Some(head) = pop_head(q, EVENT_QUEUE, mem)? else {
                 break;
             };
-            let head = chain.head_index();
             // The event goes into the first descriptor, which must be
-            // device-writable and hold 8 bytes inside guest RAM.
-            let written = match chain.clone().next() {
-                Some(d) if d.is_write_only() && d.len() >= 8 => {
+            // device-writable and hold 8 bytes wholly inside guest RAM (no
+            // indirect table: not negotiated).
+            let first = read_chain(mem, ChainRef::new(q, head), 1);
+            let written = match first.descriptors.first() {
+                Some(d)
+                    if d.is_write_only()
+                        && d.len() >= 8
+                        && GuestMemoryBackend::check_range(mem, d.addr(), 8) =>
+                {
                     mem.write_slice(&ev, d.addr()).is_ok()
                 }
                 _ => false,
@@ -184,9 +202,15 @@ impl PowerKey {
         };
         let q = &mut queues[STATUS_QUEUE];
         let mut used = false;
-        while let Some(chain) = pop_chain(q, STATUS_QUEUE, mem)? {
-            used |= return_chain(q, mem, chain.head_index(), 0)?;
+        self.more[STATUS_QUEUE] = false;
+        for _ in 0..QUEUE_SIZE {
+            let Some(head) = pop_head(q, STATUS_QUEUE, mem)? else {
+                return wants_interrupt(q, mem, used);
+            };
+            used |= return_chain(q, mem, head, 0)?;
         }
+        // A ring's worth handled: come back for the rest after the others.
+        self.more[STATUS_QUEUE] = true;
         wants_interrupt(q, mem, used)
     }
 }
@@ -235,6 +259,11 @@ impl VirtioDevice for PowerKey {
         self.queues = None;
         self.select = 0;
         self.subsel = 0;
+        self.more = [false; 2];
+    }
+
+    fn has_more_work(&self, index: usize) -> bool {
+        self.more.get(index).copied().unwrap_or(false)
     }
 
     fn queue_states(&self) -> Vec<(usize, virtio_queue::QueueState)> {
@@ -372,6 +401,30 @@ mod tests {
         assert_eq!(read(0x10300), event(EV_KEY, KEY_POWER, 0));
         assert_eq!(read(0x10400), event(EV_SYN, SYN_REPORT, 0));
         assert_eq!(events.pending(), 0);
+    }
+
+    /// Regression: an event buffer reaching past the end of RAM got the
+    /// part of the event that fitted. A device writes only into buffers
+    /// that are wholly valid.
+    #[test]
+    fn no_event_is_written_into_a_partly_invalid_buffer() {
+        use super::super::net::test_ring::RAM_SIZE;
+        let m = mem();
+        let mut dev = PowerKey::new().unwrap();
+        let mut evq = Ring::new(&m, 0, 16);
+        let stq = Ring::new(&m, 0x4000, 16);
+        dev.activate(vec![evq.queue(), stq.queue()], VIRTIO_F_VERSION_1)
+            .unwrap();
+        let tail = vm_memory::GuestAddress(RAM_SIZE - 4);
+        m.write_slice(&[0xee; 4], tail).unwrap();
+        dev.events().press().unwrap();
+        evq.add(&[(RAM_SIZE - 4, 8, true)]);
+        dev.process_queue(EVENT_QUEUE, &m).unwrap();
+        assert_eq!(evq.used(), vec![(0, 0)]);
+        let mut got = [0u8; 4];
+        m.read_slice(&mut got, tail).unwrap();
+        assert_eq!(got, [0xee; 4]);
+        assert_eq!(dev.events().pending(), 4, "nothing delivered");
     }
 
     #[test]

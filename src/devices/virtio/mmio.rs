@@ -43,6 +43,9 @@ use super::device::{DeviceError, IrqLine, VirtioDevice, VIRTIO_F_VERSION_1};
 use super::GuestMemoryHandle;
 use crate::memory::{AccessRules, RegionOps};
 
+/// `VIRTIO_RING_F_EVENT_IDX` (virtio 1.2, 6): no device here offers it.
+const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
 /// The size of the register window: registers up to 0x100, config space
 /// from 0x100 to 0x200.
 pub const WINDOW_SIZE: u64 = 0x200;
@@ -198,6 +201,8 @@ pub struct TransportState {
 pub enum TransportStateError {
     #[error("device type {saved} was saved here, but this slot holds device type {found}")]
     DeviceType { saved: u32, found: u32 },
+    #[error("features {saved:#x} were saved, the device offers only {offered:#x}")]
+    Features { saved: u64, offered: u64 },
     #[error("{saved} queues were saved, the device has {found}")]
     QueueCount { saved: usize, found: usize },
     #[error("the device did not report its ready queue {0}")]
@@ -474,6 +479,29 @@ impl VirtioMmio {
         self.finish(&mut st, result);
     }
 
+    /// Notifies again every queue whose device stopped at its work budget
+    /// (see [`VirtioDevice::has_more_work`]): the event loop serves what
+    /// else is ready, this transport's lock is free meanwhile, and the
+    /// queue's next pass goes on where this one stopped.
+    fn requeue_unfinished(&self, st: &State) {
+        if !st.active {
+            return;
+        }
+        for (index, event) in self.inner.queue_events.iter().enumerate() {
+            if st.device.has_more_work(index) {
+                // Cannot fail short of the counter reaching 2^64 - 1, which
+                // the event loop's reads prevent.
+                let _ = event.write(1);
+            }
+        }
+    }
+
+    /// Writes what the device completed to stable storage (a disk's
+    /// `fdatasync`), for a snapshot; see [`VirtioDevice::sync_data`].
+    pub fn sync_data(&self) -> Result<(), DeviceError> {
+        self.lock().device.sync_data()
+    }
+
     /// The event loop saw `host_fds()[index]` ready: lets an active device
     /// handle it.
     pub fn process_host_event(&self, index: usize) {
@@ -569,6 +597,26 @@ impl VirtioMmio {
             });
         }
         let mut st = self.lock();
+        // The queues and the device trust the negotiated features (no
+        // indirect descriptors, no event index unless offered): a state file
+        // may not claim more than the device offers.
+        let offered = st.device.features();
+        if saved.driver_features & !offered != 0 {
+            return Err(TransportStateError::Features {
+                saved: saved.driver_features,
+                offered,
+            });
+        }
+        if let Some(q) = saved
+            .device_queues
+            .iter()
+            .find(|q| q.event_idx && saved.driver_features & VIRTIO_RING_F_EVENT_IDX == 0)
+        {
+            return Err(TransportStateError::BadQueue {
+                index: q.index,
+                reason: "event index enabled but VIRTIO_RING_F_EVENT_IDX not negotiated".into(),
+            });
+        }
         if saved.queues.len() != st.queues.len() {
             return Err(TransportStateError::QueueCount {
                 saved: saved.queues.len(),
@@ -641,6 +689,7 @@ impl VirtioMmio {
             Ok(false) => {}
             Err(e) => self.fail(st, &e),
         }
+        self.requeue_unfinished(st);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -668,7 +717,7 @@ impl VirtioMmio {
 
     /// The device cannot go on: stop calling it, tell the driver.
     fn fail(&self, st: &mut State, err: &DeviceError) {
-        eprintln!(
+        crate::eprintln_limited!(
             "virtio (device type {}): {err}; device needs reset",
             self.inner.device_type
         );
@@ -944,6 +993,8 @@ mod tests {
         resets: usize,
         processed: Vec<usize>,
         config_writes: Vec<(u64, Vec<u8>)>,
+        /// Passes `process_queue` still claims to have work for.
+        more_passes: u32,
     }
 
     struct Fake {
@@ -1003,8 +1054,13 @@ mod tests {
             index: usize,
             _mem: &GuestMemoryMmap<()>,
         ) -> Result<bool, DeviceError> {
-            self.log.lock().unwrap().processed.push(index);
+            let mut log = self.log.lock().unwrap();
+            log.processed.push(index);
+            log.more_passes = log.more_passes.saturating_sub(1);
             (self.answer)()
+        }
+        fn has_more_work(&self, index: usize) -> bool {
+            index == 0 && self.log.lock().unwrap().more_passes > 0
         }
     }
 
@@ -1323,6 +1379,75 @@ mod tests {
         assert_eq!(rig.r(REG_INTERRUPT_STATUS), 1);
         assert_eq!(rig.irq.take(), vec![true]);
         assert_eq!(rig.mmio.stats().queue_events, 5);
+    }
+
+    /// A device that stopped at its work budget gets its queue notified
+    /// again, so the event loop comes back to it (after serving other
+    /// events) with the lock free in between; pause holds it off, resume
+    /// picks it up again.
+    #[test]
+    fn a_device_with_work_left_is_notified_again() {
+        let rig = rig();
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        rig.driver_ok();
+        let event = &rig.mmio.queue_events()[0];
+        assert_eq!(event.read().unwrap(), 1, "the activation kick");
+        rig.log.lock().unwrap().more_passes = 3;
+        rig.mmio.process_queue_event(0);
+        assert_eq!(event.read().unwrap(), 1);
+        rig.mmio.process_queue_event(0);
+        assert_eq!(event.read().unwrap(), 1);
+        // Paused between passes: nothing runs, nothing is lost.
+        rig.mmio.pause();
+        rig.mmio.process_queue_event(0);
+        assert!(event.read().is_err(), "no notification while paused");
+        rig.mmio.resume();
+        assert_eq!(event.read().unwrap(), 1, "resume kicks the queue");
+        rig.mmio.process_queue_event(0);
+        assert!(event.read().is_err(), "done: no more notifications");
+        assert_eq!(rig.log.lock().unwrap().processed, vec![0, 0, 0]);
+    }
+
+    /// A saved state may not claim features the device does not offer, nor
+    /// an event index that was not negotiated.
+    #[test]
+    fn restore_refuses_features_that_were_not_offered() {
+        let rig = rig();
+        rig.negotiate();
+        rig.setup_queue(0, 16, 0x1000, 0x2000, 0x3000);
+        // As an active device with queue 0 saves it (the fake device does
+        // not report its queues).
+        let mut saved = rig.mmio.save_state().unwrap();
+        saved.active = true;
+        saved.status |= status::DRIVER_OK;
+        saved.device_queues = vec![SavedQueue {
+            index: 0,
+            max_size: 16,
+            size: 16,
+            ready: true,
+            next_avail: 0,
+            next_used: 0,
+            event_idx: false,
+            desc_table: 0x1000,
+            avail_ring: 0x2000,
+            used_ring: 0x3000,
+        }];
+        let fresh = rig_with(|| Ok(true), false);
+        let mut bad = saved.clone();
+        bad.driver_features |= 1 << 28; // VIRTIO_RING_F_INDIRECT_DESC
+        assert!(matches!(
+            fresh.mmio.restore_state(&bad),
+            Err(TransportStateError::Features { .. })
+        ));
+        let mut bad = saved.clone();
+        bad.device_queues[0].event_idx = true;
+        assert!(matches!(
+            fresh.mmio.restore_state(&bad),
+            Err(TransportStateError::BadQueue { index: 0, .. })
+        ));
+        fresh.mmio.restore_state(&saved).unwrap();
+        assert!(fresh.mmio.is_active());
     }
 
     #[test]

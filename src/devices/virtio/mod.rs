@@ -32,13 +32,12 @@
 //! // On every topology commit: mem.store(Arc::new(GuestRam::from_view(&new_view)?));
 //! ```
 
-use std::ops::Deref;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
-use vm_memory::GuestMemory;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 use crate::memory::GuestRam;
 
@@ -55,45 +54,138 @@ pub mod tap;
 
 pub use device::{DeviceError, IrqLine, VirtioDevice};
 
-/// The descriptors of one chain, as far as virtio-queue's iterator yields
-/// them.
+/// Where a descriptor chain lives: its queue's descriptor table and size,
+/// and its head index (as the driver put it in the available ring, so
+/// possibly out of range).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainRef {
+    pub desc_table: GuestAddress,
+    pub queue_size: u16,
+    pub head: u16,
+}
+
+impl ChainRef {
+    /// Chain `head` of `queue`.
+    pub fn new(queue: &Queue, head: u16) -> Self {
+        ChainRef {
+            desc_table: GuestAddress(queue.desc_table()),
+            queue_size: queue.size(),
+            head,
+        }
+    }
+}
+
+/// The descriptors of one chain, as far as [`read_chain`] walked it.
 #[derive(Debug)]
 pub struct ChainDescriptors {
     pub descriptors: Vec<Descriptor>,
     /// False when the chain did not end with a descriptor without
-    /// `VIRTQ_DESC_F_NEXT`: the iterator stopped early (a loop exhausted its
-    /// length budget, a `next` index or indirect table was out of range or
-    /// unreadable, the total length passed 4 GiB), the chain had more than
+    /// `VIRTQ_DESC_F_NEXT`: the walk stopped early (a loop longer than the
+    /// queue, a `next` index out of range, an unreadable descriptor, a total
+    /// length over 4 GiB, an indirect descriptor), the chain had more than
     /// the caller's maximum number of descriptors, or it yielded none (its
     /// head index is out of range).
     pub complete: bool,
+    /// The walk stopped at a descriptor with `VIRTQ_DESC_F_INDIRECT`.
+    pub indirect: bool,
 }
 
-/// Collects at most `max` descriptors of `chain`.
+/// Walks the chain `chain` (at most `max` descriptors) in guest memory.
 ///
-/// virtio-queue's iterator already bounds a chain (by the queue size, or
-/// the indirect table's size, and by 4 GiB in total) but ends silently on
-/// every problem; checking that the last descriptor yielded does not point
-/// further tells a complete chain from one that was cut off.
-pub fn collect_chain<M>(chain: DescriptorChain<M>, max: usize) -> ChainDescriptors
+/// Written here rather than taken from virtio-queue's `DescriptorChain`
+/// iterator because that iterator follows `VIRTQ_DESC_F_INDIRECT` whether
+/// or not `VIRTIO_RING_F_INDIRECT_DESC` was negotiated, and ends silently on
+/// every problem. No device here offers indirect descriptors, so a chain
+/// that uses one is malformed (virtio 1.2, 2.7.5.3.1: the driver must not
+/// set the flag without the feature): the walk stops there, before reading
+/// the table. Each descriptor is read once, so what the device checks is
+/// what it uses, whatever the guest changes meanwhile. The other limits are
+/// virtio-queue's: at most the queue size of descriptors (which also ends a
+/// loop), and 4 GiB in total (virtio 1.2, 2.7.5.2).
+pub fn read_chain<M>(mem: &M, chain: ChainRef, max: usize) -> ChainDescriptors
 where
-    M: Deref,
-    M::Target: GuestMemory,
+    M: GuestMemory + ?Sized,
 {
     let mut descriptors = Vec::new();
-    for desc in chain {
-        if descriptors.len() == max {
+    let mut index = chain.head;
+    let mut total: u32 = 0;
+    let limit = max.min(chain.queue_size as usize);
+    let cut = |descriptors, indirect| ChainDescriptors {
+        descriptors,
+        complete: false,
+        indirect,
+    };
+    loop {
+        if index >= chain.queue_size || descriptors.len() == limit {
+            return cut(descriptors, false);
+        }
+        // At most 2^16 * 16 past a 64-bit address: checked.
+        let Some(addr) = chain.desc_table.checked_add(16 * u64::from(index)) else {
+            return cut(descriptors, false);
+        };
+        let Ok(desc) = mem.read_obj::<Descriptor>(addr) else {
+            return cut(descriptors, false);
+        };
+        if desc.refers_to_indirect_table() {
+            return cut(descriptors, true);
+        }
+        let Some(sum) = total.checked_add(desc.len()) else {
+            return cut(descriptors, false);
+        };
+        total = sum;
+        descriptors.push(desc);
+        if !desc.has_next() {
             return ChainDescriptors {
                 descriptors,
-                complete: false,
+                complete: true,
+                indirect: false,
             };
         }
-        descriptors.push(desc);
+        index = desc.next();
     }
-    let complete = descriptors.last().is_some_and(|d| !d.has_next());
-    ChainDescriptors {
-        descriptors,
-        complete,
+}
+
+/// Takes the next available chain's head index from `queue`, if the driver
+/// published one. An available index the driver moved more than a ring
+/// ahead is a broken queue.
+pub fn pop_head<M>(queue: &mut Queue, index: usize, mem: &M) -> Result<Option<u16>, DeviceError>
+where
+    M: GuestMemory,
+{
+    let mut iter = queue
+        .iter(mem)
+        .map_err(|e| DeviceError::BadQueue(index, e.to_string()))?;
+    Ok(iter.next().map(|chain| chain.head_index()))
+}
+
+/// How much one pass over a queue may do before the device yields the
+/// event loop (and with it the transport lock, which pause, snapshots,
+/// register accesses and, for the event loop, every other device wait
+/// for). A device whose budget runs out stops where it is, without losing
+/// or reordering anything, and says so through
+/// [`VirtioDevice::has_more_work`]; the transport then notifies the queue
+/// again, so the event loop comes back after serving what else is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassBudget {
+    pub requests: u32,
+    pub bytes: u64,
+}
+
+impl PassBudget {
+    /// Whether nothing more may be started in this pass.
+    pub fn spent(&self) -> bool {
+        self.requests == 0 || self.bytes == 0
+    }
+
+    /// Counts one request of `bytes`.
+    pub fn charge_request(&mut self, bytes: u64) {
+        self.requests = self.requests.saturating_sub(1);
+        self.charge_bytes(bytes);
+    }
+
+    /// Counts `bytes` of data moved.
+    pub fn charge_bytes(&mut self, bytes: u64) {
+        self.bytes = self.bytes.saturating_sub(bytes);
     }
 }
 
@@ -105,37 +197,6 @@ pub type GuestMemoryHandle = Arc<ArcSwap<GuestRam>>;
 /// A driver-side view of a split virtqueue in test guest memory, for the
 /// device and transport tests: builds descriptor tables and rings by hand so
 /// that tests can also build the malformed ones a real driver never would.
-/// Takes every available chain of `queue` (at most one ring's worth:
-/// virtio-queue refuses an available index more than the queue size ahead,
-/// and the driver notifies again for what it adds meanwhile), completes
-/// each with the used length `complete` returns, and says whether the
-/// driver must be interrupted. A chain that cannot be returned is a device
-/// error.
-pub(crate) fn drain_queue<'m>(
-    queue: &mut virtio_queue::Queue,
-    index: usize,
-    mem: &'m vm_memory::GuestMemoryMmap<()>,
-    mut complete: impl FnMut(
-        DescriptorChain<&'m vm_memory::GuestMemoryMmap<()>>,
-    ) -> Result<u32, DeviceError>,
-) -> Result<bool, DeviceError> {
-    use virtio_queue::{QueueOwnedT, QueueT};
-    let bad = |e: virtio_queue::Error| DeviceError::BadChain {
-        queue: index,
-        reason: e.to_string(),
-    };
-    let chains: Vec<_> = queue.iter(mem).map_err(bad)?.collect();
-    if chains.is_empty() {
-        return Ok(false);
-    }
-    for chain in chains {
-        let head = chain.head_index();
-        let len = complete(chain)?;
-        queue.add_used(mem, head, len).map_err(bad)?;
-    }
-    queue.needs_notification(mem).map_err(bad)
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     use std::path::PathBuf;

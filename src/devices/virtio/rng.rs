@@ -6,7 +6,7 @@ use std::io;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::collect_chain;
+use super::{pop_head, read_chain, ChainRef, PassBudget};
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Entries in the request queue.
@@ -14,6 +14,12 @@ pub const QUEUE_SIZE: u16 = 256;
 /// At most this many random bytes per request, so that one guest request
 /// cannot keep the event loop busy; the driver asks again for more.
 pub const MAX_BYTES_PER_REQUEST: usize = 64 * 1024;
+/// What one pass may do before yielding the event loop (a guest can
+/// publish one 64 KiB request 256 times per notification, and refill).
+const PASS_BUDGET: PassBudget = PassBudget {
+    requests: 64,
+    bytes: 1 << 20,
+};
 /// Descriptors per chain beyond which a request is refused.
 const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 
@@ -22,6 +28,8 @@ const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 pub struct Rng {
     queue: Option<Queue>,
     buf: Vec<u8>,
+    /// The last pass stopped at its budget.
+    more: bool,
 }
 
 impl Rng {
@@ -29,15 +37,12 @@ impl Rng {
         Rng::default()
     }
 
-    /// Fills one chain; returns the number of bytes written. A chain with a
-    /// device-readable descriptor, cut short, or pointing outside guest RAM
+    /// Fills chain `chain`; returns the number of bytes written. A chain
+    /// with a device-readable descriptor, an indirect descriptor (not
+    /// negotiated), cut short, or with a buffer not wholly inside guest RAM
     /// is returned untouched (length 0).
-    fn fill_chain(
-        &mut self,
-        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap<()>>,
-        mem: &GuestMemoryMmap<()>,
-    ) -> Result<u32, DeviceError> {
-        let chain = collect_chain(chain, MAX_DESCRIPTORS);
+    fn fill_chain(&mut self, chain: ChainRef, mem: &GuestMemoryMmap<()>) -> Result<u32, DeviceError> {
+        let chain = read_chain(mem, chain, MAX_DESCRIPTORS);
         let usable = chain.complete
             && chain.descriptors.iter().all(|d| {
                 d.is_write_only()
@@ -123,6 +128,11 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) {
         self.queue = None;
+        self.more = false;
+    }
+
+    fn has_more_work(&self, index: usize) -> bool {
+        index == 0 && self.more
     }
 
     fn process_queue(
@@ -143,8 +153,33 @@ impl VirtioDevice for Rng {
 }
 
 impl Rng {
+    /// One pass: fills chains in order until none is left or
+    /// [`PASS_BUDGET`] is spent.
     fn drain(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap<()>) -> Result<bool, DeviceError> {
-        super::drain_queue(queue, 0, mem, |chain| self.fill_chain(chain, mem))
+        let mut budget = PASS_BUDGET;
+        let mut used = false;
+        self.more = false;
+        while let Some(head) = pop_head(queue, 0, mem)? {
+            let len = self.fill_chain(ChainRef::new(queue, head), mem)?;
+            budget.charge_request(len as u64);
+            queue
+                .add_used(mem, head, len)
+                .map_err(|e| DeviceError::BadChain {
+                    queue: 0,
+                    reason: e.to_string(),
+                })?;
+            used = true;
+            if budget.spent() {
+                self.more = true;
+                break;
+            }
+        }
+        if !used {
+            return Ok(false);
+        }
+        queue
+            .needs_notification(mem)
+            .map_err(|e| DeviceError::Memory(e.to_string()))
     }
 }
 
@@ -217,7 +252,7 @@ mod tests {
         tq.set_avail_idx(&mem, 100);
         assert!(matches!(
             rng.process_queue(0, &mem),
-            Err(DeviceError::BadChain { .. })
+            Err(DeviceError::BadQueue(0, _))
         ));
     }
 
