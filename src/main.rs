@@ -13,7 +13,10 @@ use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
 use ember::vmm::config::{parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec, VmConfig};
 use ember::vmm::config_file::VmSettings;
-use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
+use ember::vmm::console::{
+    install_termination_handlers, ConsoleInput, ConsoleOutput, SharedOutput,
+};
+use ember::vmm::console_writer::EXIT_DRAIN_TIMEOUT;
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
 #[cfg(target_arch = "x86_64")]
@@ -304,11 +307,29 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
     run_riscv_vm(vm, args.timings)
 }
 
+/// Gives guest output still queued a bounded time to reach stdout or the
+/// file (a reader that stopped reading must not keep the process alive;
+/// the writer thread, if stuck, ends with the process), then says in one
+/// line what did not arrive.
+fn finish_console_output(output: &SharedOutput) {
+    let s = output.drain(EXIT_DRAIN_TIMEOUT);
+    if s.dropped + s.failed + s.pending > 0 {
+        eprintln!(
+            "ember: console output: {} bytes dropped (buffer full, the reader did not keep up), \
+             {} lost to write errors, {} not written at exit",
+            s.dropped, s.failed, s.pending
+        );
+    }
+}
+
 /// Runs a built or restored riscv64 VM to its end and turns the outcome
 /// into the exit status.
 fn run_riscv_vm(vm: RiscvVm, timings: bool) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
-    let outcome = vm.run()?;
+    let output = vm.control().console_output().clone();
+    let outcome = vm.run();
+    finish_console_output(&output);
+    let outcome = outcome?;
     if timings {
         report_tcg(&outcome);
     }
@@ -422,7 +443,10 @@ fn run_x86(config: VmConfig, args: &RunArgs, started: Instant) -> anyhow::Result
 fn run_x86_vm(vm: Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let guest_ram = vm.guest_ram_resident_kib_probe();
-    let outcome = vm.run()?;
+    let output = vm.control().console_output().clone();
+    let outcome = vm.run();
+    finish_console_output(&output);
+    let outcome = outcome?;
     if args.timings {
         if let Some(first) = outcome.first_run {
             let ms = first.duration_since(started).as_secs_f64() * 1e3;

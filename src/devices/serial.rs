@@ -2,7 +2,10 @@
 //!
 //! vm-superio does the register model, the transmit path (every byte is
 //! written to the output and flushed at once, so the console is
-//! interactive) and interrupt triggering. Two things it lacks are written by
+//! interactive) and interrupt triggering. That write happens on the vCPU
+//! or hart thread with this device's lock held, so the VMM's output
+//! (`SharedOutput` in `vmm/console.rs`) only queues the byte into a
+//! bounded buffer and never waits for the host's reader. Two things it lacks are written by
 //! hand here:
 //!
 //! * **An input queue beyond the 64-byte receive FIFO.** vm-superio refuses
@@ -413,8 +416,10 @@ impl Serial {
         self.lock().dropped_input
     }
 
-    /// Output bytes the writer failed to take (a closed pipe, a full disk).
-    /// The guest is not told: like a UART with nothing attached, it goes on.
+    /// Output bytes the writer failed to take. The VMM's output never
+    /// fails (its losses are counted in its own `console_output` counters);
+    /// a writer given by a library user might. The guest is not told: like
+    /// a UART with nothing attached, it goes on.
     pub fn lost_output(&self) -> u64 {
         self.lock().lost_output
     }

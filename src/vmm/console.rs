@@ -13,6 +13,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
 
+use super::console_writer::{ConsoleOutputStats, ConsoleWriter};
 use super::exit::{ExitReason, ExitSignal};
 
 /// Where guest console input comes from (`--serial-input`).
@@ -146,37 +147,94 @@ impl std::str::FromStr for ConsoleOutput {
 }
 
 /// One output sink shared by several devices (the UART and
-/// virtio-console both write to the same stdout or file); each write goes
-/// through whole under a lock, so their bytes never interleave mid-write.
+/// virtio-console both write to the same stdout or file, in the order they
+/// write). Writing never waits for the host's reader: stdout and files go
+/// through a [`ConsoleWriter`] (a bounded buffer drained by its own
+/// thread; what does not fit is dropped and counted), a capture is memory
+/// and is written directly.
 #[derive(Clone)]
-pub struct SharedOutput(Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct SharedOutput(OutputPath);
+
+#[derive(Clone)]
+enum OutputPath {
+    Queued(ConsoleWriter),
+    /// Bytes go straight into the capture under its short lock, so the
+    /// library API sees every byte written by the time a device returns.
+    Capture(OutputCapture),
+}
 
 impl SharedOutput {
-    pub fn new(sink: Box<dyn Write + Send>) -> Self {
-        SharedOutput(Arc::new(Mutex::new(sink)))
+    /// Output for a sink that can block (a pipe, a terminal, a file): a
+    /// writer thread takes the writes off the caller's thread.
+    pub fn queued(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        Ok(SharedOutput(OutputPath::Queued(ConsoleWriter::spawn(
+            sink,
+        )?)))
+    }
+
+    /// Output into a capture (never blocks).
+    pub fn capture(capture: OutputCapture) -> Self {
+        SharedOutput(OutputPath::Capture(capture))
+    }
+
+    /// What became of the output so far (a capture never drops or fails
+    /// and has nothing pending; it counts as written).
+    pub fn stats(&self) -> ConsoleOutputStats {
+        match &self.0 {
+            OutputPath::Queued(w) => w.stats(),
+            OutputPath::Capture(c) => {
+                let st = c.lock();
+                let written = st.bytes.len() as u64 + st.dropped;
+                ConsoleOutputStats {
+                    accepted: written,
+                    written,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for queued output to reach its sink (the end
+    /// of a run); returns the counts either way.
+    pub fn drain(&self, timeout: std::time::Duration) -> ConsoleOutputStats {
+        match &self.0 {
+            OutputPath::Queued(w) => w.drain(timeout),
+            OutputPath::Capture(_) => self.stats(),
+        }
     }
 }
 
 impl Write for SharedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut sink = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        sink.write_all(buf)?;
-        Ok(buf.len())
+        match &mut self.0 {
+            OutputPath::Queued(w) => w.write(buf),
+            OutputPath::Capture(c) => c.write(buf),
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+        Ok(())
     }
 }
 
 impl ConsoleOutput {
-    /// Opens the sink guest output is written to.
-    pub fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
-        Ok(match self {
-            ConsoleOutput::Stdout => Box::new(std::io::stdout()),
-            ConsoleOutput::File(path) => Box::new(File::create(path)?),
-            ConsoleOutput::Capture(c) => Box::new(c.clone()),
-        })
+    /// Opens the sink guest output is written to; for stdout and files
+    /// this starts the writer thread.
+    pub fn open(&self) -> std::io::Result<SharedOutput> {
+        match self {
+            ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?)),
+            ConsoleOutput::File(path) => SharedOutput::queued(Box::new(File::create(path)?)),
+            ConsoleOutput::Capture(c) => Ok(SharedOutput::capture(c.clone())),
+        }
     }
+}
+
+/// Standard output as an unbuffered file of its own (a duplicate of fd 1).
+/// Not `std::io::stdout()`: its buffer is flushed when the process exits,
+/// which would block on a reader that stopped reading, and its lock would
+/// be held by a writer stuck in write(2).
+fn stdout_fd() -> std::io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
 }
 
 /// An opened input source.

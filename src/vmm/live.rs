@@ -16,7 +16,7 @@ use crate::devices::serial::Serial;
 use crate::memory::RamBlock;
 use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::DeliverInput;
+use crate::vmm::console::{DeliverInput, SharedOutput};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
 #[cfg(target_arch = "x86_64")]
@@ -62,6 +62,8 @@ pub struct LiveVm {
     cpu: CpuBackend,
     devices: Vec<(String, crate::devices::virtio::mmio::VirtioMmio)>,
     serial: Arc<Serial>,
+    /// Where guest console output goes, for its counters.
+    console_output: SharedOutput,
     exit: Arc<ExitSignal>,
     tree: Arc<Mutex<MemoryTree>>,
     inner: Mutex<Inner>,
@@ -79,6 +81,7 @@ pub struct LiveVmParts<'a> {
     pub config: VmConfig,
     pub cpu: CpuBackend,
     pub devices: &'a [PlacedDevice],
+    pub console_output: SharedOutput,
     pub serial: Arc<Serial>,
     pub exit: Arc<ExitSignal>,
     pub tree: Arc<Mutex<MemoryTree>>,
@@ -92,6 +95,7 @@ impl LiveVm {
             config,
             cpu,
             devices,
+            console_output,
             serial,
             exit,
             tree,
@@ -106,6 +110,7 @@ impl LiveVm {
                 .map(|d| (d.name.clone(), d.transport.clone()))
                 .collect(),
             serial,
+            console_output,
             exit,
             tree,
             inner: Mutex::new(Inner {
@@ -125,6 +130,11 @@ impl LiveVm {
     /// terminal would arrive).
     pub fn send_input(&self, bytes: &[u8]) {
         (self.input)(bytes);
+    }
+
+    /// Where guest console output goes (its counters; draining it at exit).
+    pub fn console_output(&self) -> &SharedOutput {
+        &self.console_output
     }
 
     /// The vCPUs are about to run.
@@ -490,9 +500,17 @@ impl VmControl for LiveVm {
             }
             map
         };
+        let output = self.console_output.stats();
         json!({
             "virtio": virtio,
             "serial": {"tx_bytes": serial.0, "rx_bytes": serial.1},
+            "console_output": {
+                "accepted_bytes": output.accepted,
+                "dropped_bytes": output.dropped,
+                "written_bytes": output.written,
+                "failed_bytes": output.failed,
+                "pending_bytes": output.pending,
+            },
             "cpus": cpus,
             "device_accesses": by_device,
         })

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod config_file;
 pub mod console;
+pub mod console_writer;
 pub mod error;
 pub mod event_loop;
 pub mod exit;

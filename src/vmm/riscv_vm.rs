@@ -21,7 +21,7 @@ use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::{ConsoleInput, ConsoleOutput, SharedOutput};
+use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
@@ -172,7 +172,7 @@ impl RiscvVm {
                     .into(),
             ));
         }
-        let output = SharedOutput::new(config.console_output.open().map_err(VmError::Console)?);
+        let output = config.console_output.open().map_err(VmError::Console)?;
         let machine = build_machine(&machine_config, Box::new(output.clone()))
             .map_err(|e| VmError::Arch(e.to_string()))?;
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
@@ -204,7 +204,7 @@ impl RiscvVm {
             &machine_config.virtio,
             &irq_for,
             MachineExtras {
-                console_output: Box::new(output),
+                console_output: Box::new(output.clone()),
                 power_key: machine_config.virtio.len() > device_count(&config),
             },
         )?;
@@ -218,6 +218,7 @@ impl RiscvVm {
                 ram: ram_block,
             },
             devices: &virtio.devices,
+            console_output: output.clone(),
             serial: serial.clone(),
             exit: exit.clone(),
             tree: tree.clone(),

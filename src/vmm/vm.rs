@@ -43,7 +43,6 @@ use crate::memory::{
 // Kept importable from here, where it was defined before riscv64 hosts
 // (which have no `vm` module) needed it too.
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::SharedOutput;
 pub use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
@@ -134,7 +133,7 @@ impl Vm {
             return Err(VmError::NoTcg);
         }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
-        let output = SharedOutput::new(config.console_output.open().map_err(VmError::Console)?);
+        let output = config.console_output.open().map_err(VmError::Console)?;
         let mut tree = MemoryTree::new();
         let i8042 = Arc::new(I8042::new(exit.clone()));
         let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
@@ -216,7 +215,7 @@ impl Vm {
             &slots,
             &irq_for,
             MachineExtras {
-                console_output: Box::new(output),
+                console_output: Box::new(output.clone()),
                 power_key: false,
             },
         )?;
@@ -246,6 +245,7 @@ impl Vm {
                 snapshot: Mutex::new(None),
             },
             devices: &virtio.devices,
+            console_output: output.clone(),
             serial: serial.clone(),
             exit: exit.clone(),
             tree: tree.clone(),

@@ -5,8 +5,12 @@
 //! `EMERG_WRITE`), so the config space (cols, rows, max_nr_ports,
 //! emerg_wr) reads as zeros.
 //!
-//! Output goes to a `Box<dyn Write + Send>` (stdout in the VMM), flushed
-//! after every batch so that prompts without a newline show up.
+//! Output goes to a `Box<dyn Write + Send>`, flushed after every batch so
+//! that prompts without a newline show up. In the VMM that is a
+//! `SharedOutput` (`vmm/console.rs`), whose writes only queue into a
+//! bounded buffer that its own thread writes to stdout: this device runs on
+//! the event loop under the transport's lock and must never wait for the
+//! host's reader.
 //!
 //! Input arrives from a thread or event handler that does not hold the
 //! transport's lock, so it goes through a shared [`ConsoleInput`]: the VMM
