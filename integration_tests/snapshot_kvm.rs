@@ -226,7 +226,7 @@ fn snapshot_through_the_library(tag: &str) -> (PathBuf, String) {
         "a running VM must not be saved"
     );
     vm.pause().unwrap();
-    let stats = vm.control().snapshot_with_stats(&dir).expect("snapshot");
+    let stats = vm.control().snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
     assert_eq!(vm.state(), VmState::Paused, "still paused");
     let before = vm.output();
     println!(
@@ -558,7 +558,7 @@ fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     let live = vm.control();
     let runner = std::thread::spawn(move || vm.run());
     rx.recv_timeout(PATIENCE).expect("the guest reads the port");
-    live.snapshot_with_stats(&dir).expect("snapshot");
+    live.snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
     assert_eq!(output.text(), "<");
     live.stop().unwrap();
     assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);

@@ -7,6 +7,7 @@ pub mod console;
 pub mod error;
 pub mod event_loop;
 pub mod exit;
+pub mod host_file;
 pub mod instance;
 pub mod live;
 pub mod riscv_vm;

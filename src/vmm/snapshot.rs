@@ -25,15 +25,33 @@
 //! parsing it, the size of `memory.bin` against the manifest and the saved
 //! memory size, and the checksum of `memory.bin` while loading it.
 //!
+//! Writing: the directory is created mode 0700 if missing; a directory
+//! that already holds anything is refused unless the caller asks for it
+//! ([`SnapshotOptions::force`]: `"force": true` in the API, `ember ctl
+//! snapshot --force`), so a mistyped path cannot overwrite someone's
+//! files. Each file is created afresh, mode 0600 (guest memory is as
+//! private as the guest), with `O_EXCL | O_NOFOLLOW` after removing any old
+//! file of that name: a symlink planted in the directory is replaced, never
+//! written through. Before the snapshot is reported done every writable
+//! disk image is flushed with `fdatasync(2)`, so the writes the guest was
+//! told were complete are on stable storage with the snapshot that assumes
+//! them. Disk image paths are stored absolute, so a snapshot taken of a VM
+//! started with a relative `--disk` restores from any directory.
+//!
+//! Reading: every file must be a regular file (a symlink to one is
+//! followed) and is size-checked before it is read
+//! ([`crate::vmm::host_file`]): the manifest is at most
+//! [`MANIFEST_MAX_SIZE`] bytes, `state.json` at most [`STATE_MAX_SIZE`].
+//!
 //! Not saved: the LR/SC reservation (an SC after restore fails and the
 //! guest retries), translated code and TLBs (rebuilt), host-side device
 //! state that a guest cannot rely on (a frame read from the TAP but not yet
 //! delivered is dropped, as a network may drop it). Disk contents are not
 //! part of the snapshot: the disk files must still be there, unchanged.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,6 +64,7 @@ use crate::devices::serial::{Serial, SerialSnapshot};
 use crate::devices::virtio::mmio::{TransportState, VirtioMmio};
 use crate::memory::RamBlock;
 use crate::vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig};
+use crate::vmm::host_file::{self, Symlinks};
 use crate::vmm::virtio::PlacedDevice;
 
 /// The format name in the manifest and the state file.
@@ -61,6 +80,13 @@ pub const KNOWN_ARCHES: &[&str] = &[ARCH, ARCH_X86_64];
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const STATE_FILE: &str = "state.json";
 pub const MEMORY_FILE: &str = "memory.bin";
+
+/// The largest `manifest.json` read: it holds a few short fields.
+pub const MANIFEST_MAX_SIZE: u64 = 64 << 10;
+/// The largest `state.json` read: registers and device state of at most
+/// 255 CPUs come to a few MiB at most (an x86 vCPU with XSAVE and MSRs is
+/// some tens of KiB as JSON).
+pub const STATE_MAX_SIZE: u64 = 64 << 20;
 
 /// The unit of sparseness of `memory.bin`: the host page size on the
 /// hosts Ember runs on, and the size of a guest base page.
@@ -116,6 +142,17 @@ pub enum SnapshotError {
     Device { name: String, reason: String },
     #[error("guest memory: {0}")]
     Memory(String),
+    #[error("{path} is not empty; choose an empty or new directory, or force overwriting (API \"force\": true, ember ctl snapshot --force)", path = path.display())]
+    DirectoryNotEmpty { path: PathBuf },
+}
+
+/// How a snapshot is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Write into a directory that already holds files, replacing an
+    /// earlier snapshot there (other files are left alone). Without it a
+    /// non-empty directory is refused.
+    pub force: bool,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -171,19 +208,28 @@ pub struct SavedNet {
     pub mac: Option<[u8; 6]>,
 }
 
+/// `path` made absolute against the current directory (symlinks are not
+/// resolved: the path names what the user named), so that a snapshot
+/// restores from any directory; unchanged if the current directory is
+/// gone.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 impl SavedConfig {
+    /// What to save of `config`; file paths are made absolute.
     pub fn of(config: &VmConfig) -> SavedConfig {
         SavedConfig {
             memory: config.memory,
             cpus: config.cpus,
             cmdline: config.cmdline.clone(),
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
+            kernel: config.kernel.as_deref().map(absolute),
+            initrd: config.initrd.as_deref().map(absolute),
             disks: config
                 .disks
                 .iter()
                 .map(|d| SavedDisk {
-                    path: d.path.clone(),
+                    path: absolute(&d.path),
                     readonly: d.readonly,
                     id: d.id.clone(),
                 })
@@ -202,6 +248,68 @@ impl SavedConfig {
                 ConsoleKind::Virtio => "virtio".into(),
             },
         }
+    }
+
+    /// The saved configuration with disks and nets given at restore put in
+    /// place of the saved ones: a disk with an `id` replaces the saved disk
+    /// of that id, one without replaces the saved disk at its position
+    /// among the given disks; nets replace by position. Only where the
+    /// backing lives can change: the device the guest sees must stay the
+    /// same, so a different `readonly` or `mac`, an unknown id or more
+    /// disks or nets than were saved are refused.
+    pub fn with_overrides(
+        &self,
+        disks: &[DiskSpec],
+        nets: &[NetSpec],
+    ) -> Result<SavedConfig, SnapshotError> {
+        let mut out = self.clone();
+        for (i, d) in disks.iter().enumerate() {
+            let index = match &d.id {
+                Some(id) => out
+                    .disks
+                    .iter()
+                    .position(|s| s.id.as_deref() == Some(id.as_str()))
+                    .ok_or_else(|| {
+                        SnapshotError::Inconsistent(format!(
+                            "--disk id={id}: the snapshot has no disk with that id"
+                        ))
+                    })?,
+                None => i,
+            };
+            let saved = out.disks.get_mut(index).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!(
+                    "--disk {}: the snapshot has only {} disk(s)",
+                    d.path.display(),
+                    self.disks.len()
+                ))
+            })?;
+            if saved.readonly != d.readonly {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "--disk {}: the saved disk {} was {}; readonly cannot change at restore",
+                    d.path.display(),
+                    index,
+                    if saved.readonly { "read-only" } else { "read-write" }
+                )));
+            }
+            saved.path = absolute(&d.path);
+        }
+        for (i, n) in nets.iter().enumerate() {
+            let saved = out.nets.get_mut(i).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!(
+                    "--net tap={}: the snapshot has only {} net(s)",
+                    n.tap,
+                    self.nets.len()
+                ))
+            })?;
+            if n.mac.is_some() && n.mac != saved.mac {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "--net tap={}: the MAC address cannot change at restore",
+                    n.tap
+                )));
+            }
+            saved.tap = n.tap.clone();
+        }
+        Ok(out)
     }
 
     /// The configuration to build the restored machine from; the
@@ -429,6 +537,9 @@ pub struct SnapshotStats {
     /// Pages written to `memory.bin` (the rest are holes).
     pub data_pages: u64,
     pub memory_size: u64,
+    /// Disk images flushed to stable storage before the snapshot was
+    /// reported done (every writable one).
+    pub disks_synced: usize,
 }
 
 /// Collects the state of a paused VM (harts parked, devices paused).
@@ -482,12 +593,60 @@ pub fn capture(src: &SnapshotSource<'_>) -> Result<SnapshotState, SnapshotError>
     })
 }
 
-/// Takes a snapshot of a paused VM into `dir` (created if missing; an
-/// earlier snapshot there is replaced).
-pub fn save(dir: &Path, src: &SnapshotSource<'_>) -> Result<SnapshotStats, SnapshotError> {
+/// Takes a snapshot of a paused VM into `dir` (created if missing; see
+/// [`SnapshotOptions`] for one that is not empty).
+pub fn save(
+    dir: &Path,
+    options: &SnapshotOptions,
+    src: &SnapshotSource<'_>,
+) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
+    prepare_dir(dir, options)?;
     let state = capture(src)?;
-    save_state(dir, ARCH, &state, src.ram, started)
+    let disks_synced = sync_disks(src.config)?;
+    let mut stats = save_state(dir, ARCH, &state, src.ram, started)?;
+    stats.disks_synced = disks_synced;
+    Ok(stats)
+}
+
+/// Creates `dir` (mode 0700) if missing, or checks that it may be written
+/// into: empty, or `options.force`.
+pub fn prepare_dir(dir: &Path, options: &SnapshotOptions) -> Result<(), SnapshotError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create snapshot directory", dir))?;
+    if options.force {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(io("list snapshot directory", dir))?;
+    if entries.next().is_some() {
+        return Err(SnapshotError::DirectoryNotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Flushes every writable disk image of `config` to stable storage
+/// (`fdatasync(2)` on a fresh descriptor flushes the file's dirty pages,
+/// whoever wrote them); returns how many were flushed. Called with the VM
+/// paused, so no device writes meanwhile.
+pub fn sync_disks(config: &VmConfig) -> Result<usize, SnapshotError> {
+    let mut synced = 0;
+    for disk in config.disks.iter().filter(|d| !d.readonly) {
+        // O_NONBLOCK: opening never waits, whatever the path names now.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&disk.path)
+            .map_err(io("open disk image to flush", &disk.path))?;
+        file.sync_data()
+            .map_err(io("flush disk image", &disk.path))?;
+        synced += 1;
+    }
+    Ok(synced)
 }
 
 /// Writes a captured `state` of an `arch` VM and its `ram` into `dir`
@@ -508,6 +667,7 @@ pub fn save_state<T: Serialize>(
         elapsed: started.elapsed(),
         data_pages,
         memory_size: ram.size(),
+        disks_synced: 0,
     })
 }
 
@@ -520,7 +680,6 @@ pub fn write_files(
     state_json: &[u8],
     ram: &RamBlock,
 ) -> Result<u64, SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(io("create snapshot directory", dir))?;
     let manifest_path = dir.join(MANIFEST_FILE);
     match std::fs::remove_file(&manifest_path) {
         Ok(()) => {}
@@ -554,8 +713,27 @@ pub fn write_files(
     Ok(data_pages)
 }
 
+/// Creates the snapshot file `path` afresh: any old file (or symlink, or
+/// anything else) of that name is removed first, then the file is created
+/// with `O_EXCL | O_NOFOLLOW` and mode 0600, so nothing planted at the path
+/// is followed or written through and stale contents cannot survive.
+pub fn create_private(path: &Path) -> Result<File, SnapshotError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replace", path)(e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io("create", path))
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let mut f = File::create(path).map_err(io("create", path))?;
+    let mut f = create_private(path)?;
     f.write_all(bytes).map_err(io("write", path))?;
     f.sync_all().map_err(io("sync", path))
 }
@@ -571,9 +749,9 @@ fn is_zero(bytes: &[u8]) -> bool {
 /// Returns the file's size and CRC-32 (of all its bytes, holes reading as
 /// zeros) and the number of pages written.
 pub fn write_sparse_memory(path: &Path, ram: &RamBlock) -> Result<(FileSum, u64), SnapshotError> {
-    // `create` truncates: stale data from an older snapshot must not
-    // survive in what are holes now.
-    let file = File::create(path).map_err(io("create", path))?;
+    // A fresh file: stale data from an older snapshot must not survive in
+    // what are holes now.
+    let file = create_private(path)?;
     let size = ram.size();
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
@@ -688,8 +866,8 @@ pub fn load_sparse_memory(
     ram: &RamBlock,
     expected: &FileSum,
 ) -> Result<(), SnapshotError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    let size = file.metadata().map_err(io("stat", path))?.len();
+    let (file, size) =
+        host_file::open_regular(path, u64::MAX, Symlinks::Follow).map_err(io("open", path))?;
     if size != expected.size {
         return Err(SnapshotError::Size {
             file: MEMORY_FILE,
@@ -752,7 +930,8 @@ pub fn load_sparse_memory(
 /// Reads and checks the manifest of the snapshot in `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read(&path).map_err(io("read snapshot manifest", &path))?;
+    let text = host_file::read_regular(&path, MANIFEST_MAX_SIZE, Symlinks::Follow)
+        .map_err(io("read snapshot manifest", &path))?;
     // The format name is checked before the rest of the structure, so a
     // foreign JSON file is reported as foreign, not as malformed.
     let value: serde_json::Value =
@@ -823,7 +1002,8 @@ pub fn read_checked_state(
     memory_size: impl FnOnce(&[u8]) -> Result<u64, SnapshotError>,
 ) -> Result<Vec<u8>, SnapshotError> {
     let state_path = dir.join(STATE_FILE);
-    let bytes = std::fs::read(&state_path).map_err(io("read", &state_path))?;
+    let bytes = host_file::read_regular(&state_path, STATE_MAX_SIZE, Symlinks::Follow)
+        .map_err(io("read", &state_path))?;
     if bytes.len() as u64 != manifest.state.size {
         return Err(SnapshotError::Size {
             file: STATE_FILE,
