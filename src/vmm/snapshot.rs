@@ -1111,6 +1111,199 @@ mod tests {
         v
     }
 
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn snapshot_files_are_private_and_planted_symlinks_are_not_followed() {
+        let dir = temp_dir("private");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let snap = dir.join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        for f in [MEMORY_FILE, STATE_FILE, "manifest.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, snap.join(f)).unwrap();
+        }
+        let ram = ram_with_data();
+        // The directory holds links: not empty.
+        assert!(matches!(
+            prepare_dir(&snap, &SnapshotOptions::default()),
+            Err(SnapshotError::DirectoryNotEmpty { .. })
+        ));
+        prepare_dir(&snap, &SnapshotOptions { force: true }).unwrap();
+        write_files(&snap, ARCH, b"{}", &ram).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        for f in [MEMORY_FILE, STATE_FILE, MANIFEST_FILE] {
+            let path = snap.join(f);
+            assert!(
+                std::fs::symlink_metadata(&path).unwrap().file_type().is_file(),
+                "{f}"
+            );
+            assert_eq!(mode(&path), 0o600, "{f}");
+        }
+        assert!(!snap.join("manifest.json.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_new_snapshot_directory_is_private_and_a_used_one_needs_force() {
+        let dir = temp_dir("nonempty");
+        let fresh = dir.join("a/b");
+        prepare_dir(&fresh, &SnapshotOptions::default()).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // Empty: fine again.
+        prepare_dir(&fresh, &SnapshotOptions::default()).unwrap();
+        std::fs::write(fresh.join("notes.txt"), b"mine").unwrap();
+        let e = prepare_dir(&fresh, &SnapshotOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("is not empty"), "{e}");
+        prepare_dir(&fresh, &SnapshotOptions { force: true }).unwrap();
+        // A file where the directory should be.
+        let file = dir.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(prepare_dir(&file, &SnapshotOptions { force: true }).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn writable_disks_are_flushed_and_a_missing_one_fails_the_snapshot() {
+        let dir = temp_dir("sync");
+        let rw = dir.join("rw.img");
+        let ro = dir.join("ro.img");
+        std::fs::write(&rw, [0u8; 512]).unwrap();
+        std::fs::write(&ro, [0u8; 512]).unwrap();
+        let disk = |path: &Path, readonly| DiskSpec {
+            path: path.to_path_buf(),
+            readonly,
+            id: None,
+        };
+        let mut config = VmConfig {
+            disks: vec![disk(&rw, false), disk(&ro, true)],
+            ..VmConfig::default()
+        };
+        assert_eq!(sync_disks(&config).unwrap(), 1);
+        config.disks.push(disk(&dir.join("gone.img"), false));
+        let e = sync_disks(&config).unwrap_err();
+        assert!(e.to_string().contains("gone.img"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn saved_disk(path: &str, readonly: bool, id: Option<&str>) -> SavedDisk {
+        SavedDisk {
+            path: path.into(),
+            readonly,
+            id: id.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn saved_paths_are_absolute_and_overrides_replace_by_id_or_position() {
+        let config = VmConfig {
+            disks: vec![DiskSpec {
+                path: "rel/disk.img".into(),
+                readonly: false,
+                id: None,
+            }],
+            kernel: Some("Image".into()),
+            ..VmConfig::default()
+        };
+        let saved = SavedConfig::of(&config);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(saved.disks[0].path, cwd.join("rel/disk.img"));
+        assert_eq!(saved.kernel, Some(cwd.join("Image")));
+
+        let saved = SavedConfig {
+            disks: vec![
+                saved_disk("/a.img", false, Some("root")),
+                saved_disk("/b.img", true, Some("data")),
+            ],
+            nets: vec![SavedNet {
+                tap: "tap0".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            }],
+            ..saved
+        };
+        let spec = |path: &str, readonly, id: Option<&str>| DiskSpec {
+            path: path.into(),
+            readonly,
+            id: id.map(Into::into),
+        };
+        // By id, whatever the position.
+        let o = saved
+            .with_overrides(&[spec("/new-b.img", true, Some("data"))], &[])
+            .unwrap();
+        assert_eq!(o.disks[0].path, PathBuf::from("/a.img"));
+        assert_eq!(o.disks[1].path, PathBuf::from("/new-b.img"));
+        // By position, relative made absolute.
+        let o = saved
+            .with_overrides(
+                &[spec("x.img", false, None)],
+                &[NetSpec {
+                    tap: "tap9".into(),
+                    mac: None,
+                }],
+            )
+            .unwrap();
+        assert_eq!(o.disks[0].path, cwd.join("x.img"));
+        assert_eq!(o.disks[1], saved.disks[1]);
+        assert_eq!(o.nets[0].tap, "tap9");
+        assert_eq!(o.nets[0].mac, saved.nets[0].mac);
+        // What the guest would see differently is refused.
+        for bad in [
+            saved.with_overrides(&[spec("/a", true, None)], &[]),
+            saved.with_overrides(&[spec("/a", false, Some("nosuch"))], &[]),
+            saved.with_overrides(
+                &[
+                    spec("/a", false, None),
+                    spec("/b", true, None),
+                    spec("/c", false, None),
+                ],
+                &[],
+            ),
+            saved.with_overrides(
+                &[],
+                &[NetSpec {
+                    tap: "t".into(),
+                    mac: Some([2, 0, 0, 0, 0, 2]),
+                }],
+            ),
+        ] {
+            assert!(matches!(bad, Err(SnapshotError::Inconsistent(_))), "{bad:?}");
+        }
+        assert_eq!(saved.with_overrides(&[], &[]).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_state_or_manifest_that_is_a_device_is_refused_by_name() {
+        let dir = temp_dir("devzero");
+        let ram = ram_with_data();
+        write_files(&dir, ARCH, b"{}", &ram).unwrap();
+        let manifest = read_manifest(&dir).unwrap();
+        std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(STATE_FILE)).unwrap();
+        let e = read_checked_state(&dir, &manifest, |_| Ok(ram.size())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(dir.join(STATE_FILE).to_str().unwrap())
+                && text.contains("character device"),
+            "{text}"
+        );
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(MANIFEST_FILE)).unwrap();
+        let e = read_manifest(&dir).unwrap_err().to_string();
+        assert!(e.contains("character device"), "{e}");
+        // An oversized manifest is not read.
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        std::fs::File::create(dir.join(MANIFEST_FILE))
+            .unwrap()
+            .set_len(MANIFEST_MAX_SIZE + 1)
+            .unwrap();
+        let e = read_manifest(&dir).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn sparse_memory_file_has_holes_and_round_trips() {
         let dir = temp_dir("sparse");
