@@ -578,7 +578,7 @@ fn stop_is_answered_even_when_the_server_shuts_down_right_after() {
 }
 
 #[test]
-fn clients_beyond_the_limit_get_busy() {
+fn at_the_limit_the_longest_idle_client_makes_room() {
     let _g = shared();
     let dir = Scratch::new("busy");
     let path = dir.path("api.sock");
@@ -587,25 +587,81 @@ fn clients_beyond_the_limit_get_busy() {
         ..ServerConfig::default()
     };
     let server = ApiServer::start_with_config(&path, FakeVm::new(), config).expect("start");
-    let mut a = ApiClient::connect(&path).expect("a");
+    let mut a = Raw::connect(&path);
     let mut b = ApiClient::connect(&path).expect("b");
-    // Both are being served before the third arrives.
-    a.call("ping", None).expect("a ping");
+    // Both are being served before the third arrives; `a` has waited for
+    // its next request longest.
+    a.send(b"{\"op\":\"ping\"}\n");
+    assert_eq!(a.recv()["ok"], json!(true));
     b.call("ping", None).expect("b ping");
-    let mut third = Raw::connect(&path);
-    let r = third.recv();
-    assert_eq!(code(&r), "busy");
-    assert!(third.at_eof());
     let mut c = ApiClient::connect(&path).expect("connect c");
-    match c.call("ping", None) {
-        Err(ApiError::Remote { code, .. }) => assert_eq!(code, "busy"),
-        other => panic!("third client: {other:?}"),
-    }
-    drop(a);
-    wait_until("a's slot to be freed", || server.stats().active == 1);
+    assert_eq!(c.call("ping", None).expect("c ping"), json!({"pong": true}));
+    assert!(a.at_eof(), "the longest-idle client was not closed");
+    assert_eq!(b.call("ping", None).expect("b ping"), json!({"pong": true}));
+    let stats = server.stats();
+    assert_eq!((stats.evicted, stats.rejected), (1, 0), "{stats:?}");
+    stop(server);
+}
+
+#[test]
+fn at_the_limit_with_every_client_mid_request_a_new_one_gets_busy() {
+    let _g = shared();
+    let dir = Scratch::new("allbusy");
+    let path = dir.path("api.sock");
+    let config = ServerConfig {
+        max_clients: 1,
+        write_timeout: Duration::from_millis(500),
+        ..ServerConfig::default()
+    };
+    let server = ApiServer::start_with_config(&path, FakeVm::new(), config).expect("start");
+    // The only session is stuck sending to a client that does not read:
+    // it is in the middle of a request, not idle, so it is not evicted.
+    let (_keep, events, writer) = flood(&path);
+    assert_eq!(events.recv_timeout(BOUND), Ok("stalled"));
+    let mut late = Raw::connect(&path);
+    assert_eq!(code(&late.recv()), "busy");
+    assert!(late.at_eof());
+    // Once the send timeout drops the flooder, a client is served again.
+    assert_eq!(events.recv_timeout(BOUND), Ok("closed"));
+    writer.join().expect("writer");
+    wait_until("the flooder's slot to be freed", || server.stats().active == 0);
     let mut d = ApiClient::connect(&path).expect("connect d");
     assert_eq!(d.call("ping", None).expect("d ping"), json!({"pong": true}));
-    assert_eq!(server.stats().rejected, 2);
+    assert_eq!(server.stats().rejected, 1);
+    stop(server);
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_timeout() {
+    let _g = shared();
+    let dir = Scratch::new("idle");
+    let path = dir.path("api.sock");
+    let config = ServerConfig {
+        idle_timeout: Duration::from_millis(200),
+        ..ServerConfig::default()
+    };
+    let server = ApiServer::start_with_config(&path, FakeVm::new(), config).expect("start");
+    // Silent from the start.
+    let mut silent = Raw::connect(&path);
+    // One answered request, then silence.
+    let mut served = Raw::connect(&path);
+    served.send(b"{\"op\":\"ping\"}\n");
+    assert_eq!(served.recv()["ok"], json!(true));
+    // Half a request line, never finished: the line's time runs out too.
+    let mut partial = Raw::connect(&path);
+    partial.send(b"{\"op\":");
+    let started = Instant::now();
+    // The clients' reads wait up to BOUND; the server closes first.
+    assert!(silent.at_eof());
+    assert!(served.at_eof());
+    assert!(partial.at_eof());
+    assert!(started.elapsed() < BOUND);
+    wait_until("the closes to be counted", || {
+        server.stats().idle_closed == 3
+    });
+    // A fresh connection is served as usual.
+    let mut c = ApiClient::connect(&path).expect("connect");
+    assert_eq!(c.call("ping", None).expect("ping"), json!({"pong": true}));
     stop(server);
 }
 

@@ -277,3 +277,143 @@ fn sigterm_ends_a_running_vm() {
     let exit = child.wait().unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Runs ember with `args`, killing it if it has not ended within `limit`
+/// (a start-up that blocks on a FIFO or reads a device forever fails the
+/// test instead of hanging it or eating the machine's memory).
+fn ember_within(args: &[std::ffi::OsString], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ember");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap");
+            panic!("{args:?} still running after {limit:?}: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success());
+}
+
+/// A riscv64 `Image` header that parses (magic, non-zero image size) and
+/// nothing else: enough to get to the initrd.
+fn fake_riscv_image() -> std::path::PathBuf {
+    let mut h = vec![0u8; 64];
+    h[16..24].copy_from_slice(&(1u64 << 20).to_le_bytes());
+    h[56..60].copy_from_slice(b"RSC\x05");
+    let path = scratch_dir("files").join("Image");
+    std::fs::write(&path, h).unwrap();
+    path
+}
+
+/// Asserts that `args` fail within a few seconds naming `path` and saying
+/// what it is instead of a regular file.
+fn refused_quickly(args: &[&std::ffi::OsStr], path: &std::path::Path, kind: &str) {
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
+    let out = ember_within(&args, std::time::Duration::from_secs(20));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?}: {err}");
+    assert!(
+        err.contains(path.to_str().unwrap()) && err.contains(kind),
+        "{args:?}: {path:?} and {kind:?} not in {err}"
+    );
+}
+
+#[test]
+fn riscv64_kernel_and_initrd_must_be_regular_files() {
+    let dir = scratch_dir("files-riscv");
+    let fifo = dir.join("initrd.fifo");
+    mkfifo(&fifo);
+    let image = fake_riscv_image();
+    let base = ["run", "--arch", "riscv64", "--memory", "64M", "--kernel"];
+    let os = |s: &[&str]| -> Vec<std::ffi::OsString> { s.iter().map(Into::into).collect() };
+    let with = |kernel: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        let mut v = os(&base);
+        v.push(kernel.into());
+        v.extend(extra.iter().map(|a| a.to_os_string()));
+        v
+    };
+    let zero = std::path::Path::new("/dev/zero");
+    for (args, path, kind) in [
+        (with(zero, &[]), zero, "character device"),
+        (with(&dir, &[]), dir.as_path(), "directory"),
+        (
+            with(&image, &["--initrd".as_ref(), fifo.as_os_str()]),
+            fifo.as_path(),
+            "FIFO",
+        ),
+    ] {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        refused_quickly(&refs, path, kind);
+    }
+    // A kernel larger than the guest's RAM is refused before it is read.
+    let big = dir.join("big");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let args = with(&big, &[]);
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    refused_quickly(&refs, &big, "larger than");
+}
+
+#[test]
+fn x86_64_kernel_initrd_and_firmware_must_be_regular_files() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("files-x86");
+    let fifo = dir.join("initrd.fifo");
+    mkfifo(&fifo);
+    let kernel = common::tiny_elf_file("files-x86", &common::debug_exit(0), false);
+    let zero = std::path::Path::new("/dev/zero");
+    let run = ["run", "--memory", "64M"];
+    let mk = |extra: &[&std::ffi::OsStr]| -> Vec<std::ffi::OsString> {
+        run.iter()
+            .map(Into::into)
+            .chain(extra.iter().map(|a| a.to_os_string()))
+            .collect()
+    };
+    for (args, path, kind) in [
+        (mk(&["--kernel".as_ref(), zero.as_os_str()]), zero, "character device"),
+        (mk(&["--kernel".as_ref(), dir.as_os_str()]), dir.as_path(), "directory"),
+        (
+            mk(&[
+                "--kernel".as_ref(),
+                kernel.as_os_str(),
+                "--initrd".as_ref(),
+                fifo.as_os_str(),
+            ]),
+            fifo.as_path(),
+            "FIFO",
+        ),
+        (mk(&["--firmware".as_ref(), zero.as_os_str()]), zero, "character device"),
+    ] {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        refused_quickly(&refs, path, kind);
+    }
+}
+
+#[test]
+fn config_and_map_files_must_be_regular_files() {
+    let dir = scratch_dir("files-config");
+    let fifo = dir.join("vm.toml");
+    mkfifo(&fifo);
+    let args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), "--config".as_ref(), fifo.as_os_str()];
+    refused_quickly(&args, &fifo, "FIFO");
+    let args: Vec<&std::ffi::OsStr> = vec!["mtree".as_ref(), "--map".as_ref(), fifo.as_os_str()];
+    refused_quickly(&args, &fifo, "FIFO");
+}

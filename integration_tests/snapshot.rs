@@ -120,7 +120,7 @@ fn base() -> &'static Base {
             Err(ControlError::WrongState(VmState::Running, _))
         ));
         control.pause().unwrap();
-        let stats = control.snapshot_with_stats(&dir).expect("snapshot");
+        let stats = control.snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
         let before = read(&log);
         assert_eq!(control.state(), VmState::Paused, "still paused");
         let state: serde_json::Value =

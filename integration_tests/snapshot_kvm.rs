@@ -226,7 +226,7 @@ fn snapshot_through_the_library(tag: &str) -> (PathBuf, String) {
         "a running VM must not be saved"
     );
     vm.pause().unwrap();
-    let stats = vm.control().snapshot_with_stats(&dir).expect("snapshot");
+    let stats = vm.control().snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
     assert_eq!(vm.state(), VmState::Paused, "still paused");
     let before = vm.output();
     println!(
@@ -323,9 +323,20 @@ fn ctl_snapshot_and_run_restore_in_new_processes() {
     let log = work.join("before.log");
     let snap = work.join("snap");
     let _ = std::fs::remove_file(&socket);
+    // The first VM runs in its own directory with a disk named relative
+    // to it; the restores run elsewhere.
+    let first_cwd = work.join("first");
+    let other_cwd = work.join("other");
+    for d in [&first_cwd, &other_cwd] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let disk = first_cwd.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let mut first = ember()
+        .current_dir(&first_cwd)
         .args(["run", "--memory", &format!("{MEMORY_MIB}M"), "--kernel"])
         .arg(guest())
+        .args(["--disk", "path=disk.img"])
         .args(["--serial-input", "none", "--serial-output"])
         .arg(&log)
         .arg("--api-socket")
@@ -336,18 +347,38 @@ fn ctl_snapshot_and_run_restore_in_new_processes() {
     assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
     let (ok, out) = ctl(&socket, &["snapshot", snap.to_str().unwrap()]);
     assert!(ok, "{out}");
+    // Snapshot files hold guest memory: owner-only.
+    for f in [MANIFEST_FILE, STATE_FILE, MEMORY_FILE] {
+        let mode = std::fs::metadata(snap.join(f)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{f}"
+        );
+    }
+    // Writing over it needs --force.
+    let (ok, out) = ctl(&socket, &["snapshot", snap.to_str().unwrap()]);
+    assert!(!ok && out.contains("is not empty"), "{out}");
+    let (ok, out) = ctl(&socket, &["snapshot", "--force", snap.to_str().unwrap()]);
+    assert!(ok, "{out}");
     let (ok, out) = ctl(&socket, &["stop"]);
     assert!(ok, "{out}");
     assert!(wait_exit(&mut first).success());
     let before = read(&log);
 
     let after_log = work.join("after.log");
+    let socket2 = work.join("api2.sock");
+    let _ = std::fs::remove_file(&socket2);
+    // From another directory: the relative disk path was saved absolute.
     let mut restored = ember()
+        .current_dir(&other_cwd)
         .arg("run")
         .arg("--restore")
         .arg(&snap)
         .args(["--serial-input", "none", "--timings", "--serial-output"])
         .arg(&after_log)
+        .arg("--api-socket")
+        .arg(&socket2)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the restore");
@@ -367,12 +398,60 @@ fn ctl_snapshot_and_run_restore_in_new_processes() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let (ok, info) = ctl(&socket2, &["info", "--json"]);
+    assert!(ok, "{info}");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("info JSON");
+    assert_eq!(
+        info["config"]["disks"][0]["path"],
+        serde_json::json!(disk.to_str().unwrap()),
+        "{info}"
+    );
     restored.kill().unwrap();
     let out = restored.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("snapshot restored in"), "{stderr}");
     println!("{}", stderr.trim());
     check_continuation(&before, &read(&after_log));
+
+    // --disk at restore replaces where the saved disk lives.
+    let moved = other_cwd.join("moved.img");
+    std::fs::copy(&disk, &moved).unwrap();
+    let socket3 = work.join("api3.sock");
+    let _ = std::fs::remove_file(&socket3);
+    let mut overridden = ember()
+        .current_dir(&other_cwd)
+        .arg("run")
+        .arg("--restore")
+        .arg(&snap)
+        .args(["--disk", "path=moved.img"])
+        .args(["--serial-input", "none", "--serial-output", "/dev/null"])
+        .arg("--api-socket")
+        .arg(&socket3)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the restore with --disk");
+    wait_for("the API socket", || socket3.exists());
+    let (ok, info) = ctl(&socket3, &["info", "--json"]);
+    assert!(ok, "{info}");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("info JSON");
+    assert_eq!(
+        info["config"]["disks"][0]["path"],
+        serde_json::json!(moved.to_str().unwrap()),
+        "{info}"
+    );
+    overridden.kill().unwrap();
+    let _ = overridden.wait();
+    // A disk the snapshot does not have is refused.
+    let out = ember()
+        .arg("run")
+        .arg("--restore")
+        .arg(&snap)
+        .args(["--disk", "path=/dev/null,id=nosuch"])
+        .args(["--serial-input", "none", "--serial-output", "/dev/null"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no disk with that id"), "{err}");
 }
 
 /// Copies a snapshot directory (sparse-aware enough for a test: the copy
@@ -429,6 +508,20 @@ fn damaged_snapshots_are_refused_with_a_clear_message() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("restored"),
     }
+
+    // A state file that is a link to a device: refused at once, by name,
+    // not read forever.
+    let dir = work.join("state-dev-zero");
+    copy_snapshot(&good, &dir);
+    std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join(STATE_FILE)).unwrap();
+    let started = Instant::now();
+    let err = restore_error(&dir);
+    assert!(
+        err.contains(dir.join(STATE_FILE).to_str().unwrap()) && err.contains("character device"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 
     // A manifest that is not JSON.
     let dir = work.join("bad-manifest");
@@ -558,7 +651,7 @@ fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     let live = vm.control();
     let runner = std::thread::spawn(move || vm.run());
     rx.recv_timeout(PATIENCE).expect("the guest reads the port");
-    live.snapshot_with_stats(&dir).expect("snapshot");
+    live.snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
     assert_eq!(output.text(), "<");
     live.stop().unwrap();
     assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);

@@ -158,6 +158,10 @@ struct RunArgs {
     /// command line, disks, nets, rng, console; on x86_64 also firmware and
     /// debug-exit) comes from the snapshot, so those flags are ignored;
     /// --serial-input, --serial-output, --api-socket and --timings apply.
+    /// --disk and --net replace where a saved disk or TAP lives: a --disk
+    /// with id=NAME the saved disk of that id, otherwise the N-th --disk
+    /// the N-th saved disk, the N-th --net the N-th saved TAP (readonly
+    /// and mac must stay as saved).
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
 }
@@ -362,6 +366,8 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
             console_output: args.serial_output.clone().unwrap_or(ConsoleOutput::Stdout),
             api_socket: args.api_socket.clone(),
             tcg_jit: args.tcg_jit.unwrap_or_default(),
+            disks: args.disk.clone(),
+            nets: args.net.clone(),
         };
         if arch == GuestArch::X86_64 {
             return restore_x86(dir, options, &args, started)

@@ -202,19 +202,33 @@ pub fn parse_ctl(op: &str, args: &[String]) -> Result<(Op, Option<Value>), ApiEr
     let mut req_args = Map::new();
     if op == Op::Snapshot {
         // `snapshot create --path DIR`, `snapshot --path DIR` or
-        // `snapshot DIR`; a relative DIR is taken from ctl's directory.
-        let words: Vec<&str> = args.iter().map(String::as_str).collect();
+        // `snapshot DIR`, each with `--force` anywhere to write into a
+        // directory that is not empty; a relative DIR is taken from ctl's
+        // directory.
+        let force = args.iter().any(|a| a == "--force");
+        let words: Vec<&str> = args
+            .iter()
+            .map(String::as_str)
+            .filter(|&a| a != "--force")
+            .collect();
         let dir = match words.as_slice() {
             ["create", "--path", dir] | ["--path", dir] | ["create", dir] | [dir]
                 if !dir.starts_with('-') =>
             {
                 *dir
             }
-            _ => return Err(ApiError::Usage("usage: snapshot create --path DIR".into())),
+            _ => {
+                return Err(ApiError::Usage(
+                    "usage: snapshot create --path DIR [--force]".into(),
+                ))
+            }
         };
         let dir = std::path::absolute(dir)
             .map_err(|e| ApiError::Usage(format!("snapshot: {dir}: {e}")))?;
         req_args.insert("path".into(), Value::String(dir.display().to_string()));
+        if force {
+            req_args.insert("force".into(), Value::Bool(true));
+        }
         return Ok((op, Some(Value::Object(req_args))));
     }
     for arg in args {
@@ -346,6 +360,21 @@ mod tests {
             .unwrap();
         let cwd = std::env::current_dir().unwrap().join("snap");
         assert_eq!(rel["path"], json!(cwd.display().to_string()));
+        assert_eq!(
+            words("snapshot", &["--force", "create", "--path", "/tmp/snap"]).expect("--force"),
+            (
+                Op::Snapshot,
+                Some(json!({"path": "/tmp/snap", "force": true}))
+            )
+        );
+        assert_eq!(
+            words("snapshot", &["/tmp/snap", "--force"]).expect("DIR --force"),
+            (
+                Op::Snapshot,
+                Some(json!({"path": "/tmp/snap", "force": true}))
+            )
+        );
+        assert!(words("snapshot", &["--force"]).is_err());
         assert!(words("snapshot", &[]).is_err());
         assert!(words("snapshot", &["create", "--path"]).is_err());
         assert_eq!(

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+pub use crate::vmm::snapshot::SnapshotOptions;
+
 /// The lifecycle state machine: `Created` → `Running` ⇄ `Paused` →
 /// `ShutDown` (from either). Pause and resume are idempotent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -50,9 +52,19 @@ pub trait VmControl: Send + Sync {
     fn stop(&self) -> Result<(), ControlError>;
     /// Writes a snapshot of the paused VM into the directory `dir` (state,
     /// guest memory and a manifest; see `ember::vmm::snapshot`), from which
-    /// a new VM can be restored. The VM must be paused and stays so.
+    /// a new VM can be restored. The VM must be paused and stays so. A
+    /// directory that is not empty is refused (see [`Self::snapshot_with`]).
     fn snapshot(&self, dir: &std::path::Path) -> Result<(), ControlError> {
-        let _ = dir;
+        self.snapshot_with(dir, &SnapshotOptions::default())
+    }
+    /// [`Self::snapshot`] with options (`force`: write into a directory
+    /// that is not empty, replacing an earlier snapshot there).
+    fn snapshot_with(
+        &self,
+        dir: &std::path::Path,
+        options: &SnapshotOptions,
+    ) -> Result<(), ControlError> {
+        let _ = (dir, options);
         Err(ControlError::Unsupported(
             "snapshots are not available for this VM".into(),
         ))

@@ -28,7 +28,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::control::{ControlError, VmControl};
+use super::control::{ControlError, SnapshotOptions, VmControl};
 
 /// The protocol version reported by `version`. Bumped only on an
 /// incompatible change (see the module documentation).
@@ -289,6 +289,20 @@ fn run(op: Op, mut args: Map<String, Value>, control: &dyn VmControl) -> OpResul
     } else {
         None
     };
+    let force = if op == Op::Snapshot {
+        match args.remove("force") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err((
+                    ErrorCode::InvalidRequest,
+                    "snapshot: \"force\" must be a boolean".into(),
+                ))
+            }
+        }
+    } else {
+        false
+    };
     if let Some(key) = args.keys().next() {
         return Err((
             ErrorCode::InvalidRequest,
@@ -323,7 +337,9 @@ fn run(op: Op, mut args: Map<String, Value>, control: &dyn VmControl) -> OpResul
         Op::Counters => control.counters(),
         Op::Snapshot => {
             let path = path.unwrap_or_default();
-            control.snapshot(&path).map_err(control_error)?;
+            control
+                .snapshot_with(&path, &SnapshotOptions { force })
+                .map_err(control_error)?;
             json!({"path": path})
         }
     })

@@ -7,6 +7,22 @@
 //! read its answers only ever stalls its own thread: its writes carry a send
 //! timeout (`SO_SNDTIMEO`), after which the server drops it.
 //!
+//! Idle clients: a request line must arrive complete within
+//! [`ServerConfig::idle_timeout`] of the previous answer (or of the
+//! connection); otherwise the connection is closed. That also ends a
+//! client that dribbles a line out a byte at a time. Lines are at most
+//! [`ServerConfig::max_line`] bytes.
+//!
+//! The client cap cannot lock the owner out: when all
+//! [`ServerConfig::max_clients`] sessions are taken, a new connection
+//! closes the session that has waited longest for its next request and
+//! takes its place (as a pool evicts its least recently used entry). Only
+//! when every session is in the middle of a request does a new connection
+//! get `busy`, and each of those ends within the time its operation takes
+//! plus the send timeout. Connections are cheap (a thread blocked in
+//! `read`), so the cap only bounds threads; idle sessions making room is
+//! what keeps `ember ctl` usable whatever other local processes hold open.
+//!
 //! Shutdown: the acceptor sleeps in `poll(2)` on the listening socket and an
 //! eventfd. [`ApiServer::shutdown`] (or `Drop`) signals the eventfd; the
 //! acceptor then calls `shutdown(SHUT_RD)` on every client socket, which
@@ -61,7 +77,14 @@ pub struct ServerConfig {
     /// At shutdown, how long answers already being produced may take to
     /// reach their clients before every connection is cut.
     pub shutdown_grace: Duration,
+    /// How long a client may take to send its next complete request line
+    /// before the connection is closed.
+    pub idle_timeout: Duration,
 }
+
+/// [`ServerConfig::idle_timeout`] by default: ample for a person typing
+/// into `socat`, short enough that forgotten connections do not pile up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -70,6 +93,7 @@ impl Default for ServerConfig {
             max_line: MAX_REQUEST_LINE,
             write_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_millis(250),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -89,6 +113,11 @@ pub struct ServerStats {
     pub errors: u64,
     /// Clients dropped because a response write timed out or failed.
     pub dropped: u64,
+    /// Clients closed for sending no complete request within the idle
+    /// timeout.
+    pub idle_closed: u64,
+    /// Idle clients closed to make room for a new connection at the cap.
+    pub evicted: u64,
 }
 
 #[derive(Default)]
@@ -99,6 +128,8 @@ struct Counters {
     requests: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    idle_closed: AtomicU64,
+    evicted: AtomicU64,
 }
 
 impl Counters {
@@ -110,6 +141,8 @@ impl Counters {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            idle_closed: self.idle_closed.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
         }
     }
 }
@@ -177,6 +210,7 @@ impl ApiServer {
             counters: counters.clone(),
             clients: HashMap::new(),
             next_id: 0,
+            epoch: Instant::now(),
         };
         let handle = thread::Builder::new()
             .name("ember-api-accept".into())
@@ -349,7 +383,14 @@ struct Client {
     /// A second handle on the connection, for `shutdown(2)` at server stop.
     stream: UnixStream,
     thread: JoinHandle<()>,
+    /// See [`Session::idle_since`].
+    idle_since: Arc<AtomicU64>,
+    /// Closed to make room; its thread is on its way out.
+    evicted: bool,
 }
+
+/// [`Session::idle_since`] while a request is being answered.
+const BUSY: u64 = 0;
 
 struct Acceptor {
     listener: UnixListener,
@@ -359,6 +400,8 @@ struct Acceptor {
     counters: Arc<Counters>,
     clients: HashMap<u64, Client>,
     next_id: u64,
+    /// The zero of the sessions' idle clocks.
+    epoch: Instant,
 }
 
 enum Wake {
@@ -480,8 +523,41 @@ impl Acceptor {
         }
     }
 
+    /// At the cap, closes the session idle the longest to make room;
+    /// returns whether there is room now. Evicted sessions still count
+    /// against a second cap of the same size, so clients that connect
+    /// faster than evicted threads exit cannot grow the thread count
+    /// without bound.
+    fn make_room(&mut self) -> bool {
+        let live = self.clients.values().filter(|c| !c.evicted).count();
+        if live < self.config.max_clients {
+            return true;
+        }
+        if self.clients.len() >= self.config.max_clients.saturating_mul(2) {
+            return false;
+        }
+        // Ties (same microsecond) go to the older connection.
+        let oldest = self
+            .clients
+            .iter_mut()
+            .filter(|(_, c)| !c.evicted)
+            .map(|(id, c)| (c.idle_since.load(Ordering::Relaxed), *id, c))
+            .filter(|(since, _, _)| *since != BUSY)
+            .min_by_key(|(since, id, _)| (*since, *id));
+        match oldest {
+            Some((_, _, c)) => {
+                // Its thread sees end of file (or a failed send) and ends.
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                c.evicted = true;
+                self.counters.evicted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn admit(&mut self, stream: UnixStream, done: &mpsc::Sender<u64>) {
-        if self.clients.len() >= self.config.max_clients {
+        if !self.make_room() {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             let line = Response::failure(
                 Value::Null,
@@ -500,27 +576,32 @@ impl Acceptor {
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
-        let setup = || -> io::Result<(UnixStream, JoinHandle<()>)> {
+        #[allow(clippy::type_complexity)]
+        let setup = || -> io::Result<(UnixStream, JoinHandle<()>, Arc<AtomicU64>)> {
             stream.set_nonblocking(false)?;
             stream.set_write_timeout(Some(self.config.write_timeout))?;
             let handle = stream.try_clone()?;
             let id = self.next_id;
+            let idle_since = Arc::new(AtomicU64::new(BUSY));
             let session = Session {
                 stream: stream.try_clone()?,
                 control: self.control.clone(),
                 max_line: self.config.max_line,
+                idle_timeout: self.config.idle_timeout,
                 counters: self.counters.clone(),
                 wake: self.wake.clone(),
                 done: done.clone(),
                 id,
+                idle_since: idle_since.clone(),
+                epoch: self.epoch,
             };
             let thread = thread::Builder::new()
                 .name("ember-api-client".into())
                 .spawn(move || session.run())?;
-            Ok((handle, thread))
+            Ok((handle, thread, idle_since))
         };
         match setup() {
-            Ok((handle, thread)) => {
+            Ok((handle, thread, idle_since)) => {
                 self.counters.connections.fetch_add(1, Ordering::Relaxed);
                 self.counters.active.fetch_add(1, Ordering::Relaxed);
                 self.clients.insert(
@@ -528,6 +609,8 @@ impl Acceptor {
                     Client {
                         stream: handle,
                         thread,
+                        idle_since,
+                        evicted: false,
                     },
                 );
                 self.next_id += 1;
@@ -557,10 +640,39 @@ struct Session {
     stream: UnixStream,
     control: Arc<dyn VmControl>,
     max_line: usize,
+    idle_timeout: Duration,
     counters: Arc<Counters>,
     wake: Arc<EventFd>,
     done: mpsc::Sender<u64>,
     id: u64,
+    /// Microseconds since `epoch`, plus one, at which this session began
+    /// waiting for its next request; [`BUSY`] while it answers one. The
+    /// acceptor reads it to pick whom to evict.
+    idle_since: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+/// The session's socket as a reader that fails with `TimedOut` once
+/// `deadline` has passed, however the bytes trickle in: each read waits
+/// (`SO_RCVTIMEO`) only for what is left of the time.
+struct DeadlineReader<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match (&*self.stream).read(buf) {
+            // SO_RCVTIMEO expiring reads as EAGAIN.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::ErrorKind::TimedOut.into()),
+            other => other,
+        }
+    }
 }
 
 impl Session {
@@ -576,14 +688,26 @@ impl Session {
     }
 
     fn serve(&self) {
-        let mut reader = BufReader::with_capacity(8192, &self.stream);
+        let mut reader = BufReader::with_capacity(
+            8192,
+            DeadlineReader {
+                stream: &self.stream,
+                deadline: Instant::now() + self.idle_timeout,
+            },
+        );
         let mut buf = Vec::new();
         loop {
+            reader.get_mut().deadline = Instant::now() + self.idle_timeout;
+            let now = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+            self.idle_since
+                .store(now.saturating_add(1), Ordering::Relaxed);
             // A read error (the socket was shut down or reset) or end of
             // file both end the session. Every answer to a line already
             // read has been written by then, so a client that half-closes
             // after sending still gets all of its answers.
-            let response = match read_line_limited(&mut reader, self.max_line, &mut buf) {
+            let line = read_line_limited(&mut reader, self.max_line, &mut buf);
+            self.idle_since.store(BUSY, Ordering::Relaxed);
+            let response = match line {
                 Ok(Line::Complete) => match std::str::from_utf8(&buf) {
                     Ok(s) if s.trim().is_empty() => continue,
                     Ok(s) => self.dispatch(s),
@@ -601,6 +725,10 @@ impl Session {
                         self.max_line
                     ),
                 ),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    self.counters.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 Ok(Line::Eof) | Err(_) => return,
             };
             self.counters.requests.fetch_add(1, Ordering::Relaxed);

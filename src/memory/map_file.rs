@@ -233,9 +233,19 @@ pub struct LoadedMap {
     pub spaces: Vec<AddressSpace>,
 }
 
-/// Reads and builds a map file.
+/// The largest map file read: thousands of regions fit in far less; a
+/// larger file is not a map file.
+pub const MAP_FILE_MAX_SIZE: u64 = 4 << 20;
+
+/// Reads and builds a map file (a regular file of at most
+/// [`MAP_FILE_MAX_SIZE`] bytes).
 pub fn load_file(path: &Path) -> Result<LoadedMap, MapError> {
-    let text = std::fs::read_to_string(path).map_err(|e| MapError::Read {
+    let text = crate::vmm::host_file::read_regular_to_string(
+        path,
+        MAP_FILE_MAX_SIZE,
+        crate::vmm::host_file::Symlinks::Follow,
+    )
+    .map_err(|e| MapError::Read {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;

@@ -116,12 +116,23 @@ pub struct VmSettings {
     pub tcg_jit: Option<JitPolicy>,
 }
 
+/// The largest config file read: a VM's settings take a few hundred bytes;
+/// this leaves room for many disks and comments while refusing a file that
+/// was never meant to be one.
+pub const CONFIG_FILE_MAX_SIZE: u64 = 1 << 20;
+
 impl VmSettings {
-    /// Reads a config file. Relative paths in it are taken relative to the
+    /// Reads a config file (a regular file of at most
+    /// [`CONFIG_FILE_MAX_SIZE`] bytes). Relative paths in it are taken relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<VmSettings, ConfigFileError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        let text = crate::vmm::host_file::read_regular_to_string(
+            path,
+            CONFIG_FILE_MAX_SIZE,
+            crate::vmm::host_file::Symlinks::Follow,
+        )
+        .map_err(|source| ConfigFileError::Read {
             file: file.clone(),
             source,
         })?;

@@ -271,8 +271,21 @@ impl RunningVm {
     /// Writes a snapshot of the (paused) VM to `dir`; restore it with
     /// [`VmBuilder::restore`] or `ember run --restore DIR`. riscv64 on the
     /// software CPU and x86_64 under KVM.
+    ///
+    /// A directory that is not empty is refused; use
+    /// [`RunningVm::snapshot_with`] with `force` to replace an earlier
+    /// snapshot.
     pub fn snapshot(&self, dir: impl AsRef<std::path::Path>) -> Result<(), InstanceError> {
         Ok(self.control.snapshot(dir.as_ref())?)
+    }
+
+    /// [`RunningVm::snapshot`] with options.
+    pub fn snapshot_with(
+        &self,
+        dir: impl AsRef<std::path::Path>,
+        options: &crate::vmm::snapshot::SnapshotOptions,
+    ) -> Result<(), InstanceError> {
+        Ok(self.control.snapshot_with(dir.as_ref(), options)?)
     }
 
     /// Counters as JSON (see `docs/api.md`).

@@ -18,7 +18,7 @@ use crate::memory::{mtree_text, MemoryTree, MtreeOptions};
 use crate::vmm::config::VmConfig;
 use crate::vmm::console::{DeliverInput, SharedOutput};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::snapshot::{SnapshotSource, SnapshotStats};
+use crate::vmm::snapshot::{SnapshotOptions, SnapshotSource, SnapshotStats};
 #[cfg(target_arch = "x86_64")]
 use crate::vmm::snapshot_x86::{X86SnapshotParts, X86SnapshotSource};
 use crate::vmm::virtio::PlacedDevice;
@@ -218,6 +218,7 @@ impl LiveVm {
     pub fn snapshot_with_stats(
         &self,
         dir: &std::path::Path,
+        options: &SnapshotOptions,
     ) -> Result<SnapshotStats, ControlError> {
         // Held throughout, so nobody resumes the VM mid-snapshot.
         let inner = self.lock();
@@ -238,6 +239,7 @@ impl LiveVm {
                     })?;
                 crate::vmm::snapshot_x86::save(
                     dir,
+                    options,
                     &X86SnapshotSource {
                         config: &self.config,
                         parts: &parts,
@@ -250,6 +252,7 @@ impl LiveVm {
             }
             CpuBackend::Tcg { system, plic, ram } => crate::vmm::snapshot::save(
                 dir,
+                options,
                 &SnapshotSource {
                     config: &self.config,
                     system,
@@ -375,8 +378,12 @@ impl VmControl for LiveVm {
         Ok(())
     }
 
-    fn snapshot(&self, dir: &std::path::Path) -> Result<(), ControlError> {
-        self.snapshot_with_stats(dir).map(|_| ())
+    fn snapshot_with(
+        &self,
+        dir: &std::path::Path,
+        options: &SnapshotOptions,
+    ) -> Result<(), ControlError> {
+        self.snapshot_with_stats(dir, options).map(|_| ())
     }
 
     fn mtree(&self, flat: bool) -> String {

@@ -8,6 +8,7 @@ pub mod console_writer;
 pub mod error;
 pub mod event_loop;
 pub mod exit;
+pub mod host_file;
 pub mod instance;
 pub mod live;
 pub mod riscv_vm;

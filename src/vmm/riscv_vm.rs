@@ -71,6 +71,11 @@ pub struct RestoreOptions {
     /// The software CPU's compile policy (`--tcg-jit`): a property of the
     /// host side, not of the saved machine.
     pub tcg_jit: crate::accel::tcg::riscv64::jit::JitPolicy,
+    /// Disks to use instead of the saved ones (`--disk` at restore; see
+    /// [`crate::vmm::snapshot::SavedConfig::with_overrides`]).
+    pub disks: Vec<crate::vmm::config::DiskSpec>,
+    /// TAPs to use instead of the saved ones, by position.
+    pub nets: Vec<crate::vmm::config::NetSpec>,
 }
 
 impl Default for RestoreOptions {
@@ -80,6 +85,8 @@ impl Default for RestoreOptions {
             console_output: ConsoleOutput::Stdout,
             api_socket: None,
             tcg_jit: Default::default(),
+            disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -117,7 +124,10 @@ impl RiscvVm {
             console_output: options.console_output,
             ..VmConfig::default()
         };
-        let mut config = state.config.apply(base)?;
+        let mut config = state
+            .config
+            .with_overrides(&options.disks, &options.nets)?
+            .apply(base)?;
         config.api_socket = options.api_socket;
         config.tcg_jit = options.tcg_jit;
         let mut vm = Self::build(config, Some(state.time))?;

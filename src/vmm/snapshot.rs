@@ -25,15 +25,33 @@
 //! parsing it, the size of `memory.bin` against the manifest and the saved
 //! memory size, and the checksum of `memory.bin` while loading it.
 //!
+//! Writing: the directory is created mode 0700 if missing; a directory
+//! that already holds anything is refused unless the caller asks for it
+//! ([`SnapshotOptions::force`]: `"force": true` in the API, `ember ctl
+//! snapshot --force`), so a mistyped path cannot overwrite someone's
+//! files. Each file is created afresh, mode 0600 (guest memory is as
+//! private as the guest), with `O_EXCL | O_NOFOLLOW` after removing any old
+//! file of that name: a symlink planted in the directory is replaced, never
+//! written through. Before the snapshot is reported done every writable
+//! disk image is flushed with `fdatasync(2)`, so the writes the guest was
+//! told were complete are on stable storage with the snapshot that assumes
+//! them. Disk image paths are stored absolute, so a snapshot taken of a VM
+//! started with a relative `--disk` restores from any directory.
+//!
+//! Reading: every file must be a regular file (a symlink to one is
+//! followed) and is size-checked before it is read
+//! ([`crate::vmm::host_file`]): the manifest is at most
+//! [`MANIFEST_MAX_SIZE`] bytes, `state.json` at most [`STATE_MAX_SIZE`].
+//!
 //! Not saved: the LR/SC reservation (an SC after restore fails and the
 //! guest retries), translated code and TLBs (rebuilt), host-side device
 //! state that a guest cannot rely on (a frame read from the TAP but not yet
 //! delivered is dropped, as a network may drop it). Disk contents are not
 //! part of the snapshot: the disk files must still be there, unchanged.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,6 +64,7 @@ use crate::devices::serial::{Serial, SerialSnapshot};
 use crate::devices::virtio::mmio::{TransportState, VirtioMmio};
 use crate::memory::RamBlock;
 use crate::vmm::config::{ConsoleKind, DiskSpec, NetSpec, VmConfig};
+use crate::vmm::host_file::{self, Symlinks};
 use crate::vmm::virtio::PlacedDevice;
 
 /// The format name in the manifest and the state file.
@@ -61,6 +80,13 @@ pub const KNOWN_ARCHES: &[&str] = &[ARCH, ARCH_X86_64];
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const STATE_FILE: &str = "state.json";
 pub const MEMORY_FILE: &str = "memory.bin";
+
+/// The largest `manifest.json` read: it holds a few short fields.
+pub const MANIFEST_MAX_SIZE: u64 = 64 << 10;
+/// The largest `state.json` read: registers and device state of at most
+/// 255 CPUs come to a few MiB at most (an x86 vCPU with XSAVE and MSRs is
+/// some tens of KiB as JSON).
+pub const STATE_MAX_SIZE: u64 = 64 << 20;
 
 /// The unit of sparseness of `memory.bin`: the host page size on the
 /// hosts Ember runs on, and the size of a guest base page.
@@ -116,6 +142,17 @@ pub enum SnapshotError {
     Device { name: String, reason: String },
     #[error("guest memory: {0}")]
     Memory(String),
+    #[error("{path} is not empty; choose an empty or new directory, or force overwriting (API \"force\": true, ember ctl snapshot --force)", path = path.display())]
+    DirectoryNotEmpty { path: PathBuf },
+}
+
+/// How a snapshot is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Write into a directory that already holds files, replacing an
+    /// earlier snapshot there (other files are left alone). Without it a
+    /// non-empty directory is refused.
+    pub force: bool,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
@@ -171,19 +208,28 @@ pub struct SavedNet {
     pub mac: Option<[u8; 6]>,
 }
 
+/// `path` made absolute against the current directory (symlinks are not
+/// resolved: the path names what the user named), so that a snapshot
+/// restores from any directory; unchanged if the current directory is
+/// gone.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 impl SavedConfig {
+    /// What to save of `config`; file paths are made absolute.
     pub fn of(config: &VmConfig) -> SavedConfig {
         SavedConfig {
             memory: config.memory,
             cpus: config.cpus,
             cmdline: config.cmdline.clone(),
-            kernel: config.kernel.clone(),
-            initrd: config.initrd.clone(),
+            kernel: config.kernel.as_deref().map(absolute),
+            initrd: config.initrd.as_deref().map(absolute),
             disks: config
                 .disks
                 .iter()
                 .map(|d| SavedDisk {
-                    path: d.path.clone(),
+                    path: absolute(&d.path),
                     readonly: d.readonly,
                     id: d.id.clone(),
                 })
@@ -202,6 +248,68 @@ impl SavedConfig {
                 ConsoleKind::Virtio => "virtio".into(),
             },
         }
+    }
+
+    /// The saved configuration with disks and nets given at restore put in
+    /// place of the saved ones: a disk with an `id` replaces the saved disk
+    /// of that id, one without replaces the saved disk at its position
+    /// among the given disks; nets replace by position. Only where the
+    /// backing lives can change: the device the guest sees must stay the
+    /// same, so a different `readonly` or `mac`, an unknown id or more
+    /// disks or nets than were saved are refused.
+    pub fn with_overrides(
+        &self,
+        disks: &[DiskSpec],
+        nets: &[NetSpec],
+    ) -> Result<SavedConfig, SnapshotError> {
+        let mut out = self.clone();
+        for (i, d) in disks.iter().enumerate() {
+            let index = match &d.id {
+                Some(id) => out
+                    .disks
+                    .iter()
+                    .position(|s| s.id.as_deref() == Some(id.as_str()))
+                    .ok_or_else(|| {
+                        SnapshotError::Inconsistent(format!(
+                            "--disk id={id}: the snapshot has no disk with that id"
+                        ))
+                    })?,
+                None => i,
+            };
+            let saved = out.disks.get_mut(index).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!(
+                    "--disk {}: the snapshot has only {} disk(s)",
+                    d.path.display(),
+                    self.disks.len()
+                ))
+            })?;
+            if saved.readonly != d.readonly {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "--disk {}: the saved disk {} was {}; readonly cannot change at restore",
+                    d.path.display(),
+                    index,
+                    if saved.readonly { "read-only" } else { "read-write" }
+                )));
+            }
+            saved.path = absolute(&d.path);
+        }
+        for (i, n) in nets.iter().enumerate() {
+            let saved = out.nets.get_mut(i).ok_or_else(|| {
+                SnapshotError::Inconsistent(format!(
+                    "--net tap={}: the snapshot has only {} net(s)",
+                    n.tap,
+                    self.nets.len()
+                ))
+            })?;
+            if n.mac.is_some() && n.mac != saved.mac {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "--net tap={}: the MAC address cannot change at restore",
+                    n.tap
+                )));
+            }
+            saved.tap = n.tap.clone();
+        }
+        Ok(out)
     }
 
     /// The configuration to build the restored machine from; the
@@ -429,6 +537,9 @@ pub struct SnapshotStats {
     /// Pages written to `memory.bin` (the rest are holes).
     pub data_pages: u64,
     pub memory_size: u64,
+    /// Disk images flushed to stable storage before the snapshot was
+    /// reported done (every writable one).
+    pub disks_synced: usize,
 }
 
 /// Collects the state of a paused VM (harts parked, devices paused).
@@ -482,12 +593,60 @@ pub fn capture(src: &SnapshotSource<'_>) -> Result<SnapshotState, SnapshotError>
     })
 }
 
-/// Takes a snapshot of a paused VM into `dir` (created if missing; an
-/// earlier snapshot there is replaced).
-pub fn save(dir: &Path, src: &SnapshotSource<'_>) -> Result<SnapshotStats, SnapshotError> {
+/// Takes a snapshot of a paused VM into `dir` (created if missing; see
+/// [`SnapshotOptions`] for one that is not empty).
+pub fn save(
+    dir: &Path,
+    options: &SnapshotOptions,
+    src: &SnapshotSource<'_>,
+) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
+    prepare_dir(dir, options)?;
     let state = capture(src)?;
-    save_state(dir, ARCH, &state, src.ram, started)
+    let disks_synced = sync_disks(src.config)?;
+    let mut stats = save_state(dir, ARCH, &state, src.ram, started)?;
+    stats.disks_synced = disks_synced;
+    Ok(stats)
+}
+
+/// Creates `dir` (mode 0700) if missing, or checks that it may be written
+/// into: empty, or `options.force`.
+pub fn prepare_dir(dir: &Path, options: &SnapshotOptions) -> Result<(), SnapshotError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("create snapshot directory", dir))?;
+    if options.force {
+        return Ok(());
+    }
+    let mut entries = std::fs::read_dir(dir).map_err(io("list snapshot directory", dir))?;
+    if entries.next().is_some() {
+        return Err(SnapshotError::DirectoryNotEmpty {
+            path: dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Flushes every writable disk image of `config` to stable storage
+/// (`fdatasync(2)` on a fresh descriptor flushes the file's dirty pages,
+/// whoever wrote them); returns how many were flushed. Called with the VM
+/// paused, so no device writes meanwhile.
+pub fn sync_disks(config: &VmConfig) -> Result<usize, SnapshotError> {
+    let mut synced = 0;
+    for disk in config.disks.iter().filter(|d| !d.readonly) {
+        // O_NONBLOCK: opening never waits, whatever the path names now.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&disk.path)
+            .map_err(io("open disk image to flush", &disk.path))?;
+        file.sync_data()
+            .map_err(io("flush disk image", &disk.path))?;
+        synced += 1;
+    }
+    Ok(synced)
 }
 
 /// Writes a captured `state` of an `arch` VM and its `ram` into `dir`
@@ -508,6 +667,7 @@ pub fn save_state<T: Serialize>(
         elapsed: started.elapsed(),
         data_pages,
         memory_size: ram.size(),
+        disks_synced: 0,
     })
 }
 
@@ -520,7 +680,6 @@ pub fn write_files(
     state_json: &[u8],
     ram: &RamBlock,
 ) -> Result<u64, SnapshotError> {
-    std::fs::create_dir_all(dir).map_err(io("create snapshot directory", dir))?;
     let manifest_path = dir.join(MANIFEST_FILE);
     match std::fs::remove_file(&manifest_path) {
         Ok(()) => {}
@@ -554,8 +713,27 @@ pub fn write_files(
     Ok(data_pages)
 }
 
+/// Creates the snapshot file `path` afresh: any old file (or symlink, or
+/// anything else) of that name is removed first, then the file is created
+/// with `O_EXCL | O_NOFOLLOW` and mode 0600, so nothing planted at the path
+/// is followed or written through and stale contents cannot survive.
+pub fn create_private(path: &Path) -> Result<File, SnapshotError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("replace", path)(e)),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io("create", path))
+}
+
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
-    let mut f = File::create(path).map_err(io("create", path))?;
+    let mut f = create_private(path)?;
     f.write_all(bytes).map_err(io("write", path))?;
     f.sync_all().map_err(io("sync", path))
 }
@@ -571,9 +749,9 @@ fn is_zero(bytes: &[u8]) -> bool {
 /// Returns the file's size and CRC-32 (of all its bytes, holes reading as
 /// zeros) and the number of pages written.
 pub fn write_sparse_memory(path: &Path, ram: &RamBlock) -> Result<(FileSum, u64), SnapshotError> {
-    // `create` truncates: stale data from an older snapshot must not
-    // survive in what are holes now.
-    let file = File::create(path).map_err(io("create", path))?;
+    // A fresh file: stale data from an older snapshot must not survive in
+    // what are holes now.
+    let file = create_private(path)?;
     let size = ram.size();
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
@@ -688,8 +866,8 @@ pub fn load_sparse_memory(
     ram: &RamBlock,
     expected: &FileSum,
 ) -> Result<(), SnapshotError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    let size = file.metadata().map_err(io("stat", path))?.len();
+    let (file, size) =
+        host_file::open_regular(path, u64::MAX, Symlinks::Follow).map_err(io("open", path))?;
     if size != expected.size {
         return Err(SnapshotError::Size {
             file: MEMORY_FILE,
@@ -752,7 +930,8 @@ pub fn load_sparse_memory(
 /// Reads and checks the manifest of the snapshot in `dir`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read(&path).map_err(io("read snapshot manifest", &path))?;
+    let text = host_file::read_regular(&path, MANIFEST_MAX_SIZE, Symlinks::Follow)
+        .map_err(io("read snapshot manifest", &path))?;
     // The format name is checked before the rest of the structure, so a
     // foreign JSON file is reported as foreign, not as malformed.
     let value: serde_json::Value =
@@ -823,7 +1002,8 @@ pub fn read_checked_state(
     memory_size: impl FnOnce(&[u8]) -> Result<u64, SnapshotError>,
 ) -> Result<Vec<u8>, SnapshotError> {
     let state_path = dir.join(STATE_FILE);
-    let bytes = std::fs::read(&state_path).map_err(io("read", &state_path))?;
+    let bytes = host_file::read_regular(&state_path, STATE_MAX_SIZE, Symlinks::Follow)
+        .map_err(io("read", &state_path))?;
     if bytes.len() as u64 != manifest.state.size {
         return Err(SnapshotError::Size {
             file: STATE_FILE,
@@ -929,6 +1109,199 @@ mod tests {
         let mut v = vec![0u8; ram.size() as usize];
         ram.read(0, &mut v).unwrap();
         v
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn snapshot_files_are_private_and_planted_symlinks_are_not_followed() {
+        let dir = temp_dir("private");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let snap = dir.join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        for f in [MEMORY_FILE, STATE_FILE, "manifest.json.tmp"] {
+            std::os::unix::fs::symlink(&victim, snap.join(f)).unwrap();
+        }
+        let ram = ram_with_data();
+        // The directory holds links: not empty.
+        assert!(matches!(
+            prepare_dir(&snap, &SnapshotOptions::default()),
+            Err(SnapshotError::DirectoryNotEmpty { .. })
+        ));
+        prepare_dir(&snap, &SnapshotOptions { force: true }).unwrap();
+        write_files(&snap, ARCH, b"{}", &ram).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        for f in [MEMORY_FILE, STATE_FILE, MANIFEST_FILE] {
+            let path = snap.join(f);
+            assert!(
+                std::fs::symlink_metadata(&path).unwrap().file_type().is_file(),
+                "{f}"
+            );
+            assert_eq!(mode(&path), 0o600, "{f}");
+        }
+        assert!(!snap.join("manifest.json.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_new_snapshot_directory_is_private_and_a_used_one_needs_force() {
+        let dir = temp_dir("nonempty");
+        let fresh = dir.join("a/b");
+        prepare_dir(&fresh, &SnapshotOptions::default()).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        // Empty: fine again.
+        prepare_dir(&fresh, &SnapshotOptions::default()).unwrap();
+        std::fs::write(fresh.join("notes.txt"), b"mine").unwrap();
+        let e = prepare_dir(&fresh, &SnapshotOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("is not empty"), "{e}");
+        prepare_dir(&fresh, &SnapshotOptions { force: true }).unwrap();
+        // A file where the directory should be.
+        let file = dir.join("file");
+        std::fs::write(&file, b"").unwrap();
+        assert!(prepare_dir(&file, &SnapshotOptions { force: true }).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn writable_disks_are_flushed_and_a_missing_one_fails_the_snapshot() {
+        let dir = temp_dir("sync");
+        let rw = dir.join("rw.img");
+        let ro = dir.join("ro.img");
+        std::fs::write(&rw, [0u8; 512]).unwrap();
+        std::fs::write(&ro, [0u8; 512]).unwrap();
+        let disk = |path: &Path, readonly| DiskSpec {
+            path: path.to_path_buf(),
+            readonly,
+            id: None,
+        };
+        let mut config = VmConfig {
+            disks: vec![disk(&rw, false), disk(&ro, true)],
+            ..VmConfig::default()
+        };
+        assert_eq!(sync_disks(&config).unwrap(), 1);
+        config.disks.push(disk(&dir.join("gone.img"), false));
+        let e = sync_disks(&config).unwrap_err();
+        assert!(e.to_string().contains("gone.img"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn saved_disk(path: &str, readonly: bool, id: Option<&str>) -> SavedDisk {
+        SavedDisk {
+            path: path.into(),
+            readonly,
+            id: id.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn saved_paths_are_absolute_and_overrides_replace_by_id_or_position() {
+        let config = VmConfig {
+            disks: vec![DiskSpec {
+                path: "rel/disk.img".into(),
+                readonly: false,
+                id: None,
+            }],
+            kernel: Some("Image".into()),
+            ..VmConfig::default()
+        };
+        let saved = SavedConfig::of(&config);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(saved.disks[0].path, cwd.join("rel/disk.img"));
+        assert_eq!(saved.kernel, Some(cwd.join("Image")));
+
+        let saved = SavedConfig {
+            disks: vec![
+                saved_disk("/a.img", false, Some("root")),
+                saved_disk("/b.img", true, Some("data")),
+            ],
+            nets: vec![SavedNet {
+                tap: "tap0".into(),
+                mac: Some([2, 0, 0, 0, 0, 1]),
+            }],
+            ..saved
+        };
+        let spec = |path: &str, readonly, id: Option<&str>| DiskSpec {
+            path: path.into(),
+            readonly,
+            id: id.map(Into::into),
+        };
+        // By id, whatever the position.
+        let o = saved
+            .with_overrides(&[spec("/new-b.img", true, Some("data"))], &[])
+            .unwrap();
+        assert_eq!(o.disks[0].path, PathBuf::from("/a.img"));
+        assert_eq!(o.disks[1].path, PathBuf::from("/new-b.img"));
+        // By position, relative made absolute.
+        let o = saved
+            .with_overrides(
+                &[spec("x.img", false, None)],
+                &[NetSpec {
+                    tap: "tap9".into(),
+                    mac: None,
+                }],
+            )
+            .unwrap();
+        assert_eq!(o.disks[0].path, cwd.join("x.img"));
+        assert_eq!(o.disks[1], saved.disks[1]);
+        assert_eq!(o.nets[0].tap, "tap9");
+        assert_eq!(o.nets[0].mac, saved.nets[0].mac);
+        // What the guest would see differently is refused.
+        for bad in [
+            saved.with_overrides(&[spec("/a", true, None)], &[]),
+            saved.with_overrides(&[spec("/a", false, Some("nosuch"))], &[]),
+            saved.with_overrides(
+                &[
+                    spec("/a", false, None),
+                    spec("/b", true, None),
+                    spec("/c", false, None),
+                ],
+                &[],
+            ),
+            saved.with_overrides(
+                &[],
+                &[NetSpec {
+                    tap: "t".into(),
+                    mac: Some([2, 0, 0, 0, 0, 2]),
+                }],
+            ),
+        ] {
+            assert!(matches!(bad, Err(SnapshotError::Inconsistent(_))), "{bad:?}");
+        }
+        assert_eq!(saved.with_overrides(&[], &[]).unwrap(), saved);
+    }
+
+    #[test]
+    fn a_state_or_manifest_that_is_a_device_is_refused_by_name() {
+        let dir = temp_dir("devzero");
+        let ram = ram_with_data();
+        write_files(&dir, ARCH, b"{}", &ram).unwrap();
+        let manifest = read_manifest(&dir).unwrap();
+        std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(STATE_FILE)).unwrap();
+        let e = read_checked_state(&dir, &manifest, |_| Ok(ram.size())).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(dir.join(STATE_FILE).to_str().unwrap())
+                && text.contains("character device"),
+            "{text}"
+        );
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join(MANIFEST_FILE)).unwrap();
+        let e = read_manifest(&dir).unwrap_err().to_string();
+        assert!(e.contains("character device"), "{e}");
+        // An oversized manifest is not read.
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        std::fs::File::create(dir.join(MANIFEST_FILE))
+            .unwrap()
+            .set_len(MANIFEST_MAX_SIZE + 1)
+            .unwrap();
+        let e = read_manifest(&dir).unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

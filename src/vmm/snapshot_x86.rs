@@ -36,9 +36,9 @@ use crate::devices::virtio::mmio::VirtioMmio;
 use crate::memory::RamBlock;
 use crate::vmm::config::VmConfig;
 use crate::vmm::snapshot::{
-    load_sparse_memory, parse_state, read_checked_state, read_manifest_of, save_devices,
-    save_state, Manifest, SavedConfig, SavedDevice, SnapshotError, SnapshotStats, ARCH_X86_64,
-    FORMAT, MEMORY_FILE, VERSION,
+    absolute, load_sparse_memory, parse_state, prepare_dir, read_checked_state, read_manifest_of,
+    save_devices, save_state, sync_disks, Manifest, SavedConfig, SavedDevice, SnapshotError,
+    SnapshotOptions, SnapshotStats, ARCH_X86_64, FORMAT, MEMORY_FILE, VERSION,
 };
 
 /// How long one vCPU may take to hand over its state.
@@ -118,7 +118,7 @@ pub fn capture(src: &X86SnapshotSource<'_>) -> Result<X86SnapshotState, Snapshot
         arch: ARCH_X86_64.into(),
         config: SavedConfig::of(src.config),
         x86: SavedX86Config {
-            firmware: src.config.firmware.clone(),
+            firmware: src.config.firmware.as_deref().map(absolute),
             debug_exit: src.config.debug_exit,
             irqchip,
         },
@@ -130,12 +130,21 @@ pub fn capture(src: &X86SnapshotSource<'_>) -> Result<X86SnapshotState, Snapshot
     })
 }
 
-/// Takes a snapshot of a paused VM into `dir` (created if missing; an
-/// earlier snapshot there is replaced).
-pub fn save(dir: &Path, src: &X86SnapshotSource<'_>) -> Result<SnapshotStats, SnapshotError> {
+/// Takes a snapshot of a paused VM into `dir` (created if missing; see
+/// [`SnapshotOptions`] for one that is not empty), after flushing its
+/// writable disk images.
+pub fn save(
+    dir: &Path,
+    options: &SnapshotOptions,
+    src: &X86SnapshotSource<'_>,
+) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
+    prepare_dir(dir, options)?;
     let state = capture(src)?;
-    save_state(dir, ARCH_X86_64, &state, &src.parts.ram, started)
+    let disks_synced = sync_disks(src.config)?;
+    let mut stats = save_state(dir, ARCH_X86_64, &state, &src.parts.ram, started)?;
+    stats.disks_synced = disks_synced;
+    Ok(stats)
 }
 
 /// An x86_64 snapshot whose manifest and state file passed their checks;

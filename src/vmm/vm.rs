@@ -2,7 +2,6 @@
 //! KVM underneath, the vCPU threads and the event loop that waits for the
 //! end.
 
-use std::fs::File;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -22,7 +21,7 @@ use crate::arch::x86_64::acpi::{setup_acpi, S5_SLEEP_TYPE, SLEEP_CONTROL_PORT};
 use crate::arch::x86_64::boot::{check_cmdline, load_linux};
 use crate::arch::x86_64::cpuid::setup_cpuid;
 use crate::arch::x86_64::lapic::setup_lapic;
-use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::arch::x86_64::layout::{FIRMWARE_MAX_SIZE, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::arch::x86_64::layout::{POWER_BUTTON_GSI, VIRTIO_MMIO_WINDOW};
 use crate::arch::x86_64::memory_map::{build_pc_memory, e820_from_view, map_firmware, PcMemory};
 use crate::arch::x86_64::mptable::setup_mptable;
@@ -48,6 +47,7 @@ use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::riscv_vm::RestoreOptions;
+use crate::vmm::host_file::{self, Symlinks};
 use crate::vmm::snapshot::SnapshotError;
 use crate::vmm::snapshot_x86::{LoadedX86Snapshot, X86SnapshotParts, X86SnapshotState};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
@@ -183,7 +183,10 @@ impl Vm {
             )?;
             tree.add_subregion(pc.system, EMBER_INFO_ADDR, info)?;
             let firmware = match (&config.firmware, &config.kernel) {
-                (Some(path), _) => Some(std::fs::read(path).map_err(file_error("firmware", path))?),
+                (Some(path), _) => Some(
+                    host_file::read_regular(path, FIRMWARE_MAX_SIZE, Symlinks::Follow)
+                        .map_err(file_error("firmware", path))?,
+                ),
                 (None, None) => Some(BUILTIN_GUEST.to_vec()),
                 (None, Some(_)) => None,
             };
@@ -293,7 +296,10 @@ impl Vm {
             console_output: options.console_output,
             ..VmConfig::default()
         };
-        let mut config = state.config.apply(base)?;
+        let mut config = state
+            .config
+            .with_overrides(&options.disks, &options.nets)?
+            .apply(base)?;
         config.api_socket = options.api_socket;
         config.firmware = state.x86.firmware.clone();
         config.debug_exit = state.x86.debug_exit;
@@ -467,9 +473,17 @@ impl Vm {
             _ if restored.is_some() => None,
             Some(path) => {
                 let e820 = e820_from_view(&self.memory.view());
-                let mut kernel = File::open(path).map_err(file_error("kernel", path))?;
+                // Neither can exceed the guest's RAM; a device or FIFO at
+                // the path is refused rather than read or waited on.
+                let limit = self.config.memory;
+                let (mut kernel, _) = host_file::open_regular(path, limit, Symlinks::Follow)
+                    .map_err(file_error("kernel", path))?;
                 let mut initrd = match &self.config.initrd {
-                    Some(p) => Some(File::open(p).map_err(file_error("initrd", p))?),
+                    Some(p) => Some(
+                        host_file::open_regular(p, limit, Symlinks::Follow)
+                            .map_err(file_error("initrd", p))?
+                            .0,
+                    ),
                     None => None,
                 };
                 let boot = load_linux(

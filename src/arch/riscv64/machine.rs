@@ -117,8 +117,12 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), MachineError> {
     Ok(())
 }
 
-fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, MachineError> {
-    std::fs::read(path).map_err(|source| MachineError::Io {
+/// Reads a kernel or initrd: a regular file no larger than the guest's
+/// RAM (`limit`), since nothing larger could be loaded anyway; a device
+/// or FIFO at the path is refused instead of read forever or waited on.
+fn read_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, MachineError> {
+    crate::vmm::host_file::read_regular(path, limit, crate::vmm::host_file::Symlinks::Follow)
+        .map_err(|source| MachineError::Io {
         what,
         path: path.to_path_buf(),
         source,
@@ -144,14 +148,14 @@ pub fn build_machine(
     // Read and check the files first: their errors are the likeliest.
     let kernel = match &config.kernel {
         Some(path) => {
-            let bytes = read_file("kernel", path)?;
+            let bytes = read_file("kernel", path, config.memory)?;
             let header = ImageHeader::parse(&bytes).map_err(|source| image_error(path, source))?;
             Some((header, bytes))
         }
         None => None,
     };
     let initrd = match &config.initrd {
-        Some(path) => Some(read_file("initrd", path)?),
+        Some(path) => Some(read_file("initrd", path, config.memory)?),
         None => None,
     };
 
