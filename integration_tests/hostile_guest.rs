@@ -252,8 +252,8 @@ fn hostile(tag: &str, jit: &str, cpus: u8, seed: u64) {
     }
     if on(0x40) && cpus == "2" {
         // hart_start(1, ...): the last halfword of RAM is a valid start;
-        // the end of RAM, MMIO, -1, an odd address and the last byte of
-        // RAM are not.
+        // the last byte of RAM, an odd address in RAM, the end of RAM,
+        // MMIO and -1 are not.
         let hsm = counts.hsm();
         assert_eq!(hsm.first(), Some(&0), "hsm: {context}");
         assert_eq!(

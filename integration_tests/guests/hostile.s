@@ -196,7 +196,7 @@ boot:
 2:
     andi t0, s7, 0x01
     beqz t0, 3f
-    li a0, 3000
+    li a0, 20000
     call fuzz_regs
 3:
     andi t0, s7, 0x02
@@ -210,12 +210,12 @@ boot:
 5:
     andi t0, s7, 0x04
     beqz t0, 6f
-    li a0, 2
+    li a0, 4
     call sbi_sweep
 6:
     andi t0, s7, 0x08
     beqz t0, 7f
-    li a0, 600
+    li a0, 4000
     call pt_attack
 7:
     andi t0, s7, 0x10
@@ -339,7 +339,7 @@ hart1_entry:
     xor s11, s11, t1
     andi t0, s7, 0x01
     beqz t0, 1f
-    li a0, 1500
+    li a0, 10000
     call fuzz_regs
 1:
     andi t0, s7, 0x04
@@ -349,7 +349,7 @@ hart1_entry:
 2:
     andi t0, s7, 0x08
     beqz t0, 3f
-    li a0, 300
+    li a0, 2000
     call pt_attack
 3:
     andi t0, s7, 0x10
@@ -1160,7 +1160,7 @@ blk_attacks:
     INC C_CHAINS
     # random chains: random descriptors, only request types that never
     # write the disk
-    li s2, 200
+    li s2, 1000
 7:
     beqz s2, 8f
     addi s2, s2, -1
@@ -1411,20 +1411,43 @@ blk_final_check:
     POP_RA
     ret
 
-# One notify: the same head published qsize times, each a 64 MiB write
-# from 64 segments of 1 MiB (the same sacrificial MiB) at sector 0: past
-# the end of the 1 MiB disk, so each must fail without writing.
+# One notify, the same head published qsize times: first a 64 MiB write
+# from 64 segments of 1 MiB (the same sacrificial MiB) at sector 0, past
+# the end of the 1 MiB disk, so each must fail without writing; then a
+# well-formed read of the first 1016 KiB of the disk in 254 segments of
+# 4 KiB (the same sacrificial page): 254 MiB of work for one notify.
 blk_flood:
     PUSH_RA
     li t0, GLOBALS
     ld s4, G_BLK(t0)
     beqz s4, 9f
+    li a0, 1
+    li a1, 0x100000
+    li a2, 64
+    li a3, F_N
+    call flood_one
+    li a0, 0
+    li a1, 0x1000
+    li a2, 254
+    li a3, F_N|F_W
+    call flood_one
+9:
+    POP_RA
+    ret
+
+# flood_one(a0 = type, a1 = segment length, a2 = segments, a3 = flags)
+flood_one:
+    PUSH_RA
+    addi sp, sp, -32
+    sd a1, 0(sp)
+    sd a2, 8(sp)
+    sd a3, 16(sp)
+    mv s5, a0
     li a0, 0
     call vq_init
     bnez a0, 9f
     li t0, REQ_HDR
-    li t1, 1
-    sw t1, 0(t0)
+    sw s5, 0(t0)
     sd zero, 8(t0)
     li a0, 0
     li a1, REQ_HDR
@@ -1435,15 +1458,16 @@ blk_flood:
 1:
     mv a0, s3
     li a1, SAC
-    li a2, 0x100000
+    ld a2, 0(sp)
     addi a3, s3, 1
     slli a3, a3, 16
-    ori a3, a3, F_N
+    ld t0, 16(sp)
+    or a3, a3, t0
     call set_desc
+    ld t0, 8(sp)
     addi s3, s3, 1
-    li t0, 65
-    bltu s3, t0, 1b
-    li a0, 65
+    bleu s3, t0, 1b
+    mv a0, s3
     li a1, REQ_STATUS
     li a2, 1
     li a3, F_W
@@ -1465,6 +1489,7 @@ blk_flood:
     INC C_CHAINS
     call wait_used
 9:
+    addi sp, sp, 32
     POP_RA
     ret
 
@@ -1491,7 +1516,7 @@ rng_attacks:
 1:
     # random chains of hostile buffers (the canaries catch writes
     # into read-only or partly-outside buffers)
-    li s2, 40
+    li s2, 200
 2:
     beqz s2, 9f
     addi s2, s2, -1
@@ -2127,6 +2152,12 @@ hsm_attack:
     la s3, hsm_stub
     addi s3, s3, 1                        # odd, in RAM
 2:
+    la a0, s_hsm_try
+    call print_cstr
+    mv a0, s3
+    call print_hex
+    li a0, '\n'
+    SBI EXT_DBCN, 2
     li a0, 1
     mv a1, s3
     la a2, hsm_stub
@@ -2161,11 +2192,11 @@ hsm_attack:
     .balign 8
 hsm_addrs:
     .dword RAM_END - 2                    # valid: c.jr a1 on the last halfword
+    .dword RAM_END - 1                    # odd, the last byte of RAM
+    .dword 0xfffffffffffffffd             # -3: odd address in RAM
     .dword RAM_END                        # outside RAM
     .dword 0x10000000                     # MMIO
     .dword 0xffffffffffffffff
-    .dword 0xfffffffffffffffd             # -3: odd address in RAM
-    .dword RAM_END - 1                    # odd, the last byte of RAM
     .dword 0xfffffffffffffffe             # end
 
     .balign 4
@@ -2312,6 +2343,8 @@ s_malok:
     .asciz "\nHOSTILE: malformed request accepted: scenario "
 s_canary:
     .asciz "\nHOSTILE: the device wrote a buffer it was not given, at 0x"
+s_hsm_try:
+    .asciz "HOSTILE: hart_start of hart 1 at 0x"
 s_key:
     .asciz "hostile="
 s_fatal:
