@@ -18,6 +18,8 @@
 #   0x20 smp     run part of the work on hart 1 at the same time
 #   0x40 hsm     hart_start(1, odd / last-byte / out-of-RAM addresses)
 #   0x80 flood   one notify publishing the same long chain many times
+#   0x100 log    300 DEVICE_NEEDS_RESETs in a row (Ember's log lines
+#                about them must be rate-limited)
 #
 # Skipped because they would legitimately end or wedge the VM:
 #   SBI SRST system_reset with reset types 0..2 (shutdown, cold and warm
@@ -163,7 +165,7 @@ boot:
     call hart_setup
     # defaults, then the command line
     li t0, GLOBALS
-    li t1, 0xff
+    li t1, 0x1ff
     sd t1, G_FAM(t0)
     li t1, 0x2545f4914f6cdd1d
     sd t1, G_SEED(t0)
@@ -208,6 +210,10 @@ boot:
     beqz t0, 5f
     call blk_flood
 5:
+    andi t0, s7, 0x100
+    beqz t0, 51f
+    call log_flood
+51:
     andi t0, s7, 0x04
     beqz t0, 6f
     li a0, 4
@@ -1124,6 +1130,24 @@ blk_attacks:
     # queue in MMIO / outside RAM at DRIVER_OK
     li a0, 0
     call vq_init
+    call bad_rings
+    li t0, 7
+    sw t0, 0x50(s4)                        # a queue that does not exist
+    INC C_CHAINS
+    # notify before DRIVER_OK, queue size not a power of two
+    li a0, 0
+    call vq_init
+    li t0, 3
+    sw t0, 0x70(s4)
+    sw zero, 0x50(s4)
+    li t0, 100
+    sw t0, 0x38(s4)
+    INC C_CHAINS
+    j .Lrandom_chains
+
+# Resets the device and sets it up with rings outside RAM and in MMIO:
+# DRIVER_OK must put it in DEVICE_NEEDS_RESET.
+bad_rings:
     sw zero, 0x70(s4)
     li t0, 3
     sw t0, 0x70(s4)
@@ -1146,18 +1170,9 @@ blk_attacks:
     li t0, 15
     sw t0, 0x70(s4)
     sw zero, 0x50(s4)
-    li t0, 7
-    sw t0, 0x50(s4)                        # a queue that does not exist
-    INC C_CHAINS
-    # notify before DRIVER_OK, queue size not a power of two
-    li a0, 0
-    call vq_init
-    li t0, 3
-    sw t0, 0x70(s4)
-    sw zero, 0x50(s4)
-    li t0, 100
-    sw t0, 0x38(s4)
-    INC C_CHAINS
+    ret
+
+.Lrandom_chains:
     # random chains: random descriptors, only request types that never
     # write the disk
     li s2, 1000
@@ -1493,6 +1508,23 @@ flood_one:
     POP_RA
     ret
 
+# 300 devices-needs-reset in a row, as fast as the guest can: the log
+# lines Ember prints about them must be rate-limited.
+log_flood:
+    PUSH_RA
+    li t0, GLOBALS
+    ld s4, G_BLK(t0)
+    beqz s4, 9f
+    li s3, 300
+1:
+    call bad_rings
+    INC C_CHAINS
+    addi s3, s3, -1
+    bnez s3, 1b
+9:
+    POP_RA
+    ret
+
 # ------------------------------------------------------ virtio-rng
 rng_attacks:
     PUSH_RA
@@ -1514,8 +1546,8 @@ rng_attacks:
     bnez a0, 1f
     INC C_RNG
 1:
-    # random chains of hostile buffers (the canaries catch writes
-    # into read-only or partly-outside buffers)
+    # random chains of hostile buffers (some legitimately writable,
+    # so only crashes and hangs count here)
     li s2, 200
 2:
     beqz s2, 9f
@@ -1981,7 +2013,7 @@ smc_attack:
     addi a2, s2, 0x100
     call copy_words
     fence.i
-    li s3, 3
+    li s3, 20
 3:
     beqz s3, 4f
     addi s3, s3, -1
@@ -1991,12 +2023,12 @@ smc_attack:
     call copy_words
     fence.i
     li a0, 0
-    li a1, 200
+    li a1, 500
     li t2, 0x00250513                     # addi a0, a0, 2
     addi t3, s2, 0x100
     jalr ra, 0(t3)
     INC C_SMC
-    li t0, 399                            # 1 + 2 * 199
+    li t0, 999                            # 1 + 2 * 499
     beq a0, t0, 3b
     INC C_SMCBAD
     j 3b
