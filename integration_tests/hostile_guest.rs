@@ -246,7 +246,10 @@ fn hostile(tag: &str, jit: &str, cpus: u8, seed: u64) {
         // The scratch write/read-back works before, during and after.
         assert_eq!(counts.get("blk_ok"), 3, "{context}");
         assert!(counts.get("chains") > 0, "{context}");
-        assert_eq!(counts.get("rng_ok"), 1, "{context}");
+        if cpus == "1" {
+            // (With two harts, hart 1's register writes may hit the rng.)
+            assert_eq!(counts.get("rng_ok"), 1, "{context}");
+        }
     }
     if on(0x04) {
         assert!(counts.get("sbi") > 0, "{context}");
@@ -266,13 +269,17 @@ fn hostile(tag: &str, jit: &str, cpus: u8, seed: u64) {
     }
     if on(0x40) && cpus == "2" {
         // hart_start(1, ...): the last halfword of RAM is a valid start;
-        // the last byte of RAM, an odd address in RAM, the end of RAM,
-        // MMIO and -1 are not.
+        // the last byte of RAM, an odd address in RAM, the end of RAM and
+        // -1 are not; an MMIO address may be refused or fault on fetch.
         let hsm = counts.hsm();
         assert_eq!(hsm.first(), Some(&0), "hsm: {context}");
         assert_eq!(
-            hsm.get(1..6),
-            Some(&[SBI_ERR_INVALID_ADDRESS; 5][..]),
+            hsm.get(1..5),
+            Some(&[SBI_ERR_INVALID_ADDRESS; 4][..]),
+            "hsm: {context}"
+        );
+        assert!(
+            matches!(hsm.get(5), Some(&0) | Some(&SBI_ERR_INVALID_ADDRESS)),
             "hsm: {context}"
         );
     }

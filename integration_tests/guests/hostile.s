@@ -1198,7 +1198,7 @@ blk_run_scenario:
     addi sp, sp, -16
     sd s1, 0(sp)
     mv s1, a0
-    li a0, 0
+    li a0, (1 << 13) | (1 << 14)          # DISCARD, WRITE_ZEROES
     call vq_init
     bnez a0, 9f
     li t0, REQ_HDR
@@ -2227,8 +2227,8 @@ hsm_addrs:
     .dword RAM_END - 1                    # odd, the last byte of RAM
     .dword 0xfffffffffffffffd             # -3: odd address in RAM
     .dword RAM_END                        # outside RAM
-    .dword 0x10000000                     # MMIO
     .dword 0xffffffffffffffff
+    .dword 0x10000000                     # MMIO (refusing it is optional)
     .dword 0xfffffffffffffffe             # end
 
     .balign 4
