@@ -94,7 +94,11 @@
     .equ G_HART1, 56                     # 1 when hart 1 was started
 
     .equ PROT_SEC, 64                    # sectors 64.. are protected
-    .equ WAIT_MAX, 400000
+    # Waits are bounded by the `time` CSR (10 MHz), not by poll counts,
+    # so a busy host does not turn a slow device into a failure.
+    .equ WAIT_TICKS, 10000000             # 1 s for one request
+    .equ HART1_TICKS, 300000000           # 30 s for hart 1's share
+    .equ STOP_TICKS, 50000000             # 5 s for hart 1 to stop
 
     .equ EXT_TIME, 0x54494d45
     .equ EXT_IPI, 0x735049
@@ -232,12 +236,14 @@ boot:
     li t0, GLOBALS
     ld t1, G_HART1(t0)
     beqz t1, 10f
-    li t2, 200000000
+    csrr t2, time
+    li t3, HART1_TICKS
+    add t2, t2, t3
 9:
     ld t1, G_DONE1(t0)
     bnez t1, 10f
-    addi t2, t2, -1
-    bnez t2, 9b
+    csrr t3, time
+    bltu t3, t2, 9b
     la a0, s_hart1_timeout
     call print_cstr
 10:
@@ -768,13 +774,15 @@ publish:
     ret
 
 # wait_used: polls until used idx == avail idx, DEVICE_NEEDS_RESET, or
-# WAIT_MAX polls. Returns a0 = 0 done, 1 needs reset, 2 timeout; acks
-# interrupts.
+# WAIT_TICKS have passed. Returns a0 = 0 done, 1 needs reset, 2 timeout;
+# acks interrupts. Clobbers a4, a5.
 wait_used:
     li t0, VQ_AVAIL
     lhu t1, 2(t0)
     li t0, VQ_USED
-    li t2, WAIT_MAX
+    csrr a4, time
+    li a5, WAIT_TICKS
+    add a4, a4, a5
 1:
     fence rw, rw
     lhu t3, 2(t0)
@@ -782,8 +790,8 @@ wait_used:
     lw t3, 0x70(s4)
     andi t3, t3, 0x40
     bnez t3, 3f
-    addi t2, t2, -1
-    bnez t2, 1b
+    csrr t3, time
+    bltu t3, a4, 1b
     INC C_TIMEOUT
     li a0, 2
     j 9f
@@ -2173,6 +2181,20 @@ hsm_attack:
     li t1, 0x8582                         # c.jr a1
     sh t1, 0(t0)
     fence.i
+    # hart 1 sets its done flag just before hart_stop: wait until it is
+    # stopped (or does not exist)
+    csrr s5, time
+    li t0, STOP_TICKS
+    add s5, s5, t0
+0:
+    li a0, 1
+    SBI EXT_HSM, 2
+    bnez a0, 5f
+    li t0, 1
+    beq a1, t0, 5f
+    csrr t0, time
+    bltu t0, s5, 0b
+5:
     la s1, hsm_addrs
     li s2, 0
 1:
@@ -2200,14 +2222,16 @@ hsm_attack:
     sd a0, HSM_RES(t0)
     bnez a0, 4f
     # started: wait (bounded) until it stops again
-    li s5, 2000000
+    csrr s5, time
+    li t0, STOP_TICKS
+    add s5, s5, t0
 3:
     li a0, 1
     SBI EXT_HSM, 2
     li t0, 1
     beq a1, t0, 4f
-    addi s5, s5, -1
-    bnez s5, 3b
+    csrr t0, time
+    bltu t0, s5, 3b
     li t0, 0x7777                          # did not come back
     slli t1, s2, 3
     add t1, t1, s10
