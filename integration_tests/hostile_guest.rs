@@ -188,6 +188,7 @@ fn hostile(tag: &str, jit: &str, cpus: u8, seed: u64) {
             "riscv64",
             "--accel",
             "tcg",
+            // hostile.s's RAM_END assumes 64 MiB.
             "--memory",
             "64M",
             "--cpus",

@@ -3,12 +3,13 @@
 #
 # Entered like a Linux Image: S-mode, a0 = hart id, a1 = FDT, satp = 0.
 # Ember answers SBI. Everything it does is deterministic given the seed
-# (an xorshift64 PRNG per hart) and bounded (fixed iteration counts, and
-# every wait for a device polls a bounded number of times).
+# (an xorshift64 PRNG per hart; with two harts the interleaving is not)
+# and bounded (fixed iteration counts; every wait for a device or for
+# hart 1 ends at a deadline read from the `time` CSR).
 #
 # The kernel command line may hold `hostile=FAMILIES[,SEED]` (hex); the
 # guest finds it by scanning the device tree blob for that text. FAMILIES
-# is a bit mask (default: all but none):
+# is a bit mask (default 0x1ff, everything):
 #   0x01 regs    random-width, random-offset MMIO over PLIC, UART, slots
 #   0x02 virtio  malformed virtio-blk chains (+ a scratch write/read check)
 #                and malformed virtio-rng chains
@@ -17,7 +18,7 @@
 #   0x10 smc     self-modifying code, fence.i, page-crossing instructions
 #   0x20 smp     run part of the work on hart 1 at the same time
 #   0x40 hsm     hart_start(1, odd / last-byte / out-of-RAM addresses)
-#   0x80 flood   one notify publishing the same long chain many times
+#   0x80 flood   one notify publishing the same long chain qsize times
 #   0x100 log    300 DEVICE_NEEDS_RESETs in a row (Ember's log lines
 #                about them must be rate-limited)
 #
@@ -33,7 +34,24 @@
 # can still tell a working disk from a broken one.
 #
 # At the end hart 0 prints one line `HOSTILE-COUNTS key=value ...` with
-# the sums over both harts and powers off with SBI SRST.
+# the sums over both harts (and `ms`, its run time, and `hsm`, the
+# hart_start results in hex) and powers off with SBI SRST. The counters:
+#   traps        traps the handler took (exceptions skipped or resumed)
+#   accesses     MMIO register accesses tried
+#   chains       virtio chains submitted (malformed, random or flooding)
+#   sbi          SBI calls made
+#   pt, smc      page-table accesses, self-modifying-code runs
+#   smc_bad      code rewritten (with fence.i) that ran stale: a bug
+#   blk_ok/bad   scratch write + read-back checks that passed / failed
+#   canary_bad   bytes a device wrote outside what it was given: a bug
+#   malformed_ok malformed requests the device said were OK: a bug
+#   timeouts     requests the device never answered within 1 s
+#   resets       requests that put the device in DEVICE_NEEDS_RESET
+#   rng_ok       well-formed virtio-rng requests answered
+# Memory map (RAM 0x8000_0000..0x8400_0000, the image at 0x8020_0000):
+# see the .equ list below; SAC is filled with random words and is the
+# only RAM the page-table attacks map at random (never executable), so
+# random stores and fetches cannot hit the guest's own code or data.
 
     .option norvc
     .option norelax
@@ -92,6 +110,7 @@
     .equ G_QSIZE, 40
     .equ G_CAP,   48
     .equ G_HART1, 56                     # 1 when hart 1 was started
+    .equ G_START, 64                     # `time` at boot
 
     .equ PROT_SEC, 64                    # sectors 64.. are protected
     # Waits are bounded by the `time` CSR (10 MHz), not by poll counts,
@@ -169,6 +188,8 @@ boot:
     call hart_setup
     # defaults, then the command line
     li t0, GLOBALS
+    csrr t1, time
+    sd t1, G_START(t0)
     li t1, 0x1ff
     sd t1, G_FAM(t0)
     li t1, 0x2545f4914f6cdd1d
@@ -2369,6 +2390,15 @@ print_counts:
     addi s2, s2, 8
     j 1b
 2:
+    la a0, s_ms
+    call print_cstr
+    li t0, GLOBALS
+    ld t1, G_START(t0)
+    csrr a0, time
+    sub a0, a0, t1
+    li t0, 10000                          # 10 MHz ticks per ms
+    divu a0, a0, t0
+    call print_dec
     la a0, s_hsm
     call print_cstr
     li s2, 0
@@ -2407,6 +2437,8 @@ count_names:
     .asciz "rng_ok"
 s_counts:
     .asciz "HOSTILE-COUNTS families="
+s_ms:
+    .asciz " ms="
 s_hsm:
     .asciz " hsm="
 s_malok:
