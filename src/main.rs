@@ -16,6 +16,7 @@ use ember::vmm::config_file::VmSettings;
 use ember::vmm::console::{install_termination_handlers, ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
+use ember::vmm::seccomp::SeccompMode;
 #[cfg(target_arch = "x86_64")]
 use ember::vmm::vm::Vm;
 
@@ -157,6 +158,20 @@ struct RunArgs {
     /// --serial-input, --serial-output, --api-socket and --timings apply.
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+    /// Per-thread system call filters: on (a refused call ends the VM with
+    /// a message naming it), log (allowed, logged by the kernel) or off
+    /// [default: on]
+    #[arg(long, value_name = "on|log|off")]
+    seccomp: Option<SeccompMode>,
+    /// Confine the VM's filesystem access with Landlock to the files it
+    /// uses (best effort: kernels without Landlock run unconfined)
+    /// [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    landlock: Option<bool>,
+    /// A directory snapshots may be written beneath while Landlock confines
+    /// the VM (repeatable) [default: the working and temporary directories]
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Vec<PathBuf>,
 }
 
 /// `on`/`off` (also true/false, yes/no) for a switch flag.
@@ -170,6 +185,16 @@ fn given<T: Clone>(values: &[T]) -> Option<Vec<T>> {
 }
 
 impl RunArgs {
+    /// The confinement the flags ask for (a restore takes no config file).
+    fn confinement(&self) -> ember::vmm::config::Confinement {
+        let defaults = ember::vmm::config::Confinement::default();
+        ember::vmm::config::Confinement {
+            seccomp: self.seccomp.unwrap_or(defaults.seccomp),
+            landlock: self.landlock.unwrap_or(defaults.landlock),
+            snapshot_dirs: self.snapshot_dir.clone(),
+        }
+    }
+
     /// The settings these flags give; flags left out are `None` so that
     /// the config file's values stand.
     fn settings(&self) -> VmSettings {
@@ -195,6 +220,9 @@ impl RunArgs {
             nets: given(&self.net),
             api_socket: self.api_socket.clone(),
             tcg_jit: self.tcg_jit,
+            seccomp: self.seccomp,
+            landlock: self.landlock,
+            snapshot_dirs: given(&self.snapshot_dir),
         }
     }
 }
@@ -341,6 +369,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
             console_output: args.serial_output.clone().unwrap_or(ConsoleOutput::Stdout),
             api_socket: args.api_socket.clone(),
             tcg_jit: args.tcg_jit.unwrap_or_default(),
+            confinement: args.confinement(),
         };
         if arch == GuestArch::X86_64 {
             return restore_x86(dir, options, &args, started)
