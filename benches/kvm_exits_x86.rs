@@ -10,6 +10,8 @@
 //! - Start-up: `ember run --timings` on the built-in guest, time from the
 //!   start of `main` to the first KVM_RUN, the whole process run, and the VMM's
 //!   resident memory excluding guest RAM.
+//! - Both Ember figures with seccomp filters on (the default) and off, in
+//!   the same run, and the ratio on/off.
 
 #[path = "../integration_tests/common/mod.rs"]
 mod common;
@@ -22,8 +24,9 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
 
 use ember::memory::RegionOps;
-use ember::vmm::config::VmConfig;
+use ember::vmm::config::{Confinement, VmConfig};
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
+use ember::vmm::seccomp::SeccompMode;
 use ember::vmm::vm::Vm;
 
 const MARK_START: u16 = 0x81;
@@ -127,8 +130,12 @@ impl RegionOps for Sink {
     fn write(&self, _offset: u64, _size: u32, _value: u64) {}
 }
 
-fn ember_run(image_path: &std::path::Path) -> Duration {
+fn ember_run(image_path: &std::path::Path, seccomp: SeccompMode) -> Duration {
     let cfg = VmConfig {
+        confinement: Confinement {
+            seccomp,
+            ..Confinement::default()
+        },
         firmware: Some(image_path.to_path_buf()),
         memory: 64 << 20,
         console_input: ConsoleInput::None,
@@ -150,7 +157,11 @@ fn ember_run(image_path: &std::path::Path) -> Duration {
         let sink = t.new_io("sink", 0x1000, Some(Arc::new(Sink))).unwrap();
         t.add_subregion(vm.layout().system, 0xd5000, sink).unwrap();
     }
-    vm.run().expect("run");
+    // On its own thread: `Vm::run` confines the thread that calls it.
+    std::thread::spawn(move || vm.run().map(|_| ()))
+        .join()
+        .expect("VM thread")
+        .expect("run");
     let t = marks.times.lock().unwrap();
     t.1.unwrap() - t.0.unwrap()
 }
@@ -164,19 +175,22 @@ fn compare(name: &str, body: &str, n: u32, rounds: usize) {
     let image = common::firmware(name, body);
     let path = common::scratch_dir("bench").join(format!("{name}.rom"));
     std::fs::write(&path, &image).unwrap();
-    let (mut b, mut e) = (Vec::new(), Vec::new());
+    let (mut b, mut e, mut off) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         b.push(bare(&image, n).as_secs_f64() * 1e6 / n as f64);
-        e.push(ember_run(&path).as_secs_f64() * 1e6 / n as f64);
+        e.push(ember_run(&path, SeccompMode::On).as_secs_f64() * 1e6 / n as f64);
+        off.push(ember_run(&path, SeccompMode::Off).as_secs_f64() * 1e6 / n as f64);
     }
-    let (b, e) = (median(b), median(e));
+    let (b, e, off) = (median(b), median(e), median(off));
     println!(
-        "{name}: bare kvm-ioctls loop {b:.3} us/exit, Ember {e:.3} us/exit, ratio {:.3} ({n} exits, median of {rounds})",
-        e / b
+        "{name}: bare kvm-ioctls loop {b:.3} us/exit, Ember {e:.3} us/exit, ratio {:.3}; \
+         Ember with --seccomp off {off:.3} us/exit, seccomp on/off {:.3} ({n} exits, median of {rounds})",
+        e / b,
+        e / off
     );
 }
 
-fn startup(rounds: usize) {
+fn startup(rounds: usize, seccomp: &str) -> f64 {
     let mut first_run = Vec::new();
     let mut wall = Vec::new();
     let mut rss = Vec::new();
@@ -185,6 +199,8 @@ fn startup(rounds: usize) {
         let out = Command::new(env!("CARGO_BIN_EXE_ember"))
             .args([
                 "run",
+                "--seccomp",
+                seccomp,
                 "--timings",
                 "--memory",
                 "512M",
@@ -207,12 +223,13 @@ fn startup(rounds: usize) {
             }
         }
     }
+    let first = median(first_run);
     println!(
-        "start-up: main() to first KVM_RUN {:.3} ms; whole `ember run` of the built-in guest {:.1} ms; VMM RSS excluding guest RAM {:.0} KiB (median of {rounds})",
-        median(first_run),
+        "start-up, --seccomp {seccomp}: main() to first KVM_RUN {first:.3} ms; whole `ember run` of the built-in guest {:.1} ms; VMM RSS excluding guest RAM {:.0} KiB (median of {rounds})",
         median(wall),
         median(rss)
     );
+    first
 }
 
 pub fn main() {
@@ -223,5 +240,8 @@ pub fn main() {
     let (n, rounds) = if quick { (200, 1) } else { (20_000, 7) };
     compare("pio-exits", &pio_loop(n), n, rounds);
     compare("mmio-exits", &mmio_loop(n), n, rounds);
-    startup(if quick { 1 } else { 9 });
+    let rounds = if quick { 1 } else { 9 };
+    let on = startup(rounds, "on");
+    let off = startup(rounds, "off");
+    println!("start-up to first KVM_RUN, seccomp on/off: {:.3}", on / off);
 }

@@ -19,6 +19,7 @@ use ember::vmm::console::{
 use ember::vmm::console_writer::EXIT_DRAIN_TIMEOUT;
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
+use ember::vmm::seccomp::SeccompMode;
 #[cfg(target_arch = "x86_64")]
 use ember::vmm::vm::Vm;
 
@@ -164,6 +165,20 @@ struct RunArgs {
     /// and mac must stay as saved).
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
+    /// Per-thread system call filters: on (a refused call ends the VM with
+    /// a message naming it), log (allowed, logged by the kernel) or off
+    /// [default: on]
+    #[arg(long, value_name = "on|log|off")]
+    seccomp: Option<SeccompMode>,
+    /// Confine the VM's filesystem access with Landlock to the files it
+    /// uses (best effort: kernels without Landlock run unconfined)
+    /// [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_switch)]
+    landlock: Option<bool>,
+    /// A directory snapshots may be written beneath while Landlock confines
+    /// the VM (repeatable) [default: the working and temporary directories]
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Vec<PathBuf>,
 }
 
 /// `on`/`off` (also true/false, yes/no) for a switch flag.
@@ -177,6 +192,16 @@ fn given<T: Clone>(values: &[T]) -> Option<Vec<T>> {
 }
 
 impl RunArgs {
+    /// The confinement the flags ask for (a restore takes no config file).
+    fn confinement(&self) -> ember::vmm::config::Confinement {
+        let defaults = ember::vmm::config::Confinement::default();
+        ember::vmm::config::Confinement {
+            seccomp: self.seccomp.unwrap_or(defaults.seccomp),
+            landlock: self.landlock.unwrap_or(defaults.landlock),
+            snapshot_dirs: self.snapshot_dir.clone(),
+        }
+    }
+
     /// The settings these flags give; flags left out are `None` so that
     /// the config file's values stand.
     fn settings(&self) -> VmSettings {
@@ -202,6 +227,9 @@ impl RunArgs {
             nets: given(&self.net),
             api_socket: self.api_socket.clone(),
             tcg_jit: self.tcg_jit,
+            seccomp: self.seccomp,
+            landlock: self.landlock,
+            snapshot_dirs: given(&self.snapshot_dir),
         }
     }
 }
@@ -368,6 +396,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
             tcg_jit: args.tcg_jit.unwrap_or_default(),
             disks: args.disk.clone(),
             nets: args.net.clone(),
+            confinement: args.confinement(),
         };
         if arch == GuestArch::X86_64 {
             return restore_x86(dir, options, &args, started)

@@ -6,6 +6,7 @@ use crate::accel::tcg::riscv64::jit::JitPolicy;
 use crate::accel::AccelChoice;
 use crate::arch::GuestArch;
 use crate::vmm::console::{ConsoleInput, ConsoleOutput};
+use crate::vmm::seccomp::SeccompMode;
 
 /// The default kernel command line: the serial console, reboot through the
 /// keyboard controller, no waiting after a panic, and no probing for i8042
@@ -58,6 +59,33 @@ pub struct VmConfig {
     /// When the software CPU compiles guest code to host code
     /// (`--tcg-jit`).
     pub tcg_jit: JitPolicy,
+    /// How the VMM process confines itself (docs/security.md).
+    pub confinement: Confinement,
+}
+
+/// How the VMM confines itself once the VM is built: a property of the
+/// host side, so a restore takes it from the command line, not the
+/// snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confinement {
+    /// Per-thread system call filters (`--seccomp`, `vmm/seccomp.rs`).
+    pub seccomp: SeccompMode,
+    /// Confine the filesystem with Landlock (`--landlock`,
+    /// `vmm/landlock_rules.rs`).
+    pub landlock: bool,
+    /// Where snapshots may be written when Landlock confines the VM
+    /// (`--snapshot-dir`); empty: the working and temporary directories.
+    pub snapshot_dirs: Vec<PathBuf>,
+}
+
+impl Default for Confinement {
+    fn default() -> Self {
+        Confinement {
+            seccomp: SeccompMode::default(),
+            landlock: true,
+            snapshot_dirs: Vec::new(),
+        }
+    }
 }
 
 /// `--disk path=FILE[,readonly=on][,id=NAME]`.
@@ -250,6 +278,7 @@ impl Default for VmConfig {
             console: ConsoleKind::Serial,
             api_socket: None,
             tcg_jit: JitPolicy::default(),
+            confinement: Confinement::default(),
         }
     }
 }

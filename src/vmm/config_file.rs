@@ -27,10 +27,11 @@ use crate::accel::AccelChoice;
 use crate::arch::GuestArch;
 use crate::devices::virtio::net::parse_mac;
 use crate::vmm::config::{
-    check_disk_id, check_tap_name, parse_memory_size, parse_on_off, parse_port, ConsoleKind,
-    DiskSpec, NetSpec, VmConfig, DEFAULT_CMDLINE, DEFAULT_CMDLINE_RISCV64, MAX_CPUS,
+    check_disk_id, check_tap_name, parse_memory_size, parse_on_off, parse_port, Confinement,
+    ConsoleKind, DiskSpec, NetSpec, VmConfig, DEFAULT_CMDLINE, DEFAULT_CMDLINE_RISCV64, MAX_CPUS,
 };
 use crate::vmm::console::{ConsoleInput, ConsoleOutput};
+use crate::vmm::seccomp::SeccompMode;
 
 /// Where in a config file something went wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +115,10 @@ pub struct VmSettings {
     pub nets: Option<Vec<NetSpec>>,
     pub api_socket: Option<PathBuf>,
     pub tcg_jit: Option<JitPolicy>,
+    pub seccomp: Option<SeccompMode>,
+    pub landlock: Option<bool>,
+    /// `Some` replaces the other source's list.
+    pub snapshot_dirs: Option<Vec<PathBuf>>,
 }
 
 /// The largest config file read: a VM's settings take a few hundred bytes;
@@ -170,6 +175,9 @@ impl VmSettings {
             nets: flags.nets.or(self.nets),
             api_socket: flags.api_socket.or(self.api_socket),
             tcg_jit: flags.tcg_jit.or(self.tcg_jit),
+            seccomp: flags.seccomp.or(self.seccomp),
+            landlock: flags.landlock.or(self.landlock),
+            snapshot_dirs: flags.snapshot_dirs.or(self.snapshot_dirs),
         }
     }
 
@@ -220,6 +228,13 @@ impl VmSettings {
             console: self.console.unwrap_or(defaults.console),
             api_socket: self.api_socket,
             tcg_jit: self.tcg_jit.unwrap_or(defaults.tcg_jit),
+            confinement: Confinement {
+                seccomp: self.seccomp.unwrap_or(defaults.confinement.seccomp),
+                landlock: self.landlock.unwrap_or(defaults.confinement.landlock),
+                snapshot_dirs: self
+                    .snapshot_dirs
+                    .unwrap_or(defaults.confinement.snapshot_dirs),
+            },
         })
     }
 }
@@ -244,6 +259,9 @@ struct RawFile {
     console: Raw,
     api_socket: Raw,
     tcg_jit: Raw,
+    seccomp: Raw,
+    landlock: Raw,
+    snapshot_dir: Raw,
     serial: Option<RawSerial>,
     disk: Option<Vec<Spanned<RawDisk>>>,
     net: Option<Vec<Spanned<RawNet>>>,
@@ -659,6 +677,17 @@ impl Reader<'_> {
                 .as_ref()
                 .map(|v| self.parsed("tcg_jit", v))
                 .transpose()?,
+            seccomp: raw
+                .seccomp
+                .as_ref()
+                .map(|v| self.parsed("seccomp", v))
+                .transpose()?,
+            landlock: raw
+                .landlock
+                .as_ref()
+                .map(|v| self.switch("landlock", v))
+                .transpose()?,
+            snapshot_dirs: path("snapshot_dir", &raw.snapshot_dir)?.map(|p| vec![p]),
         })
     }
 }
@@ -699,6 +728,9 @@ rng = true
 console = "virtio"
 api_socket = "run/api.sock"
 tcg_jit = "off"
+seccomp = "log"
+landlock = false
+snapshot_dir = "snaps"
 
 [serial]
 input = "none"
@@ -755,6 +787,9 @@ mac = "52:54:00:12:34:56"
                 }]),
                 api_socket: Some("/vms/a/run/api.sock".into()),
                 tcg_jit: Some(JitPolicy::Off),
+                seccomp: Some(SeccompMode::Log),
+                landlock: Some(false),
+                snapshot_dirs: Some(vec!["/vms/a/snaps".into()]),
             }
         );
     }

@@ -38,6 +38,10 @@ pub enum VmError {
     Console(std::io::Error),
     #[error("event loop: {0:?}")]
     EventLoop(event_manager::Error),
+    #[error(transparent)]
+    Seccomp(crate::vmm::seccomp::SeccompError),
+    #[error(transparent)]
+    Landlock(crate::vmm::landlock_rules::LandlockError),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
     #[error("{0}")]

@@ -12,6 +12,7 @@ use crate::vmm::console::{
 };
 use crate::vmm::error::VmError;
 use crate::vmm::exit::ExitSignal;
+use crate::vmm::seccomp::{confine_thread, SeccompMode, ThreadKind};
 
 /// What the event loop serves besides the exit signal.
 pub struct EventLoopParts {
@@ -21,6 +22,10 @@ pub struct EventLoopParts {
     pub deliver: DeliverInput,
     /// Device subscribers (virtio transports).
     pub devices: Vec<Box<dyn MutEventSubscriber + Send>>,
+    /// The filter this thread installs once the loop is set up, after
+    /// every other thread of the VM has started (a thread inherits the
+    /// filters of the thread that starts it).
+    pub seccomp: SeccompMode,
 }
 
 /// Runs until `exit` is requested. Puts the terminal in raw mode while
@@ -43,6 +48,7 @@ pub fn run_event_loop(exit: &Arc<ExitSignal>, parts: EventLoopParts) -> Result<(
     } else {
         None
     };
+    confine_thread(ThreadKind::Vmm, parts.seccomp).map_err(VmError::Seccomp)?;
     while !exit.is_requested() {
         match events.run() {
             Ok(_) => {}

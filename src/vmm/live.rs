@@ -533,7 +533,11 @@ pub fn start_api(
         return Ok(None);
     };
     let control: Arc<dyn VmControl> = live.clone();
-    crate::api::server::ApiServer::start(path, control)
+    let server = crate::api::server::ServerConfig {
+        seccomp: config.confinement.seccomp,
+        ..Default::default()
+    };
+    crate::api::server::ApiServer::start_with_config(path, control, server)
         .map(Some)
         .map_err(|e| crate::vmm::error::VmError::Device(format!("--api-socket: {e}")))
 }

@@ -10,8 +10,10 @@ pub mod event_loop;
 pub mod exit;
 pub mod host_file;
 pub mod instance;
+pub mod landlock_rules;
 pub mod live;
 pub mod riscv_vm;
+pub mod seccomp;
 pub mod snapshot;
 // The x86_64 machine under KVM and its snapshots exist only on x86_64 hosts
 // (KVM runs only the host's architecture and the software CPU only riscv64).

@@ -25,7 +25,9 @@ use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::landlock_rules::confine_filesystem;
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
+use crate::vmm::seccomp::{confine_thread, ThreadKind};
 use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
 
@@ -76,6 +78,9 @@ pub struct RestoreOptions {
     pub disks: Vec<crate::vmm::config::DiskSpec>,
     /// TAPs to use instead of the saved ones, by position.
     pub nets: Vec<crate::vmm::config::NetSpec>,
+    /// How the VMM confines itself (`--seccomp`, `--landlock`,
+    /// `--snapshot-dir`): also a property of the host side.
+    pub confinement: crate::vmm::config::Confinement,
 }
 
 impl Default for RestoreOptions {
@@ -87,6 +92,7 @@ impl Default for RestoreOptions {
             tcg_jit: Default::default(),
             disks: Vec::new(),
             nets: Vec::new(),
+            confinement: Default::default(),
         }
     }
 }
@@ -130,6 +136,7 @@ impl RiscvVm {
             .apply(base)?;
         config.api_socket = options.api_socket;
         config.tcg_jit = options.tcg_jit;
+        config.confinement = options.confinement;
         let mut vm = Self::build(config, Some(state.time))?;
         let ram = {
             let tree = vm.lock_tree();
@@ -318,7 +325,9 @@ impl RiscvVm {
         };
         let started = Instant::now();
         let jit = self.config.tcg_jit;
+        confine_filesystem(&self.config)?;
         let api = start_api(&self.config, &self.live)?;
+        let seccomp = self.config.confinement.seccomp;
         self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
         for id in 0..self.system.harts.len() {
@@ -327,6 +336,7 @@ impl RiscvVm {
             let spawned = std::thread::Builder::new()
                 .name(format!("ember-hart{id}"))
                 .spawn(move || {
+                    let exit = system.exit.clone();
                     let mut hart = Hart::new(system, id);
                     hart.set_jit_policy(jit);
                     // The state is set before the first instruction: a
@@ -337,6 +347,13 @@ impl RiscvVm {
                             hart.reset_to(boot.entry, 0, boot.fdt_addr)
                         }
                         _ => {}
+                    }
+                    // The code arena is mapped before the filter, which
+                    // refuses new executable mappings.
+                    hart.map_code_arena();
+                    if let Err(e) = confine_thread(ThreadKind::Hart, seccomp) {
+                        exit.request(ExitReason::Error(format!("hart {id}: {e}")));
+                        return HartStats::default();
                     }
                     hart.thread_main()
                 });
@@ -357,6 +374,7 @@ impl RiscvVm {
                 input: self.config.console_input.clone(),
                 deliver: console_target(&self.virtio, &self.serial),
                 devices: self.virtio.subscribers(),
+                seccomp: self.config.confinement.seccomp,
             },
         );
         self.system.stop_all();

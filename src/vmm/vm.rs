@@ -45,6 +45,7 @@ use crate::vmm::config::VmConfig;
 pub use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
+use crate::vmm::landlock_rules::confine_filesystem;
 use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::riscv_vm::RestoreOptions;
 use crate::vmm::host_file::{self, Symlinks};
@@ -301,6 +302,7 @@ impl Vm {
             .with_overrides(&options.disks, &options.nets)?
             .apply(base)?;
         config.api_socket = options.api_socket;
+        config.confinement = options.confinement;
         config.firmware = state.x86.firmware.clone();
         config.debug_exit = state.x86.debug_exit;
         config.irqchip = state.x86.irqchip;
@@ -584,6 +586,7 @@ impl Vm {
             .kvm
             .take()
             .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
+        confine_filesystem(&self.config)?;
         let api = start_api(&self.config, &self.live)?;
         let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
         self.live.set_running();
@@ -596,6 +599,7 @@ impl Vm {
                 exit: self.exit.clone(),
                 first_run: self.first_run.clone(),
                 live: self.live.vcpu_stats(index),
+                seccomp: self.config.confinement.seccomp,
             };
             let handle = std::thread::Builder::new()
                 .name(format!("ember-vcpu{index}"))
@@ -644,6 +648,7 @@ impl Vm {
                 input: self.config.console_input.clone(),
                 deliver: console_target(&self.virtio, &self.serial),
                 devices: self.virtio.subscribers(),
+                seccomp: self.config.confinement.seccomp,
             },
         )
     }

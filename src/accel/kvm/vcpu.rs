@@ -30,6 +30,9 @@ pub struct VcpuContext {
     pub first_run: Arc<OnceLock<Instant>>,
     /// The counters as of the last exit, for the control API.
     pub live: Arc<LiveVcpuStats>,
+    /// The system call filter the thread installs before its first
+    /// `KVM_RUN`.
+    pub seccomp: crate::vmm::seccomp::SeccompMode,
 }
 
 /// A vCPU's counters readable while it runs: the vCPU thread stores its
@@ -214,6 +217,14 @@ pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
     ctx.control.register_thread(ctx.index);
     let run_page: *mut kvm_run = vcpu.get_kvm_run();
     let registration = KvmRunRegistration::new(vcpu.get_kvm_run());
+    if let Err(e) =
+        crate::vmm::seccomp::confine_thread(crate::vmm::seccomp::ThreadKind::Vcpu, ctx.seccomp)
+    {
+        ctx.exit
+            .request(ExitReason::Error(format!("vCPU {}: {e}", ctx.index)));
+        ctx.control.unregister_thread(ctx.index);
+        return stats;
+    }
     // The last exit was I/O that KVM completes on the next KVM_RUN.
     let mut io_pending = false;
     loop {

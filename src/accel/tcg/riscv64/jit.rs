@@ -272,6 +272,17 @@ impl Hart {
         self.blocks.flush();
     }
 
+    /// Maps the code arena now rather than at the first compilation, so
+    /// that a hart confined by seccomp (which refuses new executable
+    /// mappings, `vmm/seccomp.rs`) can still compile. Without an arena the
+    /// hart interprets.
+    pub fn map_code_arena(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        if self.jit_policy.threshold().is_some() && self.blocks.code_buffer().is_none() {
+            self.jit_policy = JitPolicy::Off;
+        }
+    }
+
     /// Reserves `bytes` of executable memory for this hart's compiled code
     /// (default 32 MiB). Small arenas fill and start over often, which
     /// tests use to exercise that path.

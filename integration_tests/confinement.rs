@@ -1,0 +1,223 @@
+//! Confinement of a running `ember run` process (docs/security.md): every
+//! thread has a seccomp filter (`Seccomp: 2` in its status) while the VM
+//! runs, is paused through the API, snapshotted and resumed with filters
+//! on, and Landlock keeps snapshots inside the directories allowed.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "common/riscv_linux.rs"]
+mod riscv_linux;
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::scratch_dir;
+use riscv_linux::{guest, test_initramfs};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run ember ctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls `f` until it holds (a deadline, not a synchronisation).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Name and `Seccomp:` value of every thread of `pid`.
+fn thread_seccomp(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task list") {
+        let task = task.expect("task").path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+        let mode = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default();
+        out.push((name.trim().to_string(), mode));
+    }
+    out.sort();
+    out
+}
+
+/// Waits for `child` to end (bounded), returning its stderr.
+fn finish(mut child: Child) -> (std::process::ExitStatus, String) {
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ember did not end after stop");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (status, err)
+}
+
+/// Checks every thread is filtered and the expected ones exist.
+fn assert_all_filtered(pid: u32, expected: &[&str]) {
+    let threads = thread_seccomp(pid);
+    for (name, mode) in &threads {
+        assert_eq!(mode, "2", "thread {name} is not filtered: {threads:?}");
+    }
+    for want in expected {
+        assert!(
+            threads.iter().any(|(name, _)| name == want),
+            "no thread {want}: {threads:?}"
+        );
+    }
+}
+
+#[test]
+fn every_thread_of_a_riscv64_vm_is_filtered_and_snapshots_stay_in_their_directory() {
+    let (image, _) = guest();
+    let dir = scratch_dir("confine-rv");
+    let socket = dir.join("api.sock");
+    let log = dir.join("console.log");
+    let snaps = dir.join("snaps");
+    std::fs::create_dir_all(&snaps).expect("mkdir");
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "run", "--arch", "riscv64", "--memory", "128M", "--cpus", "2",
+        ])
+        .arg("--kernel")
+        .arg(image)
+        .arg("--initrd")
+        .arg(test_initramfs())
+        .args(["--cmdline", "console=ttyS0 panic=-1 quiet ember_test=count"])
+        .args(["--serial-input", "none", "--serial-output"])
+        .arg(&log)
+        .arg("--api-socket")
+        .arg(&socket)
+        .arg("--snapshot-dir")
+        .arg(&snaps)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ember");
+    let count = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("EMBER-TEST: count=")
+            .count()
+    };
+    wait_for("the guest to count", || count() >= 3);
+    // A connection held open, so a client thread exists while we look.
+    let _client = UnixStream::connect(&socket).expect("connect");
+    assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
+    let (ok, out) = ctl(&socket, &["snapshot", snaps.join("one").to_str().unwrap()]);
+    assert!(ok, "a snapshot inside --snapshot-dir: {out}");
+    assert!(snaps.join("one").join("state.json").exists());
+    let outside = dir.join("outside");
+    let (ok, out) = ctl(&socket, &["snapshot", outside.to_str().unwrap()]);
+    assert!(!ok, "a snapshot outside --snapshot-dir was written: {out}");
+    assert!(!outside.join("state.json").exists());
+    assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
+    wait_for("the client thread", || {
+        thread_seccomp(child.id())
+            .iter()
+            .any(|(n, _)| n == "ember-api-clien")
+    });
+    assert_all_filtered(
+        child.id(),
+        &[
+            "ember",
+            "ember-hart0",
+            "ember-hart1",
+            "ember-api-accep",
+            "ember-api-clien",
+        ],
+    );
+    let counted = count();
+    wait_for("the guest to count on", || count() > counted);
+    assert!(ctl(&socket, &["stop"]).0);
+    let (status, err) = finish(child);
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("seccomp"), "{err}");
+}
+
+/// A long-mode guest that prints a line and halts forever.
+const HALT_GUEST: &str = r#"
+        mov $0x3f8, %dx
+        mov $'u', %al
+        out %al, (%dx)
+        mov $'p', %al
+        out %al, (%dx)
+        mov $'\n', %al
+        out %al, (%dx)
+        cli
+1:      hlt
+        jmp 1b
+"#;
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn every_thread_of_a_kvm_vm_is_filtered() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        return;
+    }
+    let kernel = common::elf64_from_asm("confine-halt", HALT_GUEST);
+    let dir = scratch_dir("confine-kvm");
+    let socket = dir.join("api.sock");
+    let log = dir.join("console.log");
+    let _ = std::fs::remove_file(&socket);
+    let child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["run", "--memory", "64M", "--cpus", "2", "--kernel"])
+        .arg(&kernel)
+        .args(["--serial-input", "none", "--serial-output"])
+        .arg(&log)
+        .arg("--api-socket")
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ember");
+    wait_for("the guest", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("up")
+    });
+    assert_eq!(ctl(&socket, &["pause"]).1.trim(), "paused");
+    let snap = dir.join("snap");
+    let (ok, out) = ctl(&socket, &["snapshot", snap.to_str().unwrap()]);
+    assert!(ok, "snapshot with filters on: {out}");
+    assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
+    assert_all_filtered(
+        child.id(),
+        &["ember", "ember-vcpu0", "ember-vcpu1", "ember-api-accep"],
+    );
+    assert!(ctl(&socket, &["stop"]).0);
+    let (status, err) = finish(child);
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("seccomp"), "{err}");
+}

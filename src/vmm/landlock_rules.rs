@@ -1,0 +1,259 @@
+//! Filesystem confinement with Landlock, as Cloud Hypervisor does: once a
+//! VM is built (kernel, initrd and firmware loaded, disks, TAP devices,
+//! /dev/kvm and the API socket open), the thread that runs it restricts
+//! itself, and so every thread it starts, to the files the VM still uses:
+//!
+//! | what | access |
+//! |---|---|
+//! | kernel, initrd, firmware, read-only disks | read |
+//! | read-write disks, the console output file | read, write |
+//! | snapshot directories (`--snapshot-dir`, default: the working directory and the temporary directory) | everything beneath (snapshots create, replace and flush files there) |
+//! | the API socket's directory | removing the socket at exit |
+//! | `/proc/self` | read (memory figures) |
+//!
+//! Everything else on the filesystem cannot be opened, created, removed or
+//! executed. Descriptors opened before (disks, TAP, KVM) keep working.
+//! Landlock is best effort: a kernel without it (before 5.13, or with the
+//! LSM off) runs the VM unconfined, and the caller says so in one line.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, BitFlags, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, ABI,
+};
+
+#[cfg(test)]
+use crate::vmm::config::Confinement;
+use crate::vmm::config::VmConfig;
+
+/// The newest Landlock ABI whose filesystem rights Ember asks for; older
+/// kernels enforce what they know (best effort).
+const ABI_WANTED: ABI = ABI::V5;
+
+/// How far the filesystem is confined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsConfinement {
+    /// Every right Ember asks for is enforced.
+    Full,
+    /// The kernel's Landlock is older: some rights are enforced.
+    Partial,
+    /// This kernel has no Landlock: nothing is confined.
+    Unavailable,
+    /// `--landlock off`.
+    Off,
+}
+
+impl FsConfinement {
+    /// The one-line notice for a VM that runs unconfined by no choice of
+    /// the user's, if any.
+    pub fn notice(self) -> Option<&'static str> {
+        (self == FsConfinement::Unavailable).then_some(
+            "ember: this kernel has no Landlock; the VM's filesystem access is not confined",
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LandlockError {
+    #[error("cannot confine the filesystem with Landlock: {0}")]
+    Ruleset(#[from] landlock::RulesetError),
+}
+
+/// One rule: `access` beneath `path` (the path itself for a file).
+struct Rule {
+    path: PathBuf,
+    access: BitFlags<AccessFs>,
+}
+
+/// The directories snapshots may be written to when none are configured:
+/// the working directory and the temporary directory.
+pub fn default_snapshot_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![std::env::temp_dir()];
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.push(cwd);
+    }
+    dirs
+}
+
+/// The rules for `config`.
+fn rules(config: &VmConfig) -> Vec<Rule> {
+    let read = AccessFs::from_read(ABI_WANTED);
+    let read_write = AccessFs::from_all(ABI_WANTED) & AccessFs::from_file(ABI_WANTED);
+    let mut rules = Vec::new();
+    let mut add = |path: &Path, access: BitFlags<AccessFs>| {
+        rules.push(Rule {
+            path: path.to_path_buf(),
+            access,
+        })
+    };
+    for path in [&config.kernel, &config.initrd, &config.firmware]
+        .into_iter()
+        .flatten()
+    {
+        add(path, read);
+    }
+    for disk in &config.disks {
+        add(&disk.path, if disk.readonly { read } else { read_write });
+    }
+    if let crate::vmm::console::ConsoleOutput::File(path) = &config.console_output {
+        add(path, read_write);
+    }
+    let snapshot_dirs = if config.confinement.snapshot_dirs.is_empty() {
+        default_snapshot_dirs()
+    } else {
+        config.confinement.snapshot_dirs.clone()
+    };
+    for dir in &snapshot_dirs {
+        add(dir, AccessFs::from_all(ABI_WANTED));
+    }
+    if let Some(parent) = config.api_socket.as_deref().and_then(Path::parent) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        add(parent, AccessFs::RemoveFile.into());
+    }
+    add(Path::new("/proc/self"), read);
+    rules
+}
+
+/// Restricts the calling thread and the threads it starts from now on to
+/// the files `config` names (see the module documentation). Paths that do
+/// not exist are skipped.
+pub fn restrict_filesystem(config: &VmConfig) -> Result<FsConfinement, LandlockError> {
+    if !config.confinement.landlock {
+        return Ok(FsConfinement::Off);
+    }
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(ABI_WANTED))?
+        .create()?;
+    for rule in rules(config) {
+        let Ok(fd) = PathFd::new(&rule.path) else {
+            continue;
+        };
+        let access = if std::fs::metadata(&rule.path).is_ok_and(|m| !m.is_dir()) {
+            rule.access & AccessFs::from_file(ABI_WANTED)
+        } else {
+            rule.access
+        };
+        ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
+    }
+    let status = ruleset.restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => FsConfinement::Full,
+        RulesetStatus::PartiallyEnforced => FsConfinement::Partial,
+        RulesetStatus::NotEnforced => FsConfinement::Unavailable,
+    })
+}
+
+/// Confines the filesystem for the VM `config` describes, from the thread
+/// that is about to start the VM's threads; says in one line when the
+/// kernel cannot.
+pub fn confine_filesystem(config: &VmConfig) -> Result<(), crate::vmm::error::VmError> {
+    let status = restrict_filesystem(config).map_err(crate::vmm::error::VmError::Landlock)?;
+    if let Some(notice) = status.notice() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("{notice}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A directory removed at the end of the test.
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Runs `body` on a new thread confined by `config`, so the test
+    /// process itself stays free.
+    fn confined<T: Send + 'static>(
+        config: VmConfig,
+        body: impl FnOnce() -> T + Send + 'static,
+    ) -> (FsConfinement, T) {
+        std::thread::spawn(move || {
+            let status = restrict_filesystem(&config).expect("ruleset");
+            (status, body())
+        })
+        .join()
+        .expect("thread")
+    }
+
+    #[test]
+    fn only_the_vm_files_and_snapshot_dirs_are_reachable() {
+        let dir = std::env::temp_dir().join(format!("ember-landlock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let dir = Scratch(dir);
+        let kernel = dir.path().join("kernel");
+        let secret = dir.path().join("secret");
+        let snaps = dir.path().join("snaps");
+        std::fs::write(&kernel, b"k").expect("write");
+        std::fs::write(&secret, b"s").expect("write");
+        std::fs::create_dir(&snaps).expect("mkdir");
+        let config = VmConfig {
+            kernel: Some(kernel.clone()),
+            confinement: Confinement {
+                snapshot_dirs: vec![snaps.clone()],
+                ..Confinement::default()
+            },
+            ..VmConfig::default()
+        };
+        let outside = dir.path().join("outside.json");
+        let inside = snaps.join("state.json");
+        let (status, (kernel_read, secret_read, kernel_write, outside_write, inside_write)) =
+            confined(config, move || {
+                (
+                    std::fs::read(&kernel).is_ok(),
+                    std::fs::read(&secret).is_ok(),
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&kernel)
+                        .is_ok(),
+                    std::fs::write(&outside, b"{}").is_ok(),
+                    std::fs::File::create(&inside)
+                        .and_then(|mut f| f.write_all(b"{}"))
+                        .is_ok(),
+                )
+            });
+        if status == FsConfinement::Unavailable {
+            eprintln!("this kernel has no Landlock: nothing to check");
+            return;
+        }
+        assert!(kernel_read, "the kernel stays readable");
+        assert!(!secret_read, "another file in the same directory is not");
+        assert!(!kernel_write, "the kernel is read-only");
+        assert!(
+            !outside_write,
+            "no file is created outside the snapshot directories"
+        );
+        assert!(inside_write, "snapshot directories are writable");
+    }
+
+    #[test]
+    fn landlock_off_confines_nothing() {
+        let config = VmConfig {
+            confinement: Confinement {
+                landlock: false,
+                ..Confinement::default()
+            },
+            ..VmConfig::default()
+        };
+        let (status, read) = confined(config, || std::fs::read("/etc/hostname").is_ok());
+        assert_eq!(status, FsConfinement::Off);
+        assert!(read || !Path::new("/etc/hostname").exists());
+    }
+}
