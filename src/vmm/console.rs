@@ -14,6 +14,7 @@ use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
 
 use super::console_writer::{ConsoleOutputStats, ConsoleWriter};
+use super::seccomp::SeccompMode;
 use super::exit::{ExitReason, ExitSignal};
 
 /// Where guest console input comes from (`--serial-input`).
@@ -166,9 +167,9 @@ enum OutputPath {
 impl SharedOutput {
     /// Output for a sink that can block (a pipe, a terminal, a file): a
     /// writer thread takes the writes off the caller's thread.
-    pub fn queued(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
+    pub fn queued(sink: Box<dyn Write + Send>, seccomp: SeccompMode) -> std::io::Result<Self> {
         Ok(SharedOutput(OutputPath::Queued(ConsoleWriter::spawn(
-            sink,
+            sink, seccomp,
         )?)))
     }
 
@@ -218,11 +219,14 @@ impl Write for SharedOutput {
 
 impl ConsoleOutput {
     /// Opens the sink guest output is written to; for stdout and files
-    /// this starts the writer thread.
-    pub fn open(&self) -> std::io::Result<SharedOutput> {
+    /// this starts the writer thread, confined by `seccomp` before it
+    /// writes anything.
+    pub fn open(&self, seccomp: SeccompMode) -> std::io::Result<SharedOutput> {
         match self {
-            ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?)),
-            ConsoleOutput::File(path) => SharedOutput::queued(Box::new(File::create(path)?)),
+            ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?), seccomp),
+            ConsoleOutput::File(path) => {
+                SharedOutput::queued(Box::new(File::create(path)?), seccomp)
+            }
             ConsoleOutput::Capture(c) => Ok(SharedOutput::capture(c.clone())),
         }
     }

@@ -23,6 +23,8 @@ use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::vmm::seccomp::{confine_thread, SeccompMode, ThreadKind};
+
 /// How many bytes of guest output may wait for the host's reader (queued
 /// plus being written). 1 MiB holds several screens of a booting kernel's
 /// log, enough to ride out a slow terminal, and bounds what a flooding
@@ -175,12 +177,17 @@ pub struct ConsoleWriter {
 impl ConsoleWriter {
     /// Starts the writer thread draining into `sink` through a buffer of
     /// [`CONSOLE_BUFFER_BYTES`].
-    pub fn spawn(sink: Box<dyn Write + Send>) -> std::io::Result<Self> {
-        Self::with_capacity(sink, CONSOLE_BUFFER_BYTES)
+    /// The thread installs the `seccomp` filter before it writes.
+    pub fn spawn(sink: Box<dyn Write + Send>, seccomp: SeccompMode) -> std::io::Result<Self> {
+        Self::with_capacity(sink, CONSOLE_BUFFER_BYTES, seccomp)
     }
 
     /// [`ConsoleWriter::spawn`] with another capacity (tests).
-    pub fn with_capacity(sink: Box<dyn Write + Send>, capacity: usize) -> std::io::Result<Self> {
+    pub fn with_capacity(
+        sink: Box<dyn Write + Send>,
+        capacity: usize,
+        seccomp: SeccompMode,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 buffer: ConsoleBuffer::new(capacity),
@@ -195,7 +202,15 @@ impl ConsoleWriter {
         // went away, and ending the process ends it.
         std::thread::Builder::new()
             .name(WRITER_THREAD_NAME.into())
-            .spawn(move || run_writer(&for_thread, sink))?;
+            .spawn(move || {
+                // Unfiltered it would write nothing: guest output is
+                // dropped and counted, as for a sink that fails.
+                let confined = confine_thread(ThreadKind::ConsoleOutput, seccomp);
+                if let Err(e) = &confined {
+                    eprintln!("ember: console output is dropped: {e}");
+                }
+                run_writer(&for_thread, sink, confined.is_ok())
+            })?;
         Ok(ConsoleWriter {
             _owner: Arc::new(Owner(shared.clone())),
             shared,
@@ -259,7 +274,7 @@ impl Write for ConsoleWriter {
 
 /// The writer thread: takes everything queued, writes it with no lock
 /// held, repeats; ends when every handle is gone and the buffer is empty.
-fn run_writer(shared: &Shared, mut sink: Box<dyn Write + Send>) {
+fn run_writer(shared: &Shared, mut sink: Box<dyn Write + Send>, may_write: bool) {
     let mut chunk = Vec::new();
     loop {
         {
@@ -273,7 +288,7 @@ fn run_writer(shared: &Shared, mut sink: Box<dyn Write + Send>) {
                 state.writer_asleep = false;
             }
         }
-        let ok = sink.write_all(&chunk).and_then(|_| sink.flush()).is_ok();
+        let ok = may_write && sink.write_all(&chunk).and_then(|_| sink.flush()).is_ok();
         shared.lock().buffer.finish(ok);
         shared.progress.notify_all();
     }
@@ -402,6 +417,7 @@ mod tests {
                 out: out.clone(),
             }),
             4096,
+            SeccompMode::Off,
         )
         .unwrap();
         // Writing far more than the buffer holds must return at once, on
@@ -448,7 +464,7 @@ mod tests {
                 Ok(())
             }
         }
-        let writer = ConsoleWriter::spawn(Box::new(Channel(tx))).unwrap();
+        let writer = ConsoleWriter::spawn(Box::new(Channel(tx)), SeccompMode::Off).unwrap();
         writer.push(b"hello");
         // Prompt: the writer wakes for the first byte, no flush needed.
         let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -472,7 +488,7 @@ mod tests {
                 Ok(())
             }
         }
-        let writer = ConsoleWriter::spawn(Box::new(Broken)).unwrap();
+        let writer = ConsoleWriter::spawn(Box::new(Broken), SeccompMode::Off).unwrap();
         writer.push(b"lost");
         let stats = writer.drain(Duration::from_secs(10));
         assert_eq!((stats.failed, stats.written, stats.pending), (4, 0, 0));

@@ -189,7 +189,10 @@ impl RiscvVm {
                     .into(),
             ));
         }
-        let output = config.console_output.open().map_err(VmError::Console)?;
+        let output = config
+            .console_output
+            .open(config.confinement.seccomp)
+            .map_err(VmError::Console)?;
         let machine = build_machine(&machine_config, Box::new(output.clone()))
             .map_err(|e| VmError::Arch(e.to_string()))?;
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);

@@ -134,7 +134,10 @@ impl Vm {
             return Err(VmError::NoTcg);
         }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
-        let output = config.console_output.open().map_err(VmError::Console)?;
+        let output = config
+            .console_output
+            .open(config.confinement.seccomp)
+            .map_err(VmError::Console)?;
         let mut tree = MemoryTree::new();
         let i8042 = Arc::new(I8042::new(exit.clone()));
         let (pc, serial) = tree.transaction(|tree| -> Result<_, VmError> {
