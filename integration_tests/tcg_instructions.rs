@@ -4199,6 +4199,40 @@ fn hart_start_refuses_addresses_it_cannot_fetch_from() {
     assert_eq!(stats1.instructions, 0, "hart 1 never ran");
 }
 
+/// HSM `hart_suspend` answers as the spec says for the types it does not
+/// implement: NOT_SUPPORTED for the default non-retentive suspend (so its
+/// resume address is never jumped to), INVALID_PARAM for reserved and
+/// platform-specific types; only the low 32 bits are the type.
+#[test]
+fn hart_suspend_types_it_does_not_implement() {
+    let mut m = Machine::with_program(&format!(
+        "
+    .macro suspend type
+    li a0, \\type
+    li a1, {last:#x}
+    sbi {HSM:#x}, 3
+    sd a0, 0(s11)
+    addi s11, s11, 8
+    .endm
+    li s11, OUT
+    suspend 0x80000000
+    suspend 0x180000000
+    suspend 1
+    suspend 0x10000000
+    suspend 0x80000001
+    suspend 0x90000000
+    ",
+        last = RAM_BASE + RAM_SIZE - 1,
+    ));
+    m.run_to_poweroff();
+    m.assert_traps(&[]);
+    let (unsupported, invalid) = (-2i64 as u64, -3i64 as u64);
+    assert_eq!(
+        m.read_u64s(OUT, 6),
+        [unsupported, unsupported, invalid, invalid, invalid, invalid]
+    );
+}
+
 /// A pc with bit 0 set, which no instruction can produce but HSM
 /// `hart_start` (`reset_to`) or a restored state (`set_state`) could
 /// hand a hart, raises instruction-address-misaligned before anything is

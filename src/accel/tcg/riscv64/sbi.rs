@@ -232,16 +232,21 @@ impl Hart {
                 };
                 (SUCCESS, status)
             }
-            3 => {
-                // Only the default retentive suspend, which behaves as WFI.
-                if a[0] == 0 {
+            3 => match a[0] as u32 {
+                // `suspend_type` is 32 bits wide. Only the default
+                // retentive suspend is implemented, which behaves as WFI;
+                // the default non-retentive one exists but is not
+                // supported here (so its `resume_addr` is never used);
+                // every other type is reserved or platform-specific and
+                // unimplemented, which the spec answers INVALID_PARAM.
+                0 => {
                     self.wfi = true;
                     self.check = true;
                     (SUCCESS, 0)
-                } else {
-                    (ERR_NOT_SUPPORTED, 0)
                 }
-            }
+                0x8000_0000 => (ERR_NOT_SUPPORTED, 0),
+                _ => (ERR_INVALID_PARAM, 0),
+            },
             _ => (ERR_NOT_SUPPORTED, 0),
         }
     }
