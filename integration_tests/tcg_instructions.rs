@@ -4297,3 +4297,18 @@ after_jalr:
     m.assert_traps(&[]);
     assert_eq!(m.read_u64s(OUT, 2), [m.sym("after_sret"), 1]);
 }
+
+/// A restored state is masked as the CSR writes would leave it: bit 0 of
+/// `sepc`, a reserved `stvec` mode, a `satp` mode the hart does not have.
+#[test]
+fn a_restored_state_is_masked_like_csr_writes() {
+    let mut m = Machine::new(&[]);
+    let mut state = m.hart.state();
+    state.sepc = RAM_BASE | 1;
+    state.stvec = RAM_BASE | 3;
+    state.satp = (5 << 60) | 0x1234;
+    m.hart.set_state(&state);
+    assert_eq!(m.hart.read_csr(0x141), Some(RAM_BASE), "sepc");
+    assert_eq!(m.hart.read_csr(0x105), Some(RAM_BASE), "stvec");
+    assert_eq!(m.hart.read_csr(0x180), Some(0), "satp");
+}
