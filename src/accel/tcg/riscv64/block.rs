@@ -376,6 +376,10 @@ impl Hart {
                 break;
             }
         }
+        if insns.is_empty() {
+            // Not reachable with an even `vpc`; never an empty block.
+            return Err(Exception::new(cause::FETCH_MISALIGNED, vpc));
+        }
         let block = Block {
             generation,
             paddr,
