@@ -40,7 +40,7 @@ pub const MAX_BLOCKS: usize = 1 << 16;
 /// Bytes of translated blocks (decoded instructions plus the cache's
 /// bookkeeping per block, see [`Block::footprint`]) beyond which the cache
 /// starts over.
-pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 24 << 20;
 
 /// One translated block.
 pub struct Block {
@@ -461,6 +461,6 @@ mod tests {
         assert_eq!(Block::footprint(0), 146);
         assert_eq!(Block::footprint(MAX_BLOCK_INSNS), 146 + 1024);
         assert_eq!(JUMP_CACHE * std::mem::size_of::<JumpEntry>(), 96 << 10);
-        assert_eq!(DEFAULT_CACHE_BYTES, 16 << 20);
+        assert_eq!(DEFAULT_CACHE_BYTES, 24 << 20);
     }
 }
