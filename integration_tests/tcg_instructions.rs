@@ -8,6 +8,7 @@ mod riscv;
 
 use std::sync::OnceLock;
 
+use ember::accel::tcg::riscv64::Hart;
 use ember::vmm::exit::ExitReason;
 use proptest::prelude::*;
 use riscv::*;
@@ -4311,4 +4312,68 @@ fn a_restored_state_is_masked_like_csr_writes() {
     assert_eq!(m.hart.read_csr(0x141), Some(RAM_BASE), "sepc");
     assert_eq!(m.hart.read_csr(0x105), Some(RAM_BASE), "stvec");
     assert_eq!(m.hart.read_csr(0x180), Some(0), "satp");
+}
+
+/// A pause completes while a hart keeps sending remote fences to another:
+/// a hart waiting for a target that has parked for the pause used to wait
+/// forever (the target serves requests only after the pause), so it never
+/// parked itself and `pause` timed out.
+#[test]
+fn pause_completes_while_a_hart_waits_on_a_remote_fence() {
+    const RFENCE: u64 = 0x5246_4e43;
+    let mut m = Machine::new_smp(&[], 2);
+    m.load_program(&assemble(&program(&format!(
+        "
+    li a0, 1
+    la a1, secondary
+    li a2, 0
+    sbi {HSM:#x}, 0
+1:  j 1b
+secondary:
+    li s0, DATA
+2:  li a0, 1                        # hart 0
+    li a1, 0
+    sbi {RFENCE:#x}, 0              # remote fence.i
+    li a0, 1
+    li a1, 0
+    sbi {RFENCE:#x}, 1              # remote sfence.vma
+    ld t0, 0(s0)
+    addi t0, t0, 1
+    sd t0, 0(s0)
+    j 2b
+    "
+    ))));
+    let hart1 = m.others.pop().unwrap();
+    let sys = m.sys.clone();
+    let mut hart0 = std::mem::replace(&mut m.hart, Hart::new(sys.clone(), 0));
+    hart0.reset_to(RAM_BASE, 0, 0);
+    let threads = [
+        std::thread::spawn(move || hart0.thread_main()),
+        std::thread::spawn(move || hart1.thread_main()),
+    ];
+    let mut paused = Vec::new();
+    for _ in 0..20 {
+        // Until hart 1 has done a round of fences since the last resume.
+        let start = m.read_u64(DATA);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while m.read_u64(DATA) < start + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hart 1 makes no progress"
+            );
+            std::thread::yield_now();
+        }
+        let ok = sys.pause_all(std::time::Duration::from_secs(5));
+        paused.push(ok);
+        sys.resume_all();
+        if !ok {
+            break;
+        }
+    }
+    sys.stop_all();
+    sys.resume_all();
+    for t in threads {
+        t.join().expect("hart thread");
+    }
+    assert!(paused.iter().all(|&p| p), "pauses: {paused:?}");
 }
