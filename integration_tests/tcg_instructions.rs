@@ -8,6 +8,7 @@ mod riscv;
 
 use std::sync::OnceLock;
 
+use ember::accel::tcg::riscv64::Hart;
 use ember::vmm::exit::ExitReason;
 use proptest::prelude::*;
 use riscv::*;
@@ -4199,6 +4200,40 @@ fn hart_start_refuses_addresses_it_cannot_fetch_from() {
     assert_eq!(stats1.instructions, 0, "hart 1 never ran");
 }
 
+/// HSM `hart_suspend` answers as the spec says for the types it does not
+/// implement: NOT_SUPPORTED for the default non-retentive suspend (so its
+/// resume address is never jumped to), INVALID_PARAM for reserved and
+/// platform-specific types; only the low 32 bits are the type.
+#[test]
+fn hart_suspend_types_it_does_not_implement() {
+    let mut m = Machine::with_program(&format!(
+        "
+    .macro suspend type
+    li a0, \\type
+    li a1, {last:#x}
+    sbi {HSM:#x}, 3
+    sd a0, 0(s11)
+    addi s11, s11, 8
+    .endm
+    li s11, OUT
+    suspend 0x80000000
+    suspend 0x180000000
+    suspend 1
+    suspend 0x10000000
+    suspend 0x80000001
+    suspend 0x90000000
+    ",
+        last = RAM_BASE + RAM_SIZE - 1,
+    ));
+    m.run_to_poweroff();
+    m.assert_traps(&[]);
+    let (unsupported, invalid) = (-2i64 as u64, -3i64 as u64);
+    assert_eq!(
+        m.read_u64s(OUT, 6),
+        [unsupported, unsupported, invalid, invalid, invalid, invalid]
+    );
+}
+
 /// A pc with bit 0 set, which no instruction can produce but HSM
 /// `hart_start` (`reset_to`) or a restored state (`set_state`) could
 /// hand a hart, raises instruction-address-misaligned before anything is
@@ -4262,4 +4297,83 @@ after_jalr:
     m.run_to_poweroff();
     m.assert_traps(&[]);
     assert_eq!(m.read_u64s(OUT, 2), [m.sym("after_sret"), 1]);
+}
+
+/// A restored state is masked as the CSR writes would leave it: bit 0 of
+/// `sepc`, a reserved `stvec` mode, a `satp` mode the hart does not have.
+#[test]
+fn a_restored_state_is_masked_like_csr_writes() {
+    let mut m = Machine::new(&[]);
+    let mut state = m.hart.state();
+    state.sepc = RAM_BASE | 1;
+    state.stvec = RAM_BASE | 3;
+    state.satp = (5 << 60) | 0x1234;
+    m.hart.set_state(&state);
+    assert_eq!(m.hart.read_csr(0x141), Some(RAM_BASE), "sepc");
+    assert_eq!(m.hart.read_csr(0x105), Some(RAM_BASE), "stvec");
+    assert_eq!(m.hart.read_csr(0x180), Some(0), "satp");
+}
+
+/// A pause completes while a hart keeps sending remote fences to another:
+/// a hart waiting for a target that has parked for the pause used to wait
+/// forever (the target serves requests only after the pause), so it never
+/// parked itself and `pause` timed out.
+#[test]
+fn pause_completes_while_a_hart_waits_on_a_remote_fence() {
+    const RFENCE: u64 = 0x5246_4e43;
+    let mut m = Machine::new_smp(&[], 2);
+    m.load_program(&assemble(&program(&format!(
+        "
+    li a0, 1
+    la a1, secondary
+    li a2, 0
+    sbi {HSM:#x}, 0
+1:  j 1b
+secondary:
+    li s0, DATA
+2:  li a0, 1                        # hart 0
+    li a1, 0
+    sbi {RFENCE:#x}, 0              # remote fence.i
+    li a0, 1
+    li a1, 0
+    sbi {RFENCE:#x}, 1              # remote sfence.vma
+    ld t0, 0(s0)
+    addi t0, t0, 1
+    sd t0, 0(s0)
+    j 2b
+    "
+    ))));
+    let hart1 = m.others.pop().unwrap();
+    let sys = m.sys.clone();
+    let mut hart0 = std::mem::replace(&mut m.hart, Hart::new(sys.clone(), 0));
+    hart0.reset_to(RAM_BASE, 0, 0);
+    let threads = [
+        std::thread::spawn(move || hart0.thread_main()),
+        std::thread::spawn(move || hart1.thread_main()),
+    ];
+    let mut paused = Vec::new();
+    for _ in 0..20 {
+        // Until hart 1 has done a round of fences since the last resume.
+        let start = m.read_u64(DATA);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while m.read_u64(DATA) < start + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hart 1 makes no progress"
+            );
+            std::thread::yield_now();
+        }
+        let ok = sys.pause_all(std::time::Duration::from_secs(5));
+        paused.push(ok);
+        sys.resume_all();
+        if !ok {
+            break;
+        }
+    }
+    sys.stop_all();
+    sys.resume_all();
+    for t in threads {
+        t.join().expect("hart thread");
+    }
+    assert!(paused.iter().all(|&p| p), "pauses: {paused:?}");
 }

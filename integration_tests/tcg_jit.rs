@@ -343,7 +343,7 @@ loop:
     )));
     let data = vec![0u8; DATA_LEN];
     let (unlimited, stats) = run(&p, &data, JitPolicy::Off);
-    assert_eq!(stats.flushes, 0, "nothing fills 16 MiB here");
+    assert_eq!(stats.flushes, 0, "nothing fills the default limit here");
     for policy in [JitPolicy::Off, JitPolicy::Hot, JitPolicy::Eager] {
         let (limited, stats) = run_with(&p, &data, policy, |h| h.set_block_cache_size(512));
         assert_eq!(limited, unlimited, "{policy:?}");

@@ -40,7 +40,7 @@ pub const MAX_BLOCKS: usize = 1 << 16;
 /// Bytes of translated blocks (decoded instructions plus the cache's
 /// bookkeeping per block, see [`Block::footprint`]) beyond which the cache
 /// starts over.
-pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 24 << 20;
 
 /// One translated block.
 pub struct Block {
@@ -376,6 +376,10 @@ impl Hart {
                 break;
             }
         }
+        if insns.is_empty() {
+            // Not reachable with an even `vpc`; never an empty block.
+            return Err(Exception::new(cause::FETCH_MISALIGNED, vpc));
+        }
         let block = Block {
             generation,
             paddr,
@@ -457,6 +461,6 @@ mod tests {
         assert_eq!(Block::footprint(0), 146);
         assert_eq!(Block::footprint(MAX_BLOCK_INSNS), 146 + 1024);
         assert_eq!(JUMP_CACHE * std::mem::size_of::<JumpEntry>(), 96 << 10);
-        assert_eq!(DEFAULT_CACHE_BYTES, 16 << 20);
+        assert_eq!(DEFAULT_CACHE_BYTES, 24 << 20);
     }
 }

@@ -340,12 +340,17 @@ impl Hart {
         };
         self.sstatus = state.sstatus & SSTATUS_WRITABLE;
         self.sie = state.sie & S_INTERRUPTS;
-        self.stvec = state.stvec;
+        self.stvec = stvec_warl(state.stvec);
         self.sscratch = state.sscratch;
         self.sepc = state.sepc & !1;
         self.scause = state.scause;
         self.stval = state.stval;
-        self.satp = state.satp;
+        // Only Bare, Sv39 and Sv48 can be written (see `csr_write`).
+        self.satp = if matches!(state.satp >> 60, 0 | 8 | 9) {
+            state.satp
+        } else {
+            0
+        };
         self.scounteren = state.scounteren & 0xffff_ffff;
         self.fflags = state.fflags & 0x1f;
         self.frm = state.frm & 7;
@@ -477,9 +482,7 @@ impl Hart {
                 self.sie = value & S_INTERRUPTS;
                 self.check = true;
             }
-            // Direct and vectored modes; the reserved modes read back as
-            // direct (WARL).
-            0x105 => self.stvec = if value & 3 >= 2 { value & !3 } else { value },
+            0x105 => self.stvec = stvec_warl(value),
             0x106 => self.scounteren = value & 0xffff_ffff,
             0x10a => {}
             0x140 => self.sscratch = value,
@@ -806,6 +809,16 @@ impl Hart {
         self.stats.tlb = self.tlb.stats;
         self.stats.block_flushes = self.blocks.flushes;
         self.stats
+    }
+}
+
+/// `stvec` as a write leaves it: direct and vectored modes; the reserved
+/// modes read back as direct (WARL).
+fn stvec_warl(value: u64) -> u64 {
+    if value & 3 >= 2 {
+        value & !3
+    } else {
+        value
     }
 }
 

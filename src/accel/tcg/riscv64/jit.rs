@@ -17,7 +17,9 @@
 //! Compiled code is used only while its block is: a block cache flush
 //! (`fence.i`, a topology change, the cache filling up) empties the arena
 //! as well, and a full arena drops all compiled code and lets hot blocks
-//! compile again.
+//! compile again. Neither happens while compiled code runs: a `fence.i`
+//! it executes only asks for the flush, done once the code (and every
+//! block it chained into) has returned to the run loop.
 
 use super::hart::{Exception, Hart};
 

@@ -131,6 +131,13 @@ impl Hart {
     /// Carries out `req` on the given harts and waits until every running
     /// one has done it, so the caller may rely on it on return (as with
     /// firmware's synchronous remote fences).
+    ///
+    /// A pause ends the wait: a target parks for it before serving
+    /// requests, and would keep this hart from ever parking. Returning
+    /// early is still safe: this hart goes to its service point, and
+    /// parks, right after the call (`check`), and every target applies the
+    /// request at its next service point, before it runs another
+    /// instruction.
     fn remote_request(&mut self, harts: &[usize], req: u32) {
         let mut waiting = Vec::new();
         for &h in harts {
@@ -149,6 +156,7 @@ impl Hart {
                 && target.hsm() == HsmState::Started
                 && !target.signals.stop_requested()
                 && !self.signals.stop_requested()
+                && !sys.pause.requested()
             {
                 // Serve requests aimed at this hart meanwhile, so two harts
                 // fencing each other cannot deadlock.
@@ -157,6 +165,8 @@ impl Hart {
                 std::thread::yield_now();
             }
         }
+        // Straight to the service point (and the pause) after this call.
+        self.check = true;
     }
 
     pub(super) fn apply_requests(&mut self, req: u32) {
@@ -232,16 +242,21 @@ impl Hart {
                 };
                 (SUCCESS, status)
             }
-            3 => {
-                // Only the default retentive suspend, which behaves as WFI.
-                if a[0] == 0 {
+            3 => match a[0] as u32 {
+                // `suspend_type` is 32 bits wide. Only the default
+                // retentive suspend is implemented, which behaves as WFI;
+                // the default non-retentive one exists but is not
+                // supported here (so its `resume_addr` is never used);
+                // every other type is reserved or platform-specific and
+                // unimplemented, which the spec answers INVALID_PARAM.
+                0 => {
                     self.wfi = true;
                     self.check = true;
                     (SUCCESS, 0)
-                } else {
-                    (ERR_NOT_SUPPORTED, 0)
                 }
-            }
+                0x8000_0000 => (ERR_NOT_SUPPORTED, 0),
+                _ => (ERR_INVALID_PARAM, 0),
+            },
             _ => (ERR_NOT_SUPPORTED, 0),
         }
     }
