@@ -624,7 +624,9 @@ fn at_the_limit_with_every_client_mid_request_a_new_one_gets_busy() {
     // Once the send timeout drops the flooder, a client is served again.
     assert_eq!(events.recv_timeout(BOUND), Ok("closed"));
     writer.join().expect("writer");
-    wait_until("the flooder's slot to be freed", || server.stats().active == 0);
+    wait_until("the flooder's slot to be freed", || {
+        server.stats().active == 0
+    });
     let mut d = ApiClient::connect(&path).expect("connect d");
     assert_eq!(d.call("ping", None).expect("d ping"), json!({"pong": true}));
     assert_eq!(server.stats().rejected, 1);

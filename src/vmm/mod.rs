@@ -10,6 +10,8 @@ pub mod exit;
 pub mod host_file;
 pub mod instance;
 pub mod live;
+#[cfg(test)]
+mod parser_fuzz;
 pub mod riscv_vm;
 pub mod snapshot;
 // The x86_64 machine under KVM and its snapshots exist only on x86_64 hosts
