@@ -604,6 +604,32 @@ fn at_the_limit_the_longest_idle_client_makes_room() {
 }
 
 #[test]
+fn many_open_connections_do_not_lock_out_ctl() {
+    let _g = shared();
+    let dir = Scratch::new("many");
+    let path = dir.path("api.sock");
+    // The default limits, as `ember run --api-socket` has them.
+    let server = start(&path);
+    let max = ServerConfig::default().max_clients;
+    // Someone opens more connections than the cap and leaves them idle
+    // (each is admitted: the acceptor has seen it once it answers).
+    let mut hogs: Vec<Raw> = Vec::new();
+    for _ in 0..max + 8 {
+        let mut c = Raw::connect(&path);
+        c.send(b"{\"op\":\"ping\"}\n");
+        assert_eq!(c.recv()["ok"], json!(true));
+        hogs.push(c);
+    }
+    let info = ctl_main(&path, "info", &[], true).expect("ctl info with the cap reached");
+    assert!(info.contains("x86_64"), "{info}");
+    let stats = server.stats();
+    assert_eq!(stats.rejected, 0, "{stats:?}");
+    assert_eq!(stats.evicted, 9, "{stats:?}");
+    drop(hogs);
+    stop(server);
+}
+
+#[test]
 fn at_the_limit_with_every_client_mid_request_a_new_one_gets_busy() {
     let _g = shared();
     let dir = Scratch::new("allbusy");
@@ -624,7 +650,9 @@ fn at_the_limit_with_every_client_mid_request_a_new_one_gets_busy() {
     // Once the send timeout drops the flooder, a client is served again.
     assert_eq!(events.recv_timeout(BOUND), Ok("closed"));
     writer.join().expect("writer");
-    wait_until("the flooder's slot to be freed", || server.stats().active == 0);
+    wait_until("the flooder's slot to be freed", || {
+        server.stats().active == 0
+    });
     let mut d = ApiClient::connect(&path).expect("connect d");
     assert_eq!(d.call("ping", None).expect("d ping"), json!({"pong": true}));
     assert_eq!(server.stats().rejected, 1);

@@ -388,8 +388,16 @@ fn x86_64_kernel_initrd_and_firmware_must_be_regular_files() {
             .collect()
     };
     for (args, path, kind) in [
-        (mk(&["--kernel".as_ref(), zero.as_os_str()]), zero, "character device"),
-        (mk(&["--kernel".as_ref(), dir.as_os_str()]), dir.as_path(), "directory"),
+        (
+            mk(&["--kernel".as_ref(), zero.as_os_str()]),
+            zero,
+            "character device",
+        ),
+        (
+            mk(&["--kernel".as_ref(), dir.as_os_str()]),
+            dir.as_path(),
+            "directory",
+        ),
         (
             mk(&[
                 "--kernel".as_ref(),
@@ -400,7 +408,11 @@ fn x86_64_kernel_initrd_and_firmware_must_be_regular_files() {
             fifo.as_path(),
             "FIFO",
         ),
-        (mk(&["--firmware".as_ref(), zero.as_os_str()]), zero, "character device"),
+        (
+            mk(&["--firmware".as_ref(), zero.as_os_str()]),
+            zero,
+            "character device",
+        ),
     ] {
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
         refused_quickly(&refs, path, kind);

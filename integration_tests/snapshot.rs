@@ -120,7 +120,9 @@ fn base() -> &'static Base {
             Err(ControlError::WrongState(VmState::Running, _))
         ));
         control.pause().unwrap();
-        let stats = control.snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
+        let stats = control
+            .snapshot_with_stats(&dir, &Default::default())
+            .expect("snapshot");
         let before = read(&log);
         assert_eq!(control.state(), VmState::Paused, "still paused");
         let state: serde_json::Value =
@@ -219,7 +221,11 @@ fn a_disk_written_before_the_snapshot_reads_back_after_it() {
         read(&log).contains("EMBER-TEST: blksnap written")
     });
     control.pause().unwrap();
-    control.snapshot(&dir).expect("snapshot");
+    let stats = control
+        .snapshot_with_stats(&dir, &Default::default())
+        .expect("snapshot");
+    // The disk was flushed before the snapshot was reported done.
+    assert_eq!(stats.disks_synced, 1);
     control.stop().unwrap();
     assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);
     // O_SYNC: the block is in the file already.

@@ -226,7 +226,10 @@ fn snapshot_through_the_library(tag: &str) -> (PathBuf, String) {
         "a running VM must not be saved"
     );
     vm.pause().unwrap();
-    let stats = vm.control().snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
+    let stats = vm
+        .control()
+        .snapshot_with_stats(&dir, &Default::default())
+        .expect("snapshot");
     assert_eq!(vm.state(), VmState::Paused, "still paused");
     let before = vm.output();
     println!(
@@ -451,7 +454,10 @@ fn ctl_snapshot_and_run_restore_in_new_processes() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("no disk with that id"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("no disk with that id"),
+        "{err}"
+    );
 }
 
 /// Copies a snapshot directory (sparse-aware enough for a test: the copy
@@ -651,7 +657,8 @@ fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     let live = vm.control();
     let runner = std::thread::spawn(move || vm.run());
     rx.recv_timeout(PATIENCE).expect("the guest reads the port");
-    live.snapshot_with_stats(&dir, &Default::default()).expect("snapshot");
+    live.snapshot_with_stats(&dir, &Default::default())
+        .expect("snapshot");
     assert_eq!(output.text(), "<");
     live.stop().unwrap();
     assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);

@@ -61,11 +61,7 @@ pub fn open_regular(path: &Path, limit: u64, symlinks: Symlinks) -> io::Result<(
     if symlinks == Symlinks::Refuse {
         flags |= libc::O_NOFOLLOW;
     }
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(flags)
-        .open(path)
-    {
+    let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
         Ok(f) => f,
         // O_NOFOLLOW on a symlink fails with ELOOP, whose text ("too many
         // levels of symbolic links") would mislead.
@@ -105,8 +101,7 @@ pub fn read_regular(path: &Path, limit: u64, symlinks: Symlinks) -> io::Result<V
     let (file, size) = open_regular(path, limit, symlinks)?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // One byte past the limit tells a file that grew since fstat.
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(too_large(limit));
     }

@@ -12,6 +12,8 @@ pub mod host_file;
 pub mod instance;
 pub mod landlock_rules;
 pub mod live;
+#[cfg(test)]
+mod parser_fuzz;
 pub mod riscv_vm;
 pub mod seccomp;
 pub mod snapshot;

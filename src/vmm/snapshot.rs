@@ -288,7 +288,11 @@ impl SavedConfig {
                     "--disk {}: the saved disk {} was {}; readonly cannot change at restore",
                     d.path.display(),
                     index,
-                    if saved.readonly { "read-only" } else { "read-write" }
+                    if saved.readonly {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    }
                 )));
             }
             saved.path = absolute(&d.path);
@@ -932,10 +936,17 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, SnapshotError> {
     let path = dir.join(MANIFEST_FILE);
     let text = host_file::read_regular(&path, MANIFEST_MAX_SIZE, Symlinks::Follow)
         .map_err(io("read snapshot manifest", &path))?;
+    parse_manifest(&text, &path)
+}
+
+/// Parses and checks the manifest `text` read from `path` (named in
+/// errors).
+pub fn parse_manifest(text: &[u8], path: &Path) -> Result<Manifest, SnapshotError> {
+    let path = path.to_path_buf();
     // The format name is checked before the rest of the structure, so a
     // foreign JSON file is reported as foreign, not as malformed.
     let value: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| SnapshotError::BadManifest {
+        serde_json::from_slice(text).map_err(|e| SnapshotError::BadManifest {
             path: path.clone(),
             reason: e.to_string(),
         })?;
@@ -1082,7 +1093,7 @@ impl LoadedSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
@@ -1113,7 +1124,11 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
     }
 
     #[test]
@@ -1138,7 +1153,10 @@ mod tests {
         for f in [MEMORY_FILE, STATE_FILE, MANIFEST_FILE] {
             let path = snap.join(f);
             assert!(
-                std::fs::symlink_metadata(&path).unwrap().file_type().is_file(),
+                std::fs::symlink_metadata(&path)
+                    .unwrap()
+                    .file_type()
+                    .is_file(),
                 "{f}"
             );
             assert_eq!(mode(&path), 0o600, "{f}");
@@ -1269,7 +1287,10 @@ mod tests {
                 }],
             ),
         ] {
-            assert!(matches!(bad, Err(SnapshotError::Inconsistent(_))), "{bad:?}");
+            assert!(
+                matches!(bad, Err(SnapshotError::Inconsistent(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(saved.with_overrides(&[], &[]).unwrap(), saved);
     }
@@ -1499,8 +1520,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn timer_deadlines_are_saved_relative_to_time() {
+    /// A small valid riscv64 state with one started hart whose timer is
+    /// `timer_in` ticks after `time` (also a seed for the parser fuzzing).
+    pub(crate) fn sample_state(timer_in: Option<i64>) -> SnapshotState {
         let hart = HartState {
             x: [0; 32],
             f: [0; 32],
@@ -1523,7 +1545,7 @@ mod tests {
             wfi: false,
             instret: 0,
         };
-        let state = |timer_in| SnapshotState {
+        SnapshotState {
             format: FORMAT.into(),
             version: VERSION,
             arch: ARCH.into(),
@@ -1556,7 +1578,12 @@ mod tests {
                 pending: vec![],
             },
             devices: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn timer_deadlines_are_saved_relative_to_time() {
+        let state = sample_state;
         assert_eq!(
             state(Some(500)).hart_state(0).unwrap().timer_deadline,
             Some(1500)

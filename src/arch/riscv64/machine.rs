@@ -123,10 +123,10 @@ pub fn check_cmdline(cmdline: &str) -> Result<(), MachineError> {
 fn read_file(what: &'static str, path: &Path, limit: u64) -> Result<Vec<u8>, MachineError> {
     crate::vmm::host_file::read_regular(path, limit, crate::vmm::host_file::Symlinks::Follow)
         .map_err(|source| MachineError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    })
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Entropy for the device tree's `rng-seed`, if the host has any to give.
