@@ -56,6 +56,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::vmm::landlock_rules::FsPolicy;
 use crate::vmm::seccomp::{confine_thread, SeccompMode, ThreadKind};
 use serde_json::Value;
 use vmm_sys_util::eventfd::EventFd;
@@ -84,6 +85,10 @@ pub struct ServerConfig {
     /// The system call filter the acceptor installs before it serves
     /// anyone; connection threads inherit it (`vmm/seccomp.rs`).
     pub seccomp: SeccompMode,
+    /// The files the acceptor and its connection threads may reach
+    /// (`vmm/landlock_rules.rs`), applied before the filter. The socket is
+    /// bound before, so it needs no rule.
+    pub fs_policy: FsPolicy,
 }
 
 /// [`ServerConfig::idle_timeout`] by default: ample for a person typing
@@ -99,6 +104,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_millis(250),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             seccomp: SeccompMode::Off,
+            fs_policy: FsPolicy::default(),
         }
     }
 }
@@ -218,13 +224,20 @@ impl ApiServer {
             epoch: Instant::now(),
         };
         let seccomp = acceptor.config.seccomp;
+        let fs_policy = acceptor.config.fs_policy.clone();
         let handle = thread::Builder::new()
             .name("ember-api-accept".into())
             .spawn(move || {
                 // Unconfined, the API would be the one way into the process
                 // that no filter covers: without its filter it does not
                 // serve (the error reaches stderr; the VM runs on).
-                match confine_thread(ThreadKind::Api, seccomp) {
+                let confined = fs_policy
+                    .restrict_current_thread()
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| {
+                        confine_thread(ThreadKind::Api, seccomp).map_err(|e| e.to_string())
+                    });
+                match confined {
                     Ok(()) => acceptor.run(),
                     Err(e) => eprintln!("ember: the API socket is not served: {e}"),
                 }

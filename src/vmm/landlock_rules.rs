@@ -61,9 +61,61 @@ pub enum LandlockError {
 }
 
 /// One rule: `access` beneath `path` (the path itself for a file).
+#[derive(Clone, Debug)]
 struct Rule {
     path: PathBuf,
     access: BitFlags<AccessFs>,
+}
+
+/// The filesystem a VM's threads may reach: built from its configuration,
+/// applied by each thread that starts VM threads (the thread that runs the
+/// VM, and the API acceptor, which starts before it).
+#[derive(Clone, Debug, Default)]
+pub struct FsPolicy {
+    /// `None`: `--landlock off`.
+    rules: Option<Vec<Rule>>,
+}
+
+impl FsPolicy {
+    /// The policy for the VM `config` describes.
+    pub fn for_vm(config: &VmConfig) -> FsPolicy {
+        FsPolicy {
+            rules: config.confinement.landlock.then(|| rules(config)),
+        }
+    }
+
+    /// Restricts the calling thread, and the threads it starts from now
+    /// on, to the policy's files. Paths that do not exist are skipped.
+    pub fn restrict_current_thread(&self) -> Result<FsConfinement, LandlockError> {
+        let Some(rules) = &self.rules else {
+            return Ok(FsConfinement::Off);
+        };
+        let mut ruleset = Ruleset::default()
+            .handle_access(AccessFs::from_all(ABI_WANTED))?
+            .create()?;
+        for rule in rules {
+            let Ok(fd) = PathFd::new(&rule.path) else {
+                continue;
+            };
+            let access = if std::fs::metadata(&rule.path).is_ok_and(|m| !m.is_dir()) {
+                rule.access & AccessFs::from_file(ABI_WANTED)
+            } else {
+                rule.access
+            };
+            ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
+        }
+        let status = ruleset.restrict_self()?;
+        let confinement = match status.ruleset {
+            RulesetStatus::FullyEnforced => FsConfinement::Full,
+            RulesetStatus::PartiallyEnforced => FsConfinement::Partial,
+            RulesetStatus::NotEnforced => FsConfinement::Unavailable,
+        };
+        if let Some(notice) = confinement.notice() {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("{notice}"));
+        }
+        Ok(confinement)
+    }
 }
 
 /// The directories snapshots may be written to when none are configured:
@@ -119,45 +171,13 @@ fn rules(config: &VmConfig) -> Vec<Rule> {
     rules
 }
 
-/// Restricts the calling thread and the threads it starts from now on to
-/// the files `config` names (see the module documentation). Paths that do
-/// not exist are skipped.
-pub fn restrict_filesystem(config: &VmConfig) -> Result<FsConfinement, LandlockError> {
-    if !config.confinement.landlock {
-        return Ok(FsConfinement::Off);
-    }
-    let mut ruleset = Ruleset::default()
-        .handle_access(AccessFs::from_all(ABI_WANTED))?
-        .create()?;
-    for rule in rules(config) {
-        let Ok(fd) = PathFd::new(&rule.path) else {
-            continue;
-        };
-        let access = if std::fs::metadata(&rule.path).is_ok_and(|m| !m.is_dir()) {
-            rule.access & AccessFs::from_file(ABI_WANTED)
-        } else {
-            rule.access
-        };
-        ruleset = ruleset.add_rule(PathBeneath::new(fd, access))?;
-    }
-    let status = ruleset.restrict_self()?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => FsConfinement::Full,
-        RulesetStatus::PartiallyEnforced => FsConfinement::Partial,
-        RulesetStatus::NotEnforced => FsConfinement::Unavailable,
-    })
-}
-
 /// Confines the filesystem for the VM `config` describes, from the thread
 /// that is about to start the VM's threads; says in one line when the
 /// kernel cannot.
-pub fn confine_filesystem(config: &VmConfig) -> Result<(), crate::vmm::error::VmError> {
-    let status = restrict_filesystem(config).map_err(crate::vmm::error::VmError::Landlock)?;
-    if let Some(notice) = status.notice() {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| eprintln!("{notice}"));
-    }
-    Ok(())
+pub fn confine_filesystem(config: &VmConfig) -> Result<FsConfinement, crate::vmm::error::VmError> {
+    FsPolicy::for_vm(config)
+        .restrict_current_thread()
+        .map_err(crate::vmm::error::VmError::Landlock)
 }
 
 #[cfg(test)]
@@ -185,7 +205,9 @@ mod tests {
         body: impl FnOnce() -> T + Send + 'static,
     ) -> (FsConfinement, T) {
         std::thread::spawn(move || {
-            let status = restrict_filesystem(&config).expect("ruleset");
+            let status = FsPolicy::for_vm(&config)
+                .restrict_current_thread()
+                .expect("ruleset");
             (status, body())
         })
         .join()

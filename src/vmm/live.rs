@@ -535,6 +535,7 @@ pub fn start_api(
     let control: Arc<dyn VmControl> = live.clone();
     let server = crate::api::server::ServerConfig {
         seccomp: config.confinement.seccomp,
+        fs_policy: crate::vmm::landlock_rules::FsPolicy::for_vm(config),
         ..Default::default()
     };
     crate::api::server::ApiServer::start_with_config(path, control, server)

@@ -328,8 +328,9 @@ impl RiscvVm {
         };
         let started = Instant::now();
         let jit = self.config.tcg_jit;
-        confine_filesystem(&self.config)?;
+        // The API binds its socket first; its acceptor confines itself.
         let api = start_api(&self.config, &self.live)?;
+        confine_filesystem(&self.config)?;
         let seccomp = self.config.confinement.seccomp;
         self.live.set_running();
         let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();

@@ -384,10 +384,22 @@ fn allow_list(kind: ThreadKind) -> Built<Rules> {
             rules.extend(threads()?);
             // Tear-down removes the API socket and closes what it made.
             rules.extend(snapshot_files());
-            rules.extend([any(libc::SYS_shutdown), any(libc::SYS_rt_sigaction)]);
+            // recvfrom: console input from a Unix socket.
+            rules.extend([
+                any(libc::SYS_shutdown),
+                any(libc::SYS_rt_sigaction),
+                any(libc::SYS_recvfrom),
+            ]);
         }
         ThreadKind::Api => {
-            rules.push(when(libc::SYS_ioctl, vec![kvm_ioctls()?])?);
+            // FIONBIO: accepted connections are switched to blocking.
+            rules.push(when(
+                libc::SYS_ioctl,
+                vec![
+                    kvm_ioctls()?,
+                    vec![arg32(1, SeccompCmpOp::Eq, libc::FIONBIO as u64)?],
+                ],
+            )?);
             rules.extend(polling());
             rules.extend(threads()?);
             rules.extend(snapshot_files());

@@ -589,8 +589,9 @@ impl Vm {
             .kvm
             .take()
             .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
-        confine_filesystem(&self.config)?;
+        // The API binds its socket first; its acceptor confines itself.
         let api = start_api(&self.config, &self.live)?;
+        confine_filesystem(&self.config)?;
         let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
         self.live.set_running();
         for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
