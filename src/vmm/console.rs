@@ -218,7 +218,9 @@ impl Write for SharedOutput {
 
 impl ConsoleOutput {
     /// Opens the sink guest output is written to; for stdout and files
-    /// this starts the writer thread.
+    /// this starts the writer thread. Whoever ends the process calls
+    /// [`SharedOutput::drain`] first (`ember run` does), or output still
+    /// queued is lost with the process.
     pub fn open(&self) -> std::io::Result<SharedOutput> {
         match self {
             ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?)),
