@@ -117,13 +117,19 @@ impl Flooding {
         serde_json::from_str(&self.ctl(&["counters", "--json"])).expect("counters JSON")
     }
 
-    /// Waits until the guest has sent what the pipe holds.
+    /// Waits until the guest has sent what the pipe holds through the UART.
     fn wait_for_full_pipe(&self) {
+        self.wait_for_output(|c| c["serial"]["tx_bytes"].as_u64());
+    }
+
+    /// Waits until the guest has sent what the pipe holds, as `sent`
+    /// reads it from the counters.
+    fn wait_for_output(&self, sent: impl Fn(&serde_json::Value) -> Option<u64>) {
         self.wait_until("the guest to fill the pipe", || {
             let (ok, out, _) = ctl(&self.socket, &["counters", "--json"]);
             ok && serde_json::from_str::<serde_json::Value>(&out)
                 .ok()
-                .and_then(|c| c["serial"]["tx_bytes"].as_u64())
+                .and_then(|c| sent(&c))
                 .is_some_and(|n| n >= PIPE_FULL)
         });
     }
@@ -281,6 +287,107 @@ fn x86_flood_ctrl_a_x_ends_the_process() {
     let mut input = vm.stdin.take().expect("stdin pipe");
     input.write_all(b"\x01x").expect("type Ctrl-a x");
     vm.wait_for_exit(quit, "Ctrl-a x");
+}
+
+/// A 64-bit kernel driving virtio-console (the only virtio device, so at
+/// 0xd000_0000) by hand: 64 KiB of 'C' on transmitq, published again as
+/// soon as the device has used it, forever. The device writes on the event
+/// loop under its transport's lock.
+fn x86_virtio_console_flood() -> PathBuf {
+    common::elf64_from_asm(
+        "hvc-flood",
+        r#"
+        .set BASE, 0xd0000000
+        .set DESC, 0x200000
+        .set AVAIL, 0x201000
+        .set USED, 0x202000
+        .set RXQ, 0x203000
+        .set DATA, 0x210000
+        mov $DATA, %rdi
+        mov $0x43, %al
+        mov $0x10000, %rcx
+        rep stosb
+        mov $BASE, %rbx
+        cmpl $3, 0x08(%rbx)          # device id: console
+        jne fail
+        movl $0, 0x70(%rbx)
+        movl $1, 0x70(%rbx)
+        movl $3, 0x70(%rbx)
+        movl $1, 0x24(%rbx)
+        movl $1, 0x20(%rbx)          # VIRTIO_F_VERSION_1 (bit 32)
+        movl $0, 0x24(%rbx)
+        movl $0, 0x20(%rbx)
+        movl $11, 0x70(%rbx)         # FEATURES_OK
+        movl $0, 0x30(%rbx)          # queue 0: receiveq, no buffers
+        movl $8, 0x38(%rbx)
+        movl $RXQ, 0x80(%rbx)
+        movl $0, 0x84(%rbx)
+        movl $RXQ + 0x1000, 0x90(%rbx)
+        movl $0, 0x94(%rbx)
+        movl $RXQ + 0x2000, 0xa0(%rbx)
+        movl $0, 0xa4(%rbx)
+        movl $1, 0x44(%rbx)
+        movl $1, 0x30(%rbx)          # queue 1: transmitq
+        movl $8, 0x38(%rbx)
+        movl $DESC, 0x80(%rbx)
+        movl $0, 0x84(%rbx)
+        movl $AVAIL, 0x90(%rbx)
+        movl $0, 0x94(%rbx)
+        movl $USED, 0xa0(%rbx)
+        movl $0, 0xa4(%rbx)
+        movl $1, 0x44(%rbx)
+        movl $15, 0x70(%rbx)         # DRIVER_OK
+        movq $DATA, DESC             # descriptor 0: DATA, 64 KiB, read-only
+        movl $0x10000, DESC + 8
+        movl $0, DESC + 12
+        xor %eax, %eax               # every ring entry is head 0 (zeroed RAM)
+    1:  inc %eax
+        mfence
+        movw %ax, AVAIL + 2
+        mfence
+        movl $1, 0x50(%rbx)          # QueueNotify (ioeventfd)
+    2:  pause
+        cmpw %ax, USED + 2
+        jne 2b
+        jmp 1b
+    fail:
+        hlt
+        jmp fail
+    "#,
+    )
+}
+
+#[test]
+fn x86_virtio_console_flood_pause_answers_and_stop_ends_the_process() {
+    if !kvm_available() {
+        return;
+    }
+    let kernel = x86_virtio_console_flood();
+    let vm = Flooding::start(
+        "flood-hvc",
+        &[
+            "--memory",
+            "64M",
+            "--console",
+            "virtio",
+            "--kernel",
+            kernel.to_str().expect("UTF-8 path"),
+        ],
+    );
+    vm.wait_for_output(|c| c["virtio"][0]["device_counters"]["tx_bytes"].as_u64());
+    // Pausing takes the transport's lock, which the device held while it
+    // wrote to stdout before output went through the buffer.
+    assert_eq!(vm.ctl(&["pause"]).trim(), "paused");
+    assert_eq!(vm.ctl(&["resume"]).trim(), "running");
+    vm.wait_until("output to be dropped", || {
+        vm.counters()["console_output"]["dropped_bytes"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    let stopped = Instant::now();
+    vm.ctl(&["stop"]);
+    let (_, stderr) = vm.wait_for_exit(stopped, "ctl stop");
+    assert!(drop_notice(&stderr) > 0, "{stderr}");
 }
 
 /// A riscv64 `Image` whose code writes 'B' to the UART forever, with an

@@ -220,7 +220,9 @@ impl Write for SharedOutput {
 impl ConsoleOutput {
     /// Opens the sink guest output is written to; for stdout and files
     /// this starts the writer thread, confined by `seccomp` before it
-    /// writes anything.
+    /// writes anything. Whoever ends the process calls
+    /// [`SharedOutput::drain`] first (`ember run` does), or output still
+    /// queued is lost with the process.
     pub fn open(&self, seccomp: SeccompMode) -> std::io::Result<SharedOutput> {
         match self {
             ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?), seccomp),
