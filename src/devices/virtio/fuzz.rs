@@ -12,8 +12,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::parse_request;
-use super::{read_chain, ChainRef};
 use super::net::parse_tx_chain;
+use super::{read_chain, ChainRef};
 
 /// Size of the fuzzed guest memory, at guest address 0.
 pub const MEMORY_SIZE: usize = 0x10000;

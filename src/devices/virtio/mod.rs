@@ -413,7 +413,8 @@ mod tests {
         let mem = testing::guest_memory(0x10000);
         for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
             let d = Descriptor::new(addr, len, flags, next);
-            mem.write_obj(d, GuestAddress(0x1000 + 16 * i as u64)).unwrap();
+            mem.write_obj(d, GuestAddress(0x1000 + 16 * i as u64))
+                .unwrap();
         }
         mem
     }
@@ -478,7 +479,11 @@ mod tests {
     #[test]
     fn read_chain_stops_at_max_and_at_4_gib() {
         let mem = table(&[(0, 100, NEXT, 1), (0, 100, NEXT, 2), (0, 100, 0, 0)]);
-        let chain = ChainRef { desc_table: GuestAddress(0x1000), queue_size: 16, head: 0 };
+        let chain = ChainRef {
+            desc_table: GuestAddress(0x1000),
+            queue_size: 16,
+            head: 0,
+        };
         let two = read_chain(&mem, chain, 2);
         assert_eq!((two.descriptors.len(), two.complete), (2, false));
         let all = read_chain(&mem, chain, 3);
@@ -487,7 +492,10 @@ mod tests {
         let big = read_chain(&mem, chain, 16);
         assert_eq!((big.descriptors.len(), big.complete), (1, false));
         // A table beyond memory, and a head out of range.
-        let far = ChainRef { desc_table: GuestAddress(u64::MAX - 8), ..chain };
+        let far = ChainRef {
+            desc_table: GuestAddress(u64::MAX - 8),
+            ..chain
+        };
         assert!(!read_chain(&mem, far, 16).complete);
         let out = ChainRef { head: 16, ..chain };
         assert!(read_chain(&mem, out, 16).descriptors.is_empty());
