@@ -91,8 +91,8 @@ pub enum BlockError {
     #[error("{path} is {kind}; a disk must be a regular file or a block device")]
     NotADisk { path: PathBuf, kind: &'static str },
     #[error(
-        "{path} is in use: another process holds a lock on it ({}); \
-         two VMs cannot share a disk unless both open it read-only",
+        "{path} is in use: {} elsewhere (another VM or process, or the same \
+         image given twice); an image is shared only if every user opens it read-only",
         if *readonly { "it is open for writing" } else { "it is open" }
     )]
     Locked { path: PathBuf, readonly: bool },
