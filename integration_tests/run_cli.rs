@@ -180,7 +180,8 @@ fn virtio_option_errors_are_clear() {
     let dir = scratch_dir("many-disks");
     let disk = dir.join("disk.img");
     std::fs::write(&disk, vec![0u8; 4096]).unwrap();
-    let spec = format!("path={}", disk.display());
+    // Read-only: one image opened read-write twice is refused (locked).
+    let spec = format!("path={},readonly=on", disk.display());
     let mut args = vec!["run", "--arch", "riscv64", "--print-mtree"];
     for _ in 0..9 {
         args.extend(["--disk", spec.as_str()]);

@@ -162,3 +162,52 @@ fn a_hand_driven_virtio_blk_request_goes_through_ioeventfd_and_irqfd() {
     assert!(stats.used_interrupts >= 2, "{stats:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two VMs cannot open one image for writing: the second is refused at
+/// creation with a message naming the image; two read-only users share it,
+/// and a directory is no disk.
+#[test]
+fn a_disk_image_is_locked_against_a_second_vm() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = scratch_dir("virtio-kvm-lock");
+    let disk = dir.join("shared.img");
+    std::fs::write(&disk, vec![0u8; 64 * 512]).unwrap();
+    let config = |path: &std::path::Path, readonly: bool| {
+        let mut cfg = VmConfig {
+            kernel: Some(elf64_from_asm(
+                "virtio-blk",
+                &common::virtio_blk_guest(GUEST, 5),
+            )),
+            memory: 16 << 20,
+            console_input: ConsoleInput::None,
+            console_output: ConsoleOutput::File(dir.join("console.log")),
+            ..VmConfig::default()
+        };
+        cfg.disks.push(DiskSpec {
+            path: path.to_path_buf(),
+            readonly,
+            id: None,
+        });
+        cfg
+    };
+    let first = Vm::new(config(&disk, false)).unwrap();
+    for readonly in [false, true] {
+        let err = Vm::new(config(&disk, readonly)).err().expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&*disk.to_string_lossy()) && msg.contains("in use"),
+            "{msg}"
+        );
+    }
+    drop(first);
+    let readers = [
+        Vm::new(config(&disk, true)).unwrap(),
+        Vm::new(config(&disk, true)).unwrap(),
+    ];
+    assert!(Vm::new(config(&disk, false)).is_err());
+    drop(readers);
+    let err = Vm::new(config(&dir, true)).err().expect("refused");
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}

@@ -29,8 +29,8 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{pop_head, read_chain, ChainRef, PassBudget};
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{pop_head, read_chain, ChainRef, PassBudget};
 
 /// Bytes per sector, as virtio-blk counts them whatever the host's.
 pub const SECTOR_SIZE: u64 = 512;
@@ -91,8 +91,8 @@ pub enum BlockError {
     #[error("{path} is {kind}; a disk must be a regular file or a block device")]
     NotADisk { path: PathBuf, kind: &'static str },
     #[error(
-        "{path} is in use: another process holds a lock on it ({}); \
-         two VMs cannot share a disk unless both open it read-only",
+        "{path} is in use: {} elsewhere (another VM or process, or the same \
+         image given twice); an image is shared only if every user opens it read-only",
         if *readonly { "it is open for writing" } else { "it is open" }
     )]
     Locked { path: PathBuf, readonly: bool },
@@ -864,7 +864,11 @@ pub fn open_disk(path: &Path, readonly: bool) -> Result<File, BlockError> {
         });
     }
     set_blocking(&file).map_err(err)?;
-    let op = if readonly { libc::LOCK_SH } else { libc::LOCK_EX };
+    let op = if readonly {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
     loop {
         // SAFETY: flock only acts on the descriptor, which `file` owns and
         // keeps open for the call.
@@ -1709,7 +1713,10 @@ mod tests {
         f.tq.push(&f.mem, &chain);
         f.blk.process_queue(0, &f.mem).unwrap();
         assert!(f.blk.has_more_work(0));
-        assert!(f.blk.queue_states()[0].1.next_avail == 0, "chain left on the ring");
+        assert!(
+            f.blk.queue_states()[0].1.next_avail == 0,
+            "chain left on the ring"
+        );
         f.blk.reset();
         assert!(!f.blk.has_more_work(0));
         assert!(f.blk.in_progress.is_none());
@@ -1743,7 +1750,8 @@ mod tests {
         })
         .unwrap();
         let mut tq = TestQueue::new(&mem, 0x1000, 16);
-        blk.activate(vec![tq.device_queue()], blk.features()).unwrap();
+        blk.activate(vec![tq.device_queue()], blk.features())
+            .unwrap();
         tq.push(&mem, &[(0x8000, 16, R), (0x30_0000 - 0x800, 0x1000, W)]);
         blk.process_queue(0, &mem).unwrap();
         assert_eq!(tq.take_used(&mem), vec![(0, 0)]);
@@ -1766,7 +1774,10 @@ mod tests {
         for readonly in [false, true] {
             let err = Block::new(&cfg(readonly)).err().expect("refused");
             assert!(matches!(err, BlockError::Locked { .. }), "{err}");
-            assert!(err.to_string().contains(&*disk.0.to_string_lossy()), "{err}");
+            assert!(
+                err.to_string().contains(&*disk.0.to_string_lossy()),
+                "{err}"
+            );
         }
         drop(rw);
         // Readers share; a writer cannot join them.
@@ -1777,7 +1788,10 @@ mod tests {
             Err(BlockError::Locked { .. })
         ));
         drop((ro1, ro2));
-        assert!(Block::new(&cfg(false)).is_ok(), "the lock goes with the file");
+        assert!(
+            Block::new(&cfg(false)).is_ok(),
+            "the lock goes with the file"
+        );
     }
 
     #[test]
@@ -1803,7 +1817,10 @@ mod tests {
             .err()
             .expect("refused");
             let msg = err.to_string();
-            assert!(msg.contains(&*path.to_string_lossy()) && msg.contains(kind), "{msg}");
+            assert!(
+                msg.contains(&*path.to_string_lossy()) && msg.contains(kind),
+                "{msg}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -12,8 +12,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::block::parse_request;
-use super::{read_chain, ChainRef};
 use super::net::parse_tx_chain;
+use super::{read_chain, ChainRef};
 
 /// Size of the fuzzed guest memory, at guest address 0.
 pub const MEMORY_SIZE: usize = 0x10000;
@@ -111,6 +111,40 @@ mod tests {
         #[test]
         fn random_block_chains_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
             block_request(&data);
+        }
+
+        /// Wherever the parser puts a status byte (a request's, or the
+        /// error answer of a malformed chain), it is the last byte of the
+        /// chain's last descriptor, which is device-writable and wholly
+        /// inside guest memory; a request's data buffers are too.
+        #[test]
+        fn random_block_chains_write_only_into_whole_buffers(
+            data in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            use vm_memory::GuestMemoryBackend;
+            let Some((mem, mut queue)) = setup(&data) else {
+                return Ok(());
+            };
+            let Some(chain) = queue.pop_descriptor_chain(&mem) else {
+                return Ok(());
+            };
+            let chain = ChainRef::new(&queue, chain.head_index());
+            let whole = |addr: GuestAddress, len: u32| {
+                len == 0 || GuestMemoryBackend::check_range(&mem, addr, len as usize)
+            };
+            let (status, segments) = match parse_request(&mem, chain) {
+                Ok(req) => (Some(req.status), req.data),
+                Err(bad) => (bad.status, Vec::new()),
+            };
+            if let Some(status) = status {
+                let descs = read_chain(&mem, chain, usize::MAX).descriptors;
+                let last = descs.last().expect("a status needs a descriptor");
+                prop_assert!(last.is_write_only() && whole(last.addr(), last.len()));
+                prop_assert_eq!(status.0, last.addr().0 + last.len() as u64 - 1);
+            }
+            for s in segments {
+                prop_assert!(whole(s.addr, s.len));
+            }
         }
 
         #[test]

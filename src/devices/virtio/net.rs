@@ -33,8 +33,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
-use super::{pop_head, read_chain, ChainRef, PassBudget};
 use super::tap::{Tap, TapError};
+use super::{pop_head, read_chain, ChainRef, PassBudget};
 
 /// The device has a MAC address in config space.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
@@ -324,17 +324,37 @@ fn write_rx_chain<M: GuestMemory + ?Sized>(
     Ok(total as u32)
 }
 
-/// Pops the next available chain of `queue`. An available index the
+/// Pops the next available chain of `queue`, for a device that walks it
+/// with virtio-queue's iterator (virtio-console). An available index the
 /// driver moved more than a ring ahead is a broken queue.
+///
+/// That iterator follows indirect descriptors, which no device here offers:
+/// a chain that uses one is returned to the driver unused (length 0) and
+/// skipped, at most a ring's worth per call. (Devices that walk chains with
+/// [`read_chain`](super::read_chain) instead check each descriptor as they
+/// read it; this check reads the direct descriptors once more.)
 pub(crate) fn pop_chain<'m>(
     queue: &mut Queue,
     index: usize,
     mem: &'m GuestMemoryMmap<()>,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap<()>>>, DeviceError> {
-    let mut iter = queue
-        .iter(mem)
-        .map_err(|e| DeviceError::BadQueue(index, e.to_string()))?;
-    Ok(iter.next())
+    for _ in 0..queue.size() {
+        let chain = {
+            let mut iter = queue
+                .iter(mem)
+                .map_err(|e| DeviceError::BadQueue(index, e.to_string()))?;
+            iter.next()
+        };
+        let Some(chain) = chain else {
+            return Ok(None);
+        };
+        let head = chain.head_index();
+        if !read_chain(mem, ChainRef::new(queue, head), usize::MAX).indirect {
+            return Ok(Some(chain));
+        }
+        return_chain(queue, mem, head, 0)?;
+    }
+    Ok(None)
 }
 
 /// Returns chain `head` to the driver with `len` bytes written. A head
@@ -493,7 +513,9 @@ impl<B: NetBackend> Net<B> {
             let chain = read_chain(mem, ChainRef::new(rxq, head), MAX_CHAIN_DESCRIPTORS);
             let descriptors = chain.descriptors.into_iter();
             let result = if chain.indirect {
-                Err(RxChainError::Malformed("indirect descriptor (not negotiated)"))
+                Err(RxChainError::Malformed(
+                    "indirect descriptor (not negotiated)",
+                ))
             } else {
                 write_rx_chain(mem, descriptors, &self.rx_buf[..len])
             };
@@ -1136,8 +1158,14 @@ mod tests {
         let small = frame(60, 4);
         write(&m, 0x3_0000, &[0; NET_HDR_LEN]);
         write(&m, 0x3_0000 + NET_HDR_LEN as u64, &small);
-        let h_big = tx.add_chain(&m, &[(0x1_0000, (NET_HDR_LEN + big.len()) as u32, testing::R)]);
-        let h_small = tx.add_chain(&m, &[(0x3_0000, (NET_HDR_LEN + small.len()) as u32, testing::R)]);
+        let h_big = tx.add_chain(
+            &m,
+            &[(0x1_0000, (NET_HDR_LEN + big.len()) as u32, testing::R)],
+        );
+        let h_small = tx.add_chain(
+            &m,
+            &[(0x3_0000, (NET_HDR_LEN + small.len()) as u32, testing::R)],
+        );
         for i in 0..256 {
             tx.publish(&m, if i % 4 == 3 { h_big } else { h_small });
         }
@@ -1150,8 +1178,14 @@ mod tests {
             passes += 1;
             let sent = fake.state().tx.len() - before;
             let bytes = net.counters().tx_bytes - bytes_before;
-            assert!(sent <= PASS_BUDGET.requests as usize, "{sent} frames in one pass");
-            assert!(bytes <= PASS_BUDGET.bytes + MAX_FRAME_LEN as u64, "{bytes} bytes");
+            assert!(
+                sent <= PASS_BUDGET.requests as usize,
+                "{sent} frames in one pass"
+            );
+            assert!(
+                bytes <= PASS_BUDGET.bytes + MAX_FRAME_LEN as u64,
+                "{bytes} bytes"
+            );
             used.extend(tx.take_used(&m));
             if !net.has_more_work(TX_QUEUE) {
                 break;
@@ -1160,7 +1194,13 @@ mod tests {
         }
         assert!(passes >= 2);
         let expect: Vec<Vec<u8>> = (0..256)
-            .map(|i| if i % 4 == 3 { big.clone() } else { small.clone() })
+            .map(|i| {
+                if i % 4 == 3 {
+                    big.clone()
+                } else {
+                    small.clone()
+                }
+            })
             .collect();
         assert!(fake.state().tx == expect, "every frame once, in order");
         let heads: Vec<u32> = used.iter().map(|&(h, _)| h).collect();
@@ -1219,22 +1259,49 @@ mod tests {
         s.mem
             .write_obj(table, GuestAddress(0x5_0000))
             .expect("table");
-        let head =
-            s.tx.add_raw(&[RawDescriptor::from(Descriptor::new(0x5_0000, 16, INDIRECT, 0))]);
+        let head = s.tx.add_raw(&[RawDescriptor::from(Descriptor::new(
+            0x5_0000, 16, INDIRECT, 0,
+        ))]);
         s.net.process_queue(TX_QUEUE, s.mem).expect("tx");
         assert!(s.fake.state().tx.is_empty());
         assert_eq!(s.tx.used(), vec![(head.into(), 0)]);
         assert_eq!(s.net.counters().tx_bad_chains, 1);
         // Receive: the frame is not written through the table.
-        let w = RawDescriptor::from(Descriptor::new(0x6_0000, 2048, VRING_DESC_F_WRITE as u16, 0));
+        let w = RawDescriptor::from(Descriptor::new(
+            0x6_0000,
+            2048,
+            VRING_DESC_F_WRITE as u16,
+            0,
+        ));
         s.mem.write_obj(w, GuestAddress(0x5_1000)).expect("table");
         s.fake.push_rx(&f);
-        let head =
-            s.rx.add_raw(&[RawDescriptor::from(Descriptor::new(0x5_1000, 16, INDIRECT, 0))]);
+        let head = s.rx.add_raw(&[RawDescriptor::from(Descriptor::new(
+            0x5_1000, 16, INDIRECT, 0,
+        ))]);
         s.net.process_host_event(0, s.mem).expect("rx");
         assert_eq!(s.rx.used(), vec![(head.into(), 0)]);
         assert_eq!(read(s.mem, 0x6_0000, 72), vec![0; 72]);
         assert_eq!(s.net.counters().rx_bad_chains, 1);
+    }
+
+    /// `pop_chain` (virtio-console's way in) returns chains that use an
+    /// indirect descriptor unused and hands out the next one.
+    #[test]
+    fn pop_chain_skips_indirect_chains() {
+        const INDIRECT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let m = mem();
+        let mut ring = Ring::new(&m, 0, 16);
+        let mut queue = ring.queue();
+        let bad = ring.add_raw(&[RawDescriptor::from(Descriptor::new(
+            0x5_0000, 16, INDIRECT, 0,
+        ))]);
+        let good = ring.add(&[(0x6_0000, 64, true)]);
+        let chain = pop_chain(&mut queue, 0, &m)
+            .unwrap()
+            .expect("the good chain");
+        assert_eq!(chain.head_index(), good);
+        assert_eq!(ring.used(), vec![(bad.into(), 0)]);
+        assert!(pop_chain(&mut queue, 0, &m).unwrap().is_none());
     }
 
     #[test]

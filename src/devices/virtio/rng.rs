@@ -6,8 +6,8 @@ use std::io;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::{pop_head, read_chain, ChainRef, PassBudget};
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{pop_head, read_chain, ChainRef, PassBudget};
 
 /// Entries in the request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -41,7 +41,11 @@ impl Rng {
     /// with a device-readable descriptor, an indirect descriptor (not
     /// negotiated), cut short, or with a buffer not wholly inside guest RAM
     /// is returned untouched (length 0).
-    fn fill_chain(&mut self, chain: ChainRef, mem: &GuestMemoryMmap<()>) -> Result<u32, DeviceError> {
+    fn fill_chain(
+        &mut self,
+        chain: ChainRef,
+        mem: &GuestMemoryMmap<()>,
+    ) -> Result<u32, DeviceError> {
         let chain = read_chain(mem, chain, MAX_DESCRIPTORS);
         let usable = chain.complete
             && chain.descriptors.iter().all(|d| {
