@@ -14,8 +14,8 @@ use vmm_sys_util::signal::register_signal_handler;
 use vmm_sys_util::terminal::Terminal;
 
 use super::console_writer::{ConsoleOutputStats, ConsoleWriter};
-use super::seccomp::SeccompMode;
 use super::exit::{ExitReason, ExitSignal};
+use super::seccomp::SeccompMode;
 
 /// Where guest console input comes from (`--serial-input`).
 #[derive(Clone, Debug, PartialEq, Eq)]
