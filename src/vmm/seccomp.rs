@@ -216,6 +216,13 @@ fn when(sys: libc::c_long, rules: Vec<Vec<SeccompCondition>>) -> Built<(i64, Vec
     Ok((sys, rules))
 }
 
+/// An ioctl request number as a filter value (`libc::Ioctl` is `u64` on
+/// some targets and `i32` on others).
+#[allow(clippy::unnecessary_cast)]
+fn request(req: libc::Ioctl) -> u64 {
+    req as u64
+}
+
 /// The KVM ioctl type (`KVMIO`), bits 8..16 of an ioctl request.
 const KVMIO: u64 = 0xAE;
 
@@ -374,7 +381,7 @@ fn allow_list(kind: ThreadKind) -> Built<Rules> {
                 libc::FIONBIO,
             ]
             .into_iter()
-            .map(|req| Ok(vec![arg32(1, SeccompCmpOp::Eq, req as u64)?]))
+            .map(|req| Ok(vec![arg32(1, SeccompCmpOp::Eq, request(req))?]))
             .collect::<Built<_>>()?;
             let mut ioctls = vec![kvm_ioctls()?];
             ioctls.extend(terminal);
@@ -397,7 +404,7 @@ fn allow_list(kind: ThreadKind) -> Built<Rules> {
                 libc::SYS_ioctl,
                 vec![
                     kvm_ioctls()?,
-                    vec![arg32(1, SeccompCmpOp::Eq, libc::FIONBIO as u64)?],
+                    vec![arg32(1, SeccompCmpOp::Eq, request(libc::FIONBIO))?],
                 ],
             )?);
             rules.extend(polling());

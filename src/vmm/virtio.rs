@@ -61,6 +61,16 @@ pub struct VirtioDevices {
     pub memory: GuestMemoryHandle,
 }
 
+impl Drop for VirtioDevices {
+    /// The VM is going away: its devices let go of what another VM may want
+    /// (disk locks), even if a control handle still holds a transport.
+    fn drop(&mut self) {
+        for device in &self.devices {
+            device.transport.release();
+        }
+    }
+}
+
 /// Gives the interrupt line of a slot.
 pub type IrqFor<'a> = dyn Fn(&VirtioMmioSlot) -> Result<Arc<dyn IrqLine>, VmError> + 'a;
 

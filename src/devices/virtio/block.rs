@@ -1028,6 +1028,14 @@ impl VirtioDevice for Block {
         index == 0 && self.more
     }
 
+    fn release(&mut self) {
+        // The descriptor may outlive the VM in a handle that keeps the
+        // device for its counters; the lock must not, or the image could
+        // not be opened again (a restore in the same process).
+        // SAFETY: flock only acts on the descriptor the file owns.
+        unsafe { libc::flock(self.disk.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
     fn sync_data(&mut self) -> Result<(), DeviceError> {
         // Requests go straight to the file with pwrite (no userspace
         // buffering), so the kernel's copy is all there is to sync.

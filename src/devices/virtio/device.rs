@@ -113,6 +113,11 @@ pub trait VirtioDevice: Send {
     fn sync_data(&mut self) -> Result<(), DeviceError> {
         Ok(())
     }
+    /// The VM is gone: let go of what other VMs may want (a disk's lock).
+    /// Called when the VM drops its devices; handles such as the control
+    /// plane's may keep the device itself alive for a while (for its
+    /// counters), but no guest work reaches it any more.
+    fn release(&mut self) {}
     /// Host descriptors the event loop should poll for this device (a TAP
     /// device, console input), with readable interest, edge-triggered
     /// (`EPOLLET`; see the trait documentation for what that asks of the

@@ -496,6 +496,16 @@ impl VirtioMmio {
         }
     }
 
+    /// The VM is gone: the device lets go of host resources other VMs may
+    /// want, see [`VirtioDevice::release`]. It is stopped (as if paused)
+    /// for good.
+    pub fn release(&self) {
+        let mut st = self.lock();
+        st.paused = true;
+        st.active = false;
+        st.device.release();
+    }
+
     /// Writes what the device completed to stable storage (a disk's
     /// `fdatasync`), for a snapshot; see [`VirtioDevice::sync_data`].
     pub fn sync_data(&self) -> Result<(), DeviceError> {

@@ -249,6 +249,36 @@ mod tests {
         assert_eq!(got, [0u8; 16], "a refused chain is not written");
     }
 
+    /// A full ring of maximal requests is served over several bounded
+    /// passes, every request once and in order.
+    #[test]
+    fn a_full_ring_is_served_in_bounded_passes() {
+        let mem = guest_memory(0x40000);
+        let mut tq = TestQueue::new(&mem, 0x1000, 256);
+        let mut rng = Rng::new();
+        rng.activate(vec![tq.device_queue()], VIRTIO_F_VERSION_1)
+            .unwrap();
+        let head = tq.add_chain(&mem, &[(0x10000, MAX_BYTES_PER_REQUEST as u32, W)]);
+        for _ in 0..256 {
+            tq.publish(&mem, head);
+        }
+        let per_pass = (PASS_BUDGET.bytes / MAX_BYTES_PER_REQUEST as u64) as usize;
+        let mut used = Vec::new();
+        let mut passes = 0;
+        loop {
+            rng.process_queue(0, &mem).unwrap();
+            passes += 1;
+            let got = tq.take_used(&mem);
+            assert!(got.len() <= per_pass, "{} requests in one pass", got.len());
+            used.extend(got);
+            if !rng.has_more_work(0) {
+                break;
+            }
+            assert!(passes <= 256, "no progress");
+        }
+        assert_eq!(used, vec![(head as u32, MAX_BYTES_PER_REQUEST as u32); 256]);
+    }
+
     #[test]
     fn bogus_available_index_is_a_device_error() {
         let mem = guest_memory(0x40000);
