@@ -24,6 +24,11 @@ fi
 
 key=$(sha256sum "$0" | cut -c1-16)
 out="${EMBER_CACHE:-$HOME/.cache/ember}/riscv64-bench/$key"
+# Builds of one key (parallel test runs, several checkouts) take turns:
+# each one empties and refills "$out.build".
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ -s "$out/primes.cpio.gz" ]; then
     echo "$out/primes.cpio.gz"
     exit 0

@@ -31,6 +31,11 @@ src_tar=$(ls /usr/src/linux-source-6.1.tar.xz)
 version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
 key=$( (cat "$fragment" "$0"; echo "$version") | sha256sum | cut -c1-16)
 out="${EMBER_CACHE:-$HOME/.cache/ember}/riscv64/$key"
+# Builds of one key (parallel test runs, several checkouts) take turns:
+# each one empties and refills "$out.build".
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ -s "$out/Image" ] && [ -s "$out/initramfs.cpio.gz" ]; then
     echo "$out/Image"
     echo "$out/initramfs.cpio.gz"

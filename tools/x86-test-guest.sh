@@ -30,6 +30,11 @@ fi
 
 key=$(cat "$0" "$src" "$mods/evdev.ko" "$mods/button.ko" | sha256sum | cut -c1-16)
 out="${EMBER_CACHE:-$HOME/.cache/ember}/x86_64-test/$key"
+# Builds of one key (parallel test runs, several checkouts) take turns:
+# each one empties and refills "$out.build".
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ ! -s "$out/test.cpio.gz" ]; then
     work="${out}.build"
     rm -rf "$work"
