@@ -27,14 +27,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
-use super::net::{pop_chain, read_config_bytes, return_chain, wants_interrupt};
+use super::net::{read_config_bytes, return_chain, wants_interrupt};
+use super::{pop_head, read_chain, ChainDescriptors, ChainRef, PassBudget};
 
 pub const RECEIVE_QUEUE: usize = 0;
 pub const TRANSMIT_QUEUE: usize = 1;
@@ -45,6 +45,17 @@ const CONFIG_LEN: usize = 12;
 pub const DEFAULT_INPUT_CAPACITY: usize = 64 * 1024;
 /// Guest output is copied through a buffer of this size.
 const COPY_CHUNK: usize = 4096;
+/// What one pass over a queue may do before the device yields the event
+/// loop (and the transport lock): a guest can publish one chain many times
+/// and refill the ring while the pass runs.
+const PASS_BUDGET: PassBudget = PassBudget {
+    requests: 64,
+    bytes: 1 << 20,
+};
+/// At most this much of one transmit chain is read; the rest is dropped
+/// and counted (`tx_dropped_bytes`), as output the host side cannot keep up
+/// with is (the console output buffer holds 1 MiB).
+const MAX_TX_CHAIN_BYTES: u64 = 1 << 20;
 
 /// Console input waiting for the guest, shared between the VMM's input
 /// reader and the device.
@@ -130,6 +141,8 @@ pub struct ConsoleCounters {
     pub bad_chains: u64,
     /// Output write errors (the rest of that chain is discarded).
     pub output_errors: u64,
+    /// Bytes of transmit chains beyond [`MAX_TX_CHAIN_BYTES`], not read.
+    pub tx_dropped_bytes: u64,
 }
 
 /// A single-port virtio console.
@@ -139,6 +152,8 @@ pub struct Console {
     /// `[receiveq, transmitq]` between `activate` and `reset`.
     queues: Option<[Queue; 2]>,
     counters: ConsoleCounters,
+    /// Per queue: the last pass stopped at its budget with chains left.
+    more: [bool; 2],
 }
 
 impl Console {
@@ -157,6 +172,7 @@ impl Console {
             input,
             queues: None,
             counters: ConsoleCounters::default(),
+            more: [false; 2],
         }
     }
 
@@ -182,12 +198,23 @@ impl Console {
         let rxq = &mut queues[RECEIVE_QUEUE];
         let mut used = false;
         let mut bytes = Vec::new();
+        let mut budget = PASS_BUDGET;
+        self.more[RECEIVE_QUEUE] = false;
         while !self.input.is_empty() {
-            let Some(chain) = pop_chain(rxq, RECEIVE_QUEUE, mem)? else {
+            if budget.spent() {
+                self.more[RECEIVE_QUEUE] = true;
+                break;
+            }
+            let Some(head) = pop_head(rxq, RECEIVE_QUEUE, mem)? else {
                 break;
             };
-            let head = chain.head_index();
-            let Some(bufs) = collect_buffers(mem, chain, true) else {
+            let chain = read_chain(
+                mem,
+                ChainRef::new(rxq, head),
+                QUEUE_SIZES[RECEIVE_QUEUE].into(),
+            );
+            budget.charge_request(0);
+            let Some(bufs) = collect_buffers(mem, &chain, true) else {
                 self.counters.bad_chains += 1;
                 used |= return_chain(rxq, mem, head, 0)?;
                 continue;
@@ -215,6 +242,7 @@ impl Console {
             input.drain(..n);
             drop(input);
             self.counters.rx_bytes += n as u64;
+            budget.charge_bytes(n as u64);
             // n <= capacity of one chain, which is below 4 GiB (the chain
             // iterator enforces that).
             used |= return_chain(rxq, mem, head, n as u32)?;
@@ -222,7 +250,8 @@ impl Console {
         wants_interrupt(rxq, mem, used)
     }
 
-    /// Writes every transmit chain to the output.
+    /// Writes transmit chains to the output until none is left or the
+    /// pass's budget is spent.
     fn process_tx(&mut self, mem: &GuestMemoryMmap<()>) -> Result<bool, DeviceError> {
         let Some(queues) = self.queues.as_mut() else {
             return Ok(false);
@@ -230,16 +259,31 @@ impl Console {
         let txq = &mut queues[TRANSMIT_QUEUE];
         let mut used = false;
         let mut chunk = vec![0u8; COPY_CHUNK];
-        while let Some(chain) = pop_chain(txq, TRANSMIT_QUEUE, mem)? {
-            let head = chain.head_index();
-            match collect_buffers(mem, chain, false) {
+        let mut budget = PASS_BUDGET;
+        self.more[TRANSMIT_QUEUE] = false;
+        while let Some(head) = pop_head(txq, TRANSMIT_QUEUE, mem)? {
+            let chain = read_chain(
+                mem,
+                ChainRef::new(txq, head),
+                QUEUE_SIZES[TRANSMIT_QUEUE].into(),
+            );
+            let mut taken = 0u64;
+            match collect_buffers(mem, &chain, false) {
                 None => self.counters.bad_chains += 1,
                 Some(bufs) => {
                     'chain: for (addr, len) in bufs {
-                        let mut done = 0usize;
-                        while done < len as usize {
-                            let k = (len as usize - done).min(COPY_CHUNK);
-                            let Some(a) = addr.0.checked_add(done as u64) else {
+                        let mut done = 0u64;
+                        while done < u64::from(len) {
+                            if taken == MAX_TX_CHAIN_BYTES {
+                                self.counters.tx_dropped_bytes += u64::from(len) - done;
+                                done = u64::from(len);
+                                continue;
+                            }
+                            let k = (u64::from(len) - done)
+                                .min(COPY_CHUNK as u64)
+                                .min(MAX_TX_CHAIN_BYTES - taken)
+                                as usize;
+                            let Some(a) = addr.0.checked_add(done) else {
                                 break 'chain;
                             };
                             if mem.read_slice(&mut chunk[..k], GuestAddress(a)).is_err()
@@ -249,12 +293,18 @@ impl Console {
                                 break 'chain;
                             }
                             self.counters.tx_bytes += k as u64;
-                            done += k;
+                            done += k as u64;
+                            taken += k as u64;
                         }
                     }
                 }
             }
+            budget.charge_request(taken);
             used |= return_chain(txq, mem, head, 0)?;
+            if budget.spent() {
+                self.more[TRANSMIT_QUEUE] = true;
+                break;
+            }
         }
         if used && self.output.flush().is_err() {
             self.counters.output_errors += 1;
@@ -268,17 +318,21 @@ impl Console {
 /// guest RAM and end properly; `None` for any other chain.
 fn collect_buffers<M: GuestMemory + ?Sized>(
     mem: &M,
-    descriptors: impl Iterator<Item = Descriptor>,
+    chain: &ChainDescriptors,
     writable: bool,
 ) -> Option<Vec<(GuestAddress, u32)>> {
+    // A chain cut short (a loop, a next index beyond the table, an
+    // unreadable or indirect descriptor: none is negotiated) is refused.
+    if !chain.complete {
+        return None;
+    }
     let access = if writable {
         Permissions::Write
     } else {
         Permissions::Read
     };
     let mut bufs = Vec::new();
-    let mut last_has_next = false;
-    for desc in descriptors {
+    for desc in &chain.descriptors {
         if desc.is_write_only() != writable {
             return None;
         }
@@ -286,11 +340,8 @@ fn collect_buffers<M: GuestMemory + ?Sized>(
             return None;
         }
         bufs.push((desc.addr(), desc.len()));
-        last_has_next = desc.has_next();
     }
-    // A chain still pointing onwards was cut short by the iterator: a
-    // loop, a next index beyond the table, or an unreadable descriptor.
-    (!bufs.is_empty() && !last_has_next).then_some(bufs)
+    (!bufs.is_empty()).then_some(bufs)
 }
 
 impl VirtioDevice for Console {
@@ -361,6 +412,11 @@ impl VirtioDevice for Console {
         // Buffered input stays: it is the user's typing, and a driver that
         // resets and comes back (a reboot) can still receive it.
         self.queues = None;
+        self.more = [false; 2];
+    }
+
+    fn has_more_work(&self, index: usize) -> bool {
+        self.more.get(index).copied().unwrap_or(false)
     }
 
     fn process_queue(
@@ -478,6 +534,65 @@ mod tests {
         assert!(sink.0.lock().expect("sink").is_empty());
         assert_eq!(tx.used().len(), 2);
         assert_eq!(c.counters().bad_chains, 3);
+    }
+
+    /// 512 KiB of guest memory holding output.
+    const HALF_MIB: u32 = 0x8_0000;
+
+    #[test]
+    fn a_tx_pass_stops_at_its_budget_and_the_next_goes_on() {
+        let m = mem();
+        let sink = Sink::default();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(sink.clone()), 64);
+        let heads: Vec<u16> = (0..3)
+            .map(|_| tx.add(&[(0x1_0000, HALF_MIB, false)]))
+            .collect();
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        assert_eq!(tx.used().len(), 2, "1 MiB per pass");
+        assert!(c.has_more_work(TRANSMIT_QUEUE));
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        let want: Vec<(u32, u32)> = heads.iter().map(|&h| (h.into(), 0)).collect();
+        assert_eq!(tx.used(), want, "all chains, in order");
+        assert!(!c.has_more_work(TRANSMIT_QUEUE));
+        assert_eq!(sink.0.lock().expect("sink").len(), 3 * HALF_MIB as usize);
+    }
+
+    #[test]
+    fn a_huge_tx_chain_is_read_up_to_its_cap_and_the_rest_counted() {
+        let m = mem();
+        let sink = Sink::default();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(sink.clone()), 64);
+        tx.add(&[(0x1_0000, HALF_MIB, false); 3]);
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        assert_eq!(tx.used().len(), 1);
+        assert_eq!(
+            sink.0.lock().expect("sink").len() as u64,
+            MAX_TX_CHAIN_BYTES
+        );
+        assert_eq!(
+            c.counters().tx_dropped_bytes,
+            3 * u64::from(HALF_MIB) - MAX_TX_CHAIN_BYTES
+        );
+    }
+
+    #[test]
+    fn an_indirect_tx_chain_is_refused_without_reading_its_table() {
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        const INDIRECT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        let m = mem();
+        let sink = Sink::default();
+        let (mut c, _rx, mut tx) = activated(&m, Box::new(sink.clone()), 64);
+        // A valid-looking table at 0x5_0000 pointing at readable bytes.
+        m.write_slice(b"secret", GuestAddress(0x1_0000)).expect("w");
+        let table = RawDescriptor::from(Descriptor::new(0x1_0000, 6, 0, 0));
+        m.write_obj(table, GuestAddress(0x5_0000)).expect("w");
+        tx.add_raw(&[RawDescriptor::from(Descriptor::new(
+            0x5_0000, 16, INDIRECT, 0,
+        ))]);
+        assert!(c.process_queue(TRANSMIT_QUEUE, &m).expect("tx"));
+        assert!(sink.0.lock().expect("sink").is_empty());
+        assert_eq!(tx.used().len(), 1);
+        assert_eq!(c.counters().bad_chains, 1);
     }
 
     #[test]

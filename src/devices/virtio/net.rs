@@ -29,7 +29,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::device::{device_type, DeviceError, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -322,39 +322,6 @@ fn write_rx_chain<M: GuestMemory + ?Sized>(
     }
     // `total` <= NET_HDR_LEN + the backend buffer, far below 4 GiB.
     Ok(total as u32)
-}
-
-/// Pops the next available chain of `queue`, for a device that walks it
-/// with virtio-queue's iterator (virtio-console). An available index the
-/// driver moved more than a ring ahead is a broken queue.
-///
-/// That iterator follows indirect descriptors, which no device here offers:
-/// a chain that uses one is returned to the driver unused (length 0) and
-/// skipped, at most a ring's worth per call. (Devices that walk chains with
-/// [`read_chain`](super::read_chain) instead check each descriptor as they
-/// read it; this check reads the direct descriptors once more.)
-pub(crate) fn pop_chain<'m>(
-    queue: &mut Queue,
-    index: usize,
-    mem: &'m GuestMemoryMmap<()>,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap<()>>>, DeviceError> {
-    for _ in 0..queue.size() {
-        let chain = {
-            let mut iter = queue
-                .iter(mem)
-                .map_err(|e| DeviceError::BadQueue(index, e.to_string()))?;
-            iter.next()
-        };
-        let Some(chain) = chain else {
-            return Ok(None);
-        };
-        let head = chain.head_index();
-        if !read_chain(mem, ChainRef::new(queue, head), usize::MAX).indirect {
-            return Ok(Some(chain));
-        }
-        return_chain(queue, mem, head, 0)?;
-    }
-    Ok(None)
 }
 
 /// Returns chain `head` to the driver with `len` bytes written. A head
@@ -1282,26 +1249,6 @@ mod tests {
         assert_eq!(s.rx.used(), vec![(head.into(), 0)]);
         assert_eq!(read(s.mem, 0x6_0000, 72), vec![0; 72]);
         assert_eq!(s.net.counters().rx_bad_chains, 1);
-    }
-
-    /// `pop_chain` (virtio-console's way in) returns chains that use an
-    /// indirect descriptor unused and hands out the next one.
-    #[test]
-    fn pop_chain_skips_indirect_chains() {
-        const INDIRECT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
-        let m = mem();
-        let mut ring = Ring::new(&m, 0, 16);
-        let mut queue = ring.queue();
-        let bad = ring.add_raw(&[RawDescriptor::from(Descriptor::new(
-            0x5_0000, 16, INDIRECT, 0,
-        ))]);
-        let good = ring.add(&[(0x6_0000, 64, true)]);
-        let chain = pop_chain(&mut queue, 0, &m)
-            .unwrap()
-            .expect("the good chain");
-        assert_eq!(chain.head_index(), good);
-        assert_eq!(ring.used(), vec![(bad.into(), 0)]);
-        assert!(pop_chain(&mut queue, 0, &m).unwrap().is_none());
     }
 
     #[test]
