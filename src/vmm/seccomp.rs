@@ -91,6 +91,13 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
+    /// Whether threads of this kind start other threads (the API acceptor
+    /// one per connection; the event loop's thread only joins, but its
+    /// list is the one a tear-down path may need).
+    fn starts_threads(self) -> bool {
+        matches!(self, ThreadKind::Vmm | ThreadKind::Api)
+    }
+
     fn name(self) -> &'static str {
         match self {
             ThreadKind::Vmm => "vmm",
@@ -129,13 +136,16 @@ pub fn confine_thread(kind: ThreadKind, mode: SeccompMode) -> Result<(), Seccomp
         }
         SeccompMode::Log => SeccompAction::Log,
     };
-    let clone3 = clone3_enosys(kind)?;
     let program = compile(kind, mismatch)?;
     KIND.with(|k| k.set(Some(kind)));
     let install = |p: &BpfProgram| {
         seccompiler::apply_filter(p).map_err(|e| SeccompError::Install(kind.name(), e))
     };
-    install(&clone3)?;
+    // Only threads that start threads need the second filter; each filter
+    // the kernel attaches costs start-up time (it is compiled to host code).
+    if kind.starts_threads() {
+        install(&clone3_enosys(kind)?)?;
+    }
     install(&program)
 }
 
