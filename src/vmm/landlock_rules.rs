@@ -65,6 +65,9 @@ pub enum LandlockError {
 struct Rule {
     path: PathBuf,
     access: BitFlags<AccessFs>,
+    /// A directory made (mode 0700) when it does not exist yet: a snapshot
+    /// directory the user named must be usable.
+    create: bool,
 }
 
 /// The filesystem a VM's threads may reach: built from its configuration,
@@ -94,6 +97,15 @@ impl FsPolicy {
             .handle_access(AccessFs::from_all(ABI_WANTED))?
             .create()?;
         for rule in rules {
+            if rule.create && !rule.path.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                // A failure shows as the directory being unusable later,
+                // with the path in that error.
+                let _ = std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&rule.path);
+            }
             let Ok(fd) = PathFd::new(&rule.path) else {
                 continue;
             };
@@ -133,23 +145,28 @@ fn rules(config: &VmConfig) -> Vec<Rule> {
     let read = AccessFs::from_read(ABI_WANTED);
     let read_write = AccessFs::from_all(ABI_WANTED) & AccessFs::from_file(ABI_WANTED);
     let mut rules = Vec::new();
-    let mut add = |path: &Path, access: BitFlags<AccessFs>| {
+    let mut add = |path: &Path, access: BitFlags<AccessFs>, create: bool| {
         rules.push(Rule {
             path: path.to_path_buf(),
             access,
+            create,
         })
     };
     for path in [&config.kernel, &config.initrd, &config.firmware]
         .into_iter()
         .flatten()
     {
-        add(path, read);
+        add(path, read, false);
     }
     for disk in &config.disks {
-        add(&disk.path, if disk.readonly { read } else { read_write });
+        add(
+            &disk.path,
+            if disk.readonly { read } else { read_write },
+            false,
+        );
     }
     if let crate::vmm::console::ConsoleOutput::File(path) = &config.console_output {
-        add(path, read_write);
+        add(path, read_write, false);
     }
     let snapshot_dirs = if config.confinement.snapshot_dirs.is_empty() {
         default_snapshot_dirs()
@@ -157,7 +174,7 @@ fn rules(config: &VmConfig) -> Vec<Rule> {
         config.confinement.snapshot_dirs.clone()
     };
     for dir in &snapshot_dirs {
-        add(dir, AccessFs::from_all(ABI_WANTED));
+        add(dir, AccessFs::from_all(ABI_WANTED), true);
     }
     if let Some(parent) = config.api_socket.as_deref().and_then(Path::parent) {
         let parent = if parent.as_os_str().is_empty() {
@@ -165,9 +182,9 @@ fn rules(config: &VmConfig) -> Vec<Rule> {
         } else {
             parent
         };
-        add(parent, AccessFs::RemoveFile.into());
+        add(parent, AccessFs::RemoveFile.into(), false);
     }
-    add(Path::new("/proc/self"), read);
+    add(Path::new("/proc/self"), read, false);
     rules
 }
 
@@ -263,6 +280,30 @@ mod tests {
             "no file is created outside the snapshot directories"
         );
         assert!(inside_write, "snapshot directories are writable");
+    }
+
+    #[test]
+    fn a_missing_snapshot_directory_is_made_private_and_usable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ember-landlock-mk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let dir = Scratch(dir);
+        let snaps = dir.path().join("a").join("snaps");
+        let config = VmConfig {
+            confinement: Confinement {
+                snapshot_dirs: vec![snaps.clone()],
+                ..Confinement::default()
+            },
+            ..VmConfig::default()
+        };
+        let file = snaps.join("state.json");
+        let (_, written) = confined(config, move || std::fs::write(&file, b"{}").is_ok());
+        assert!(written, "the new snapshot directory is writable");
+        let mode = std::fs::metadata(&snaps)
+            .expect("made")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
