@@ -141,6 +141,7 @@ fn every_thread_of_a_riscv64_vm_is_filtered_and_snapshots_stay_in_their_director
     let outside = dir.join("outside");
     let (ok, out) = ctl(&socket, &["snapshot", outside.to_str().unwrap()]);
     assert!(!ok, "a snapshot outside --snapshot-dir was written: {out}");
+    assert!(out.contains("--snapshot-dir"), "the error says why: {out}");
     assert!(!outside.join("state.json").exists());
     assert_eq!(ctl(&socket, &["resume"]).1.trim(), "running");
     wait_for("the client thread", || {

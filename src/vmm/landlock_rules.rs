@@ -140,6 +140,58 @@ pub fn default_snapshot_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// The directories snapshots may be written beneath for `config`.
+fn snapshot_dirs(config: &VmConfig) -> Vec<PathBuf> {
+    if config.confinement.snapshot_dirs.is_empty() {
+        default_snapshot_dirs()
+    } else {
+        config.confinement.snapshot_dirs.clone()
+    }
+}
+
+/// When Landlock confines `config`'s VM and `dir` is not beneath one of
+/// its snapshot directories, what to tell a user whose snapshot there
+/// failed (Landlock's own error is a bare "Permission denied").
+pub fn snapshot_dir_hint(config: &VmConfig, dir: &Path) -> Option<String> {
+    if !config.confinement.landlock {
+        return None;
+    }
+    // Lexical only: this runs on a confined API thread, whose filter has no
+    // readlink (a symlinked path may get no hint; Landlock still decides).
+    let cwd = std::env::current_dir().ok()?;
+    let roots = snapshot_dirs(config);
+    let target = lexical_absolute(&cwd, dir);
+    if roots
+        .iter()
+        .any(|r| target.starts_with(lexical_absolute(&cwd, r)))
+    {
+        return None;
+    }
+    let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+    Some(format!(
+        "{} is outside the directories this VM may write snapshots to ({}); \
+         start Ember with --snapshot-dir naming it",
+        dir.display(),
+        shown.join(", ")
+    ))
+}
+
+/// `path` made absolute against `cwd`, with `.` and `..` folded.
+fn lexical_absolute(cwd: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in cwd.join(path).components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 /// The rules for `config`.
 fn rules(config: &VmConfig) -> Vec<Rule> {
     let read = AccessFs::from_read(ABI_WANTED);
@@ -168,12 +220,7 @@ fn rules(config: &VmConfig) -> Vec<Rule> {
     if let crate::vmm::console::ConsoleOutput::File(path) = &config.console_output {
         add(path, read_write, false);
     }
-    let snapshot_dirs = if config.confinement.snapshot_dirs.is_empty() {
-        default_snapshot_dirs()
-    } else {
-        config.confinement.snapshot_dirs.clone()
-    };
-    for dir in &snapshot_dirs {
+    for dir in &snapshot_dirs(config) {
         add(dir, AccessFs::from_all(ABI_WANTED), true);
     }
     if let Some(parent) = config.api_socket.as_deref().and_then(Path::parent) {
@@ -304,6 +351,38 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn the_hint_names_snapshot_dirs_only_for_paths_outside_them() {
+        let config = VmConfig {
+            confinement: Confinement {
+                snapshot_dirs: vec!["/srv/snaps".into()],
+                ..Confinement::default()
+            },
+            ..VmConfig::default()
+        };
+        assert_eq!(
+            snapshot_dir_hint(&config, Path::new("/srv/snaps/one")),
+            None
+        );
+        let hint = snapshot_dir_hint(&config, Path::new("/srv/snaps/../other")).expect("outside");
+        assert!(
+            hint.contains("/srv/snaps") && hint.contains("--snapshot-dir"),
+            "{hint}"
+        );
+        assert_eq!(
+            lexical_absolute(Path::new("/a/b"), Path::new("../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        let off = VmConfig {
+            confinement: Confinement {
+                landlock: false,
+                ..config.confinement.clone()
+            },
+            ..VmConfig::default()
+        };
+        assert_eq!(snapshot_dir_hint(&off, Path::new("/elsewhere")), None);
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl LiveVm {
                         devices: &self.devices,
                     },
                 )
-                .map_err(|e| ControlError::Failed(format!("snapshot: {e}")))
+                .map_err(|e| self.snapshot_failed(dir, e))
             }
             CpuBackend::Tcg { system, plic, ram } => crate::vmm::snapshot::save(
                 dir,
@@ -262,7 +262,15 @@ impl LiveVm {
                     ram,
                 },
             )
-            .map_err(|e| ControlError::Failed(format!("snapshot: {e}"))),
+            .map_err(|e| self.snapshot_failed(dir, e)),
+        }
+    }
+
+    /// A failed snapshot, with a hint when Landlock is why.
+    fn snapshot_failed(&self, dir: &std::path::Path, e: impl std::fmt::Display) -> ControlError {
+        match crate::vmm::landlock_rules::snapshot_dir_hint(&self.config, dir) {
+            Some(hint) => ControlError::Failed(format!("snapshot: {e} ({hint})")),
+            None => ControlError::Failed(format!("snapshot: {e}")),
         }
     }
 
