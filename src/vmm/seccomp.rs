@@ -353,6 +353,8 @@ fn snapshot_files() -> Rules {
         any(libc::SYS_renameat2),
         any(libc::SYS_getcwd),
         any(libc::SYS_fchmod),
+        // Resolving paths (`canonicalize`); Landlock decides what is reached.
+        any(libc::SYS_readlinkat),
     ];
     #[cfg(target_arch = "x86_64")]
     rules.extend([
@@ -362,6 +364,7 @@ fn snapshot_files() -> Rules {
         any(libc::SYS_rename),
         any(libc::SYS_stat),
         any(libc::SYS_lstat),
+        any(libc::SYS_readlink),
     ]);
     rules
 }
