@@ -430,3 +430,43 @@ fn config_and_map_files_must_be_regular_files() {
     let args: Vec<&std::ffi::OsStr> = vec!["mtree".as_ref(), "--map".as_ref(), fifo.as_os_str()];
     refused_quickly(&args, &fifo, "FIFO");
 }
+
+/// The OS error of a missing file is shown once, after the path.
+#[test]
+fn a_missing_file_is_reported_once_with_its_path() {
+    let missing = scratch_dir("missing").join("nothing-here");
+    let m = missing.to_str().expect("utf-8 path");
+    let cases: [&[&str]; 4] = [
+        &["run", "--kernel", m],
+        &["run", "--arch", "riscv64", "--kernel", m],
+        &["run", "--config", m],
+        &["run", "--restore", m],
+    ];
+    for args in cases {
+        let out = ember(args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(m), "{args:?}: the path is not named: {err}");
+        assert_eq!(
+            err.matches("No such file or directory").count(),
+            1,
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// Help texts show real values and every `ctl` operation.
+#[test]
+fn help_shows_the_default_command_lines_and_snapshot() {
+    let help = String::from_utf8_lossy(&ember(&["run", "--help"]).stdout).into_owned();
+    assert!(!help.contains('{'), "a placeholder in --help: {help}");
+    assert!(
+        help.contains(ember::vmm::config::DEFAULT_CMDLINE)
+            && help.contains(ember::vmm::config::DEFAULT_CMDLINE_RISCV64),
+        "{help}"
+    );
+    for args in [&["--help"][..], &["ctl", "--help"][..]] {
+        let text = String::from_utf8_lossy(&ember(args).stdout).into_owned();
+        assert!(text.contains("snapshot"), "{args:?}: {text}");
+    }
+}

@@ -50,7 +50,7 @@ enum Command {
     },
     /// Control a running VM through its API socket (docs/api.md): ping,
     /// version, info, state, pause, resume, power-button, reset, stop,
-    /// mtree [-f], accel-info, counters.
+    /// mtree [-f], accel-info, counters, snapshot [--force] DIR.
     Ctl {
         /// The VM's API socket (`ember run --api-socket PATH`).
         #[arg(long, value_name = "PATH")]
@@ -87,9 +87,11 @@ struct RunArgs {
     /// Guest architecture: x86_64 or riscv64 (default: the host's).
     #[arg(long)]
     arch: Option<GuestArch>,
-    /// Kernel command line (default for x86_64: "{DEFAULT_CMDLINE}"; for
-    /// riscv64: "console=ttyS0 panic=-1").
-    #[arg(long)]
+    #[arg(long, help = format!(
+        "Kernel command line (default for x86_64: \"{}\"; for riscv64: \"{}\")",
+        ember::vmm::config::DEFAULT_CMDLINE,
+        ember::vmm::config::DEFAULT_CMDLINE_RISCV64,
+    ))]
     cmdline: Option<String>,
     /// Guest RAM, e.g. 512M or 2G [default: 512M]
     #[arg(long, value_parser = parse_memory_size)]
@@ -532,8 +534,27 @@ fn main() -> ExitCode {
     match run(cli, started) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ember: {e:#}");
+            eprintln!("ember: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, `: `-separated, leaving out a cause whose text
+/// the message before it already ends with (many errors print their source
+/// in their own message as well as returning it from `source()`, which
+/// `{:#}` would show twice).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.ends_with(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }

@@ -39,7 +39,12 @@ pub enum ApiError {
     PermissionDenied { path: PathBuf },
     #[error("API socket {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    #[error("API socket {}: no response to {op:?} within {timeout:?}", path.display())]
+    #[error(
+        "API socket {}: no response to {op:?} within {timeout:?} (is the VM process \
+         running, and not stopped by the shell? A VM started in the background with \
+         `&` needs `--serial-input none`, or the terminal stops it)",
+        path.display()
+    )]
     Timeout {
         path: PathBuf,
         op: String,
@@ -169,6 +174,21 @@ fn strip_cr(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_says_what_to_check() {
+        let e = ApiError::Timeout {
+            path: "/tmp/vm.sock".into(),
+            op: "ping".into(),
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("/tmp/vm.sock") && text.contains("--serial-input none"),
+            "{text}"
+        );
+    }
+
     use std::io::{BufReader, Cursor};
 
     fn lines(input: &[u8], max: usize, cap: usize) -> Vec<(Line, Vec<u8>)> {
