@@ -470,3 +470,55 @@ fn help_shows_the_default_command_lines_and_snapshot() {
         assert!(text.contains("snapshot"), "{args:?}: {text}");
     }
 }
+
+/// Limits are stated the same way whichever side is crossed, sizes in
+/// binary units, and console files by flag and path.
+#[test]
+fn limits_and_console_paths_read_as_people_write_them() {
+    for cpus in ["0", "255", "300"] {
+        assert_error(
+            &["run", "--cpus", cpus],
+            &[&format!("must be between 1 and 254, not {cpus}")],
+        );
+    }
+    if cfg!(target_arch = "x86_64") {
+        assert_error(
+            &[
+                "run",
+                "--arch",
+                "x86_64",
+                "--memory",
+                "100T",
+                "--print-mtree",
+            ],
+            &["guest RAM of 100 TiB is more than the 64 TiB this machine supports"],
+        );
+    }
+    // riscv64 has no limit below what the host can map: the host says no.
+    assert_error(
+        &[
+            "run",
+            "--arch",
+            "riscv64",
+            "--memory",
+            "100T",
+            "--print-mtree",
+        ],
+        &["100 TiB"],
+    );
+    let dir = scratch_dir("console-paths");
+    let out_path = dir.join("no-such-dir").join("console.log");
+    let out = out_path.to_str().expect("utf-8");
+    assert_error(
+        &["run", "--serial-output", out],
+        &[&format!("--serial-output {out}: No such file or directory")],
+    );
+    let in_path = dir.join("no-such-input");
+    let input = in_path.to_str().expect("utf-8");
+    assert_error(
+        &["run", "--serial-input", input],
+        &[&format!(
+            "--serial-input {input}: No such file or directory"
+        )],
+    );
+}

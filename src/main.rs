@@ -11,7 +11,9 @@ use ember::accel::tcg::riscv64::jit::JitPolicy;
 use ember::accel::AccelChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
-use ember::vmm::config::{parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec, VmConfig};
+use ember::vmm::config::{
+    parse_cpus, parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec, VmConfig,
+};
 use ember::vmm::config_file::VmSettings;
 use ember::vmm::console::{
     install_termination_handlers, ConsoleInput, ConsoleOutput, SharedOutput,
@@ -96,8 +98,8 @@ struct RunArgs {
     /// Guest RAM, e.g. 512M or 2G [default: 512M]
     #[arg(long, value_parser = parse_memory_size)]
     memory: Option<u64>,
-    /// Number of vCPUs [default: 1]
-    #[arg(long)]
+    /// Number of vCPUs, 1 to 254 [default: 1]
+    #[arg(long, value_parser = parse_cpus)]
     cpus: Option<u8>,
     /// Flat firmware image, mapped as ROM ending at 4 GiB and started at
     /// the reset vector.

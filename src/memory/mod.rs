@@ -49,7 +49,7 @@ pub enum MemoryError {
     },
     #[error("RAM of {size:#x} bytes does not fit this host's address space")]
     RamTooLarge { size: u64 },
-    #[error("cannot map {size:#x} bytes of RAM: {reason}")]
+    #[error("cannot map {} of RAM: {reason}", crate::vmm::config::human_size(*size))]
     RamMap { size: u64, reason: String },
     #[error("RAM access of {len} bytes at offset {offset:#x} is outside the {size:#x}-byte block")]
     RamOutOfBounds { offset: u64, len: u64, size: u64 },

@@ -227,7 +227,8 @@ impl ConsoleOutput {
         match self {
             ConsoleOutput::Stdout => SharedOutput::queued(Box::new(stdout_fd()?), seccomp),
             ConsoleOutput::File(path) => {
-                SharedOutput::queued(Box::new(File::create(path)?), seccomp)
+                let file = File::create(path).map_err(|e| named("--serial-output", path, e))?;
+                SharedOutput::queued(Box::new(file), seccomp)
             }
             ConsoleOutput::Capture(c) => Ok(SharedOutput::capture(c.clone())),
         }
@@ -256,7 +257,9 @@ impl InputSource {
         Ok(match input {
             ConsoleInput::None => None,
             ConsoleInput::Stdin => Some(InputSource::Stdin),
-            ConsoleInput::Path(path) => Some(open_path(path)?),
+            ConsoleInput::Path(path) => {
+                Some(open_path(path).map_err(|e| named("--serial-input", path, e))?)
+            }
         })
     }
 
@@ -275,6 +278,11 @@ impl InputSource {
             InputSource::Socket(s) => s.read(buf),
         }
     }
+}
+
+/// `e` with the flag and path it is about in its message.
+fn named(flag: &str, path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{flag} {}: {e}", path.display()))
 }
 
 fn open_path(path: &Path) -> std::io::Result<InputSource> {

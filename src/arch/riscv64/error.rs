@@ -103,7 +103,11 @@ pub enum MachineError {
         min = super::layout::MIN_RAM_SIZE >> 20
     )]
     RamSize { size: u64 },
-    #[error("guest RAM of {size:#x} bytes is more than the {max:#x} bytes this machine supports")]
+    #[error(
+        "guest RAM of {} is more than the {} this machine supports",
+        crate::vmm::config::human_size(*size),
+        crate::vmm::config::human_size(*max)
+    )]
     RamTooLarge { size: u64, max: u64 },
     #[error("the kernel command line is {len} bytes; riscv Linux accepts at most {max}")]
     CmdlineTooLong { len: usize, max: usize },

@@ -9,7 +9,11 @@ use crate::memory::MemoryError;
 pub enum ArchError {
     #[error("guest RAM of {size:#x} bytes: it must be at least 1 MiB and a multiple of 4 KiB")]
     RamSize { size: u64 },
-    #[error("guest RAM of {size:#x} bytes is more than the {max:#x} bytes this machine supports")]
+    #[error(
+        "guest RAM of {} is more than the {} this machine supports",
+        crate::vmm::config::human_size(*size),
+        crate::vmm::config::human_size(*max)
+    )]
     RamTooLarge { size: u64, max: u64 },
     #[error(
         "firmware image of {size} bytes: it must be non-empty, a multiple of 4 KiB \
