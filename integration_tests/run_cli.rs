@@ -522,3 +522,21 @@ fn limits_and_console_paths_read_as_people_write_them() {
         )],
     );
 }
+
+/// A disk that cannot be opened for writing says how to use it anyway.
+#[test]
+fn an_unwritable_disk_suggests_readonly() {
+    // A sysfs attribute refuses writing even to root.
+    let attr = "/sys/kernel/mm/transparent_hugepage/hpage_pmd_size";
+    if !std::path::Path::new(attr).exists() {
+        return;
+    }
+    let disk = format!("path={attr}");
+    assert_error(
+        &["run", "--arch", "riscv64", "--print-mtree", "--disk", &disk],
+        &[
+            &format!("cannot open {attr} for writing"),
+            "add readonly=on",
+        ],
+    );
+}

@@ -26,8 +26,8 @@ pub enum KvmError {
         "{path} is not present: this host has no KVM (load the kvm module, or use --accel tcg)"
     )]
     NotPresent { path: String },
-    #[error("no permission to open {path}: add your user to the 'kvm' group or run as root")]
-    NoPermission { path: String },
+    #[error("no permission to open {path}: {fix}")]
+    NoPermission { path: String, fix: String },
     #[error("cannot open {path}: {source}")]
     Open {
         path: String,
@@ -42,6 +42,41 @@ pub enum KvmError {
         what: &'static str,
         source: vmm_sys_util::errno::Error,
     },
+}
+
+/// What lets this user open the KVM device at `path`, as this host has it
+/// set up: the group that may open it, where there is one (usually `kvm`),
+/// otherwise its owner.
+fn permission_fix(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return "run as a user who may open it".into();
+    };
+    let group_may = meta.mode() & 0o060 == 0o060;
+    let group = group_name(meta.gid());
+    match group {
+        Some(name) if group_may && meta.gid() != 0 => format!(
+            "add your user to the '{name}' group (sudo usermod -aG {name} $USER, then log in \
+             again)"
+        ),
+        _ => format!(
+            "it is open to its owner only here (mode {:o}, no group may use it): run as \
+             root, ask an administrator to grant access (a 'kvm' group with mode 0660 is \
+             usual)",
+            meta.mode() & 0o7777
+        ),
+    }
+}
+
+/// The name of group `gid`, from /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id: u32 = fields.nth(1)?.parse().ok()?;
+        (id == gid).then(|| name.to_string())
+    })
 }
 
 /// An open /dev/kvm and one VM.
@@ -74,6 +109,7 @@ impl KvmAccel {
                 },
                 std::io::ErrorKind::PermissionDenied => KvmError::NoPermission {
                     path: shown.clone(),
+                    fix: permission_fix(path),
                 },
                 _ => KvmError::Open {
                     path: shown.clone(),
@@ -158,5 +194,37 @@ mod tests {
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("/dev/null accepted as KVM"),
         }
+    }
+
+    #[test]
+    fn the_permission_hint_fits_how_the_device_is_shared() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ember-kvm-perm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dev = dir.join("kvm");
+        std::fs::write(&dev, b"").unwrap();
+        std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let owner_only = permission_fix(&dev);
+        assert!(
+            owner_only.contains("owner only") && owner_only.contains("mode 600"),
+            "{owner_only}"
+        );
+        assert!(!owner_only.contains("usermod"), "{owner_only}");
+        // A group with a name that may open it (needs root to hand it over).
+        let named = std::fs::read_to_string("/etc/group").ok().and_then(|g| {
+            g.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                let gid: u32 = f.get(2)?.parse().ok()?;
+                (gid != 0).then(|| (f[0].to_string(), gid))
+            })
+        });
+        // SAFETY: geteuid has no preconditions.
+        if let (Some((name, gid)), 0) = (named, unsafe { libc::geteuid() }) {
+            std::os::unix::fs::chown(&dev, None, Some(gid)).unwrap();
+            std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o660)).unwrap();
+            let hint = permission_fix(&dev);
+            assert!(hint.contains(&format!("the '{name}' group")), "{hint}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -88,6 +88,11 @@ pub struct BlockConfig {
 pub enum BlockError {
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot open {path} for writing: {source}; add readonly=on to give the \
+         guest a read-only disk"
+    )]
+    NotWritable { path: PathBuf, source: io::Error },
     #[error("{path} is {kind}; a disk must be a regular file or a block device")]
     NotADisk { path: PathBuf, kind: &'static str },
     #[error(
@@ -855,7 +860,15 @@ pub fn open_disk(path: &Path, readonly: bool) -> Result<File, BlockError> {
         .write(!readonly)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(err)?;
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem if !readonly => {
+                BlockError::NotWritable {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+            _ => err(source),
+        })?;
     let kind = file.metadata().map_err(err)?.file_type();
     if !(kind.is_file() || kind.is_block_device()) {
         return Err(BlockError::NotADisk {
