@@ -540,3 +540,47 @@ fn an_unwritable_disk_suggests_readonly() {
         ],
     );
 }
+
+/// `ember run ... &` from an interactive shell: the VM leaves the terminal
+/// to the shell (no raw mode, no reading) instead of being stopped by it
+/// (SIGTTOU, "Stopped (tty output)"), runs and exits by itself. The shell
+/// runs on a pseudo-terminal that python's pty module provides.
+#[test]
+fn a_vm_started_in_the_background_is_not_stopped_by_the_terminal() {
+    if !kvm_available() {
+        return;
+    }
+    const DRIVER: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("bash", ["bash", "--norc", "--noprofile", "-i", "-c",
+        sys.argv[1] + " run --serial-output /dev/null & wait $!; echo EMBER-EXIT=$?"])
+out = b""
+deadline = time.time() + 20
+while time.time() < deadline and b"EMBER-EXIT=" not in out:
+    ready, _, _ = select.select([fd], [], [], 0.2)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+sys.stdout.write(out.decode(errors="replace"))
+os.kill(pid, 9)
+"#;
+    let Ok(out) = Command::new("python3")
+        .args(["-c", DRIVER, env!("CARGO_BIN_EXE_ember")])
+        .stdin(Stdio::null())
+        .output()
+    else {
+        eprintln!("python3 is not installed: skipped");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(text.contains("EMBER-EXIT=0"), "{text}");
+    assert!(text.contains("console input is off"), "{text}");
+    assert!(!text.contains("Stopped"), "{text}");
+}

@@ -41,8 +41,8 @@ pub enum ApiError {
     Io { path: PathBuf, source: io::Error },
     #[error(
         "API socket {}: no response to {op:?} within {timeout:?} (is the VM process \
-         running, and not stopped by the shell? A VM started in the background with \
-         `&` needs `--serial-input none`, or the terminal stops it)",
+         running and not stopped? `jobs` in the shell that started it shows a stopped \
+         VM; `kill -CONT` or `fg` resumes it)",
         path.display()
     )]
     Timeout {

@@ -37,7 +37,19 @@ pub fn run_event_loop(exit: &Arc<ExitSignal>, parts: EventLoopParts) -> Result<(
     for device in parts.devices {
         events.add_subscriber(device);
     }
-    let _raw = if let Some(source) = InputSource::open(&parts.input).map_err(VmError::Console)? {
+    // A VM started in the background of an interactive shell (`ember run
+    // ... &`) must leave the terminal alone: reading it or switching it to
+    // raw mode would get the whole process stopped (SIGTTIN/SIGTTOU).
+    let input = if parts.input == ConsoleInput::Stdin && stdin_is_background_terminal() {
+        eprintln!(
+            "ember: running in the background: console input is off (the terminal \
+             belongs to the shell); use --serial-input to give the guest input"
+        );
+        ConsoleInput::None
+    } else {
+        parts.input
+    };
+    let _raw = if let Some(source) = InputSource::open(&input).map_err(VmError::Console)? {
         let raw = matches!(source, InputSource::Stdin).then(RawTerminal::enter);
         events.add_subscriber(Box::new(ConsoleReader::new(
             source,
@@ -57,6 +69,20 @@ pub fn run_event_loop(exit: &Arc<ExitSignal>, parts: EventLoopParts) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether standard input is a terminal whose foreground process group is
+/// not ours (a job started with `&` from an interactive shell).
+fn stdin_is_background_terminal() -> bool {
+    // SAFETY: isatty, tcgetpgrp and getpgrp only inspect descriptor 0 and
+    // this process; no memory is passed.
+    unsafe {
+        if libc::isatty(0) != 1 {
+            return false;
+        }
+        let foreground = libc::tcgetpgrp(0);
+        foreground > 0 && foreground != libc::getpgrp()
+    }
 }
 
 /// Console input for the UART.
