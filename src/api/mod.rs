@@ -184,7 +184,7 @@ mod tests {
         };
         let text = e.to_string();
         assert!(
-            text.contains("/tmp/vm.sock") && text.contains("--serial-input none"),
+            text.contains("/tmp/vm.sock") && text.contains("stopped") && text.contains("fg"),
             "{text}"
         );
     }
