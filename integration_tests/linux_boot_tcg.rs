@@ -152,3 +152,44 @@ fn bad_inputs_are_clear_errors() {
     // A missing kernel file.
     assert_refused(&["--kernel", "/nonexistent/Image"], "/nonexistent/Image");
 }
+
+/// `--timings` on the software CPU reports start-up time and the VMM's own
+/// memory, as it does under KVM, besides the hart counters.
+#[test]
+fn timings_report_start_up_and_vmm_memory() {
+    let (image, initrd) = guest();
+    let out = ember(
+        &[
+            "run",
+            "--arch",
+            "riscv64",
+            "--memory",
+            "128M",
+            "--kernel",
+            image.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--serial-input",
+            "none",
+            "--timings",
+        ],
+        Duration::from_secs(300),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let value = |prefix: &str, unit: &str| -> f64 {
+        let line = err
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {err}"));
+        line.trim_end_matches(unit)
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    let startup = value("ember: start-up to first instruction: ", " ms");
+    assert!(startup > 0.0 && startup < 60_000.0, "{err}");
+    let kib = value("ember: VMM resident memory excluding guest RAM: ", " KiB");
+    assert!(kib > 0.0, "{err}");
+    assert!(err.contains("ember: hart0: "), "{err}");
+}

@@ -240,7 +240,6 @@ impl RunArgs {
 
 /// Resident memory of this process minus the guest RAM it has touched, in
 /// KiB: VmRSS from /proc/self/status minus the resident guest pages.
-#[cfg(target_arch = "x86_64")]
 fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let rss = status
@@ -322,7 +321,7 @@ fn report_tcg(outcome: &RiscvOutcome) {
     eprintln!("ember: run time {:.3} s", secs);
 }
 
-fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
+fn run_riscv(config: VmConfig, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     // The kernel may come from the config file, so ask the merged config.
     let has_kernel = config.kernel.is_some();
     let vm = RiscvVm::new(config)?;
@@ -340,7 +339,7 @@ fn run_riscv(config: VmConfig, args: &RunArgs) -> anyhow::Result<ExitCode> {
         }
         anyhow::bail!("riscv64 guests need a kernel (--kernel Image)");
     }
-    run_riscv_vm(vm, args.timings)
+    run_riscv_vm(vm, args.timings, started)
 }
 
 /// Gives guest output still queued a bounded time to reach stdout or the
@@ -360,13 +359,19 @@ fn finish_console_output(output: &SharedOutput) {
 
 /// Runs a built or restored riscv64 VM to its end and turns the outcome
 /// into the exit status.
-fn run_riscv_vm(vm: RiscvVm, timings: bool) -> anyhow::Result<ExitCode> {
+fn run_riscv_vm(vm: RiscvVm, timings: bool, started: Instant) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let output = vm.control().console_output().clone();
+    let guest_ram = vm.guest_ram_resident_kib_probe();
     let outcome = vm.run();
     finish_console_output(&output);
     let outcome = outcome?;
     if timings {
+        let ms = outcome.started.duration_since(started).as_secs_f64() * 1e3;
+        eprintln!("ember: start-up to first instruction: {ms:.3} ms");
+        if let Some(kib) = vmm_rss_kib(guest_ram()) {
+            eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
+        }
         report_tcg(&outcome);
     }
     match &outcome.reason {
@@ -408,7 +413,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         }
         let vm =
             RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
-        return run_riscv_vm(vm, args.timings);
+        return run_riscv_vm(vm, args.timings, started);
     }
     let file = match &args.config {
         Some(path) => VmSettings::load(path)?,
@@ -422,7 +427,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
     }
     config.accel = resolve_accel(config.accel, arch)?;
     if arch == GuestArch::Riscv64 {
-        return run_riscv(config, &args);
+        return run_riscv(config, &args, started);
     }
     run_x86(config, &args, started)
 }

@@ -39,6 +39,9 @@ pub struct RiscvOutcome {
     pub harts: Vec<HartStats>,
     /// From the first instruction to the end.
     pub run_time: Duration,
+    /// When the harts were started (the first instruction follows at
+    /// once): start-up time for `--timings`.
+    pub started: Instant,
 }
 
 /// A riscv64 microVM on the software CPU.
@@ -298,6 +301,13 @@ impl RiscvVm {
         &self.memory
     }
 
+    /// A probe for how much guest RAM is resident, in KiB (for the VMM's
+    /// own memory figure: resident memory minus guest RAM).
+    pub fn guest_ram_resident_kib_probe(&self) -> impl Fn() -> u64 {
+        let block = self.lock_tree().ram_block(self.ram).ok();
+        move || block.as_ref().map_or(0, |b| b.resident_bytes() / 1024)
+    }
+
     /// The VM's control interface (pause, resume, info, counters, ...),
     /// usable from other threads while [`RiscvVm::run`] runs.
     pub fn control(&self) -> Arc<LiveVm> {
@@ -407,6 +417,7 @@ impl RiscvVm {
             reason,
             harts,
             run_time: started.elapsed(),
+            started,
         })
     }
 }
