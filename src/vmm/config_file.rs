@@ -350,6 +350,11 @@ impl Reader<'_> {
             .message()
             .trim_end()
             .replacen("unknown field", "unknown key", 1);
+        // The keys read only to refuse them (actions of one invocation, not
+        // parts of a VM) are no keys to suggest.
+        for refused in ["print_mtree", "timings", "dump_dtb"] {
+            message = message.replace(&format!(", `{refused}`"), "");
+        }
         // Other messages ("invalid type: string, expected a sequence",
         // "duplicate key") do not say which key; the line they are about
         // does.
@@ -792,6 +797,15 @@ mac = "52:54:00:12:34:56"
                 snapshot_dirs: Some(vec!["/vms/a/snaps".into()]),
             }
         );
+    }
+
+    #[test]
+    fn unknown_keys_are_never_answered_with_keys_the_file_refuses() {
+        let err = refused("timing = true", &["unknown key `timing`", "`tcg_jit`"]);
+        let shown = err.to_string();
+        for refused_key in ["print_mtree", "timings", "dump_dtb"] {
+            assert!(!shown.contains(refused_key), "{shown}");
+        }
     }
 
     /// The complete example in docs/config.md is a valid file.
