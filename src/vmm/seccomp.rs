@@ -141,26 +141,44 @@ pub fn confine_thread(kind: ThreadKind, mode: SeccompMode) -> Result<(), Seccomp
     let install = |p: &BpfProgram| {
         seccompiler::apply_filter(p).map_err(|e| SeccompError::Install(kind.name(), e))
     };
-    // Only threads that start threads need the second filter; each filter
-    // the kernel attaches costs start-up time (it is compiled to host code).
-    if kind.starts_threads() {
-        install(&clone3_enosys(kind)?)?;
-    }
+    install(&errno_filter(kind)?)?;
     install(&program)
 }
 
-/// A filter that fails `clone3` with `ENOSYS` and allows everything else.
-/// `clone3` carries its flags in memory BPF cannot read, so the allow-lists
-/// permit only `clone`, whose flags are checked; glibc falls back to
-/// `clone` on `ENOSYS`. It is a second filter because an action other
-/// than allow for one call is not expressible in the allow-list itself;
-/// the kernel takes the stricter action of the two (errno over allow).
-fn clone3_enosys(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+/// The calls a thread kind's allow-list lets through only to have them
+/// fail with an error (the kernel takes the stricter action of the two
+/// filters, errno over allow), and that error:
+/// - threads that start threads: `clone3` fails with `ENOSYS`. It carries
+///   its flags in memory BPF cannot read, so only `clone`, whose flags are
+///   checked, may start a thread; glibc falls back to it on `ENOSYS`.
+/// - vCPU, hart and console-output threads: `open`/`openat` fail with
+///   `EACCES`. They open nothing, but glibc's `free` may, once per
+///   process, read `/proc/sys/vm/overcommit_memory` when a thread's malloc
+///   arena shrinks (at thread exit, say); it copes with the error as it
+///   does with Landlock's.
+fn refused_with_errno(kind: ThreadKind) -> (Vec<libc::c_long>, i32) {
+    if kind.starts_threads() {
+        (vec![libc::SYS_clone3], libc::ENOSYS)
+    } else {
+        let mut calls = vec![libc::SYS_openat];
+        #[cfg(target_arch = "x86_64")]
+        calls.push(libc::SYS_open);
+        (calls, libc::EACCES)
+    }
+}
+
+/// A filter that fails the calls of [`refused_with_errno`] with their
+/// error and allows everything else. It is a filter of its own because an
+/// action other than allow for some calls is not expressible in the
+/// allow-list.
+fn errno_filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let (calls, errno) = refused_with_errno(kind);
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        calls.into_iter().map(|c| (c, Vec::new())).collect();
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
+        SeccompAction::Errno(errno as u32),
         target_arch(),
     )
     .map_err(|e| SeccompError::Build(kind.name(), e))?;
@@ -309,7 +327,7 @@ fn threads() -> Built<Rules> {
         )?,
         any(libc::SYS_set_robust_list),
         any(libc::SYS_sched_setaffinity),
-        // Reaches the ENOSYS filter (see `clone3_enosys`).
+        // Reaches the ENOSYS filter (see `refused_with_errno`).
         any(libc::SYS_clone3),
     ])
 }
@@ -445,6 +463,11 @@ fn allow_list(kind: ThreadKind) -> Built<Rules> {
             #[cfg(target_arch = "x86_64")]
             rules.push(any(libc::SYS_poll));
         }
+    }
+    if !kind.starts_threads() {
+        // They reach the errno filter, which fails them (`refused_with_errno`).
+        let (calls, _) = refused_with_errno(kind);
+        rules.extend(calls.into_iter().map(any));
     }
     Ok(rules)
 }
@@ -783,6 +806,7 @@ mod tests {
     fn in_confined_child(kind: ThreadKind, body: fn()) -> (libc::c_int, String) {
         // Build everything that allocates before forking: the child of a
         // threaded process may only make async-signal-safe calls.
+        let errno = errno_filter(kind).expect("compiles");
         let program = compile(kind, SeccompAction::Trap).expect("compiles");
         install_sigsys_handler();
         let mut fds = [0; 2];
@@ -796,7 +820,9 @@ mod tests {
             // SAFETY: replaces the child's stderr with the pipe.
             unsafe { libc::dup2(fds[1], 2) };
             KIND.with(|k| k.set(Some(kind)));
-            if seccompiler::apply_filter(&program).is_err() {
+            if seccompiler::apply_filter(&errno).is_err()
+                || seccompiler::apply_filter(&program).is_err()
+            {
                 // SAFETY: ends the child.
                 unsafe { libc::_exit(99) };
             }
@@ -834,6 +860,36 @@ mod tests {
         assert_eq!(libc::WEXITSTATUS(status), EXIT_BAD_SYSCALL, "{err}");
         assert!(err.contains("the hart thread"), "{err}");
         assert!(err.contains("system call socket ("), "{err}");
+    }
+
+    /// glibc's `free` may read /proc/sys/vm/overcommit_memory on any
+    /// thread: opening fails with EACCES there instead of ending the VM.
+    #[test]
+    fn opening_a_file_fails_quietly_on_threads_that_open_nothing() {
+        for kind in [
+            ThreadKind::Hart,
+            ThreadKind::Vcpu,
+            ThreadKind::ConsoleOutput,
+        ] {
+            let (status, err) = in_confined_child(kind, || {
+                // SAFETY: a NUL-terminated path; the result is only compared.
+                let fd = unsafe {
+                    libc::open(c"/proc/sys/vm/overcommit_memory".as_ptr(), libc::O_RDONLY)
+                };
+                let errno = std::io::Error::last_os_error().raw_os_error();
+                let code = if fd < 0 && errno == Some(libc::EACCES) {
+                    0
+                } else {
+                    7
+                };
+                // SAFETY: ends the child with the verdict.
+                unsafe { libc::_exit(code) };
+            });
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "{kind:?}: {status:#x} {err}"
+            );
+        }
     }
 
     #[test]
