@@ -9,41 +9,13 @@ mod common;
 mod riscv_linux;
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::scratch_dir;
+use common::{ctl, scratch_dir, wait_for};
 use riscv_linux::{guest, test_initramfs};
 
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run ember ctl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Polls `f` until it holds (a deadline, not a synchronisation).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Name and `Seccomp:` value of every thread of `pid`.
 fn thread_seccomp(pid: u32) -> Vec<(String, String)> {

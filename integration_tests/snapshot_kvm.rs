@@ -35,7 +35,7 @@ use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE
 use ember::vmm::vm::VmError;
 use ember::{GuestArch, VmBuilder};
 
-use common::{elf64_from_asm, kvm_available, scratch_dir};
+use common::{ctl, elf64_from_asm, kvm_available, scratch_dir, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const MEMORY_MIB: u64 = 256;
@@ -191,14 +191,6 @@ fn saved_r15(dir: &Path) -> u64 {
     u64::from_le_bytes(bytes[120..128].try_into().unwrap())
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
 }
@@ -285,24 +277,6 @@ fn ember() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ember"));
     c.stdin(Stdio::null());
     c
-}
-
-fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = ember()
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run ember ctl");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {

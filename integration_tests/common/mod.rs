@@ -3,12 +3,47 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ember::memory::{AccessRules, RegionOps};
+
+/// How long a test waits for a VM before it fails (a deadline, not a
+/// synchronisation).
+pub const CTL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// `ember ctl --socket SOCKET ARGS...`: whether it succeeded, and its
+/// stdout and stderr together.
+pub fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ember ctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls `f` until it holds, failing the test after [`CTL_PATIENCE`].
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + CTL_PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 /// A scratch directory for this test process.
 pub fn scratch_dir(tag: &str) -> PathBuf {
