@@ -49,7 +49,7 @@ pub enum MemoryError {
     },
     #[error("RAM of {size:#x} bytes does not fit this host's address space")]
     RamTooLarge { size: u64 },
-    #[error("cannot map {} of RAM: {reason}", crate::vmm::config::human_size(*size))]
+    #[error("cannot map {} of RAM: {reason}", human_size(*size))]
     RamMap { size: u64, reason: String },
     #[error("RAM access of {len} bytes at offset {offset:#x} is outside the {size:#x}-byte block")]
     RamOutOfBounds { offset: u64, len: u64, size: u64 },
@@ -84,4 +84,28 @@ pub enum MemoryError {
     NoTransaction,
     #[error("too many regions")]
     TooManyRegions,
+}
+
+/// A byte count in the largest binary unit that divides it (`64 TiB`,
+/// `1536 MiB`, `100 bytes`): how sizes are shown in messages.
+pub fn human_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod human_size_tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(64 << 40), "64 TiB");
+        assert_eq!(human_size(1536 << 20), "1536 MiB");
+        assert_eq!(human_size(100), "100 bytes");
+        assert_eq!(human_size((1 << 30) + 1), "1073741825 bytes");
+    }
 }

@@ -105,8 +105,8 @@ pub enum MachineError {
     RamSize { size: u64 },
     #[error(
         "guest RAM of {} is more than the {} this machine supports",
-        crate::vmm::config::human_size(*size),
-        crate::vmm::config::human_size(*max)
+        crate::memory::human_size(*size),
+        crate::memory::human_size(*max)
     )]
     RamTooLarge { size: u64, max: u64 },
     #[error("the kernel command line is {len} bytes; riscv Linux accepts at most {max}")]
