@@ -20,6 +20,7 @@ use ember::vmm::console::{
 };
 use ember::vmm::console_writer::EXIT_DRAIN_TIMEOUT;
 use ember::vmm::exit::ExitReason;
+use ember::vmm::lifecycle::CpuCounters;
 use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
 use ember::vmm::seccomp::SeccompMode;
 #[cfg(target_arch = "x86_64")]
@@ -256,7 +257,11 @@ fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
 /// Picks the accelerator: KVM runs only guests of the host's architecture,
 /// so `auto` falls back to the software CPU for the others and when
 /// /dev/kvm cannot be opened, saying so in one line.
-fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelChoice> {
+fn resolve_accel(
+    accel: AccelChoice,
+    arch: GuestArch,
+    kvm_path: &std::path::Path,
+) -> anyhow::Result<AccelChoice> {
     let host = GuestArch::host();
     match (accel, arch == host) {
         (AccelChoice::Kvm, false) => anyhow::bail!(
@@ -272,15 +277,19 @@ fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelCho
             );
             Ok(AccelChoice::Tcg)
         }
+        // A riscv64 host without a usable /dev/kvm (no hypervisor
+        // extension, no CONFIG_KVM, no permission) still runs riscv64
+        // guests, on the software CPU.
         (AccelChoice::Auto, true) if arch == GuestArch::Riscv64 => {
-            // KVM on riscv64 hosts is not implemented yet.
-            eprintln!("ember: KVM support for riscv64 hosts is not built yet; using the software CPU (TCG)");
-            Ok(AccelChoice::Tcg)
-        }
-        // Said here, before the riscv64 machine (which only has the
-        // software CPU) would silently ignore it.
-        (AccelChoice::Kvm, true) if arch == GuestArch::Riscv64 => {
-            anyhow::bail!("KVM support for riscv64 hosts is not built yet; use --accel tcg")
+            if ember::vmm::riscv_vm::kvm_usable(kvm_path) {
+                Ok(AccelChoice::Kvm)
+            } else {
+                eprintln!(
+                    "ember: {} cannot be opened; using the software CPU (TCG)",
+                    kvm_path.display()
+                );
+                Ok(AccelChoice::Tcg)
+            }
         }
         // x86_64 guests only run on KVM; opening it later reports why it
         // cannot be used (and --print-mtree works without it).
@@ -289,9 +298,22 @@ fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelCho
     }
 }
 
-fn report_tcg(outcome: &RiscvOutcome) {
+fn report_riscv(outcome: &RiscvOutcome) {
     let secs = outcome.run_time.as_secs_f64().max(1e-9);
-    for (i, h) in outcome.harts.iter().enumerate() {
+    let harts = match &outcome.cpus {
+        CpuCounters::Tcg(harts) => harts.as_slice(),
+        #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
+        CpuCounters::Kvm(vcpus) => {
+            for (i, v) in vcpus.iter().enumerate() {
+                eprintln!(
+                    "ember: vcpu{i}: {} KVM_RUN calls, {} MMIO exits, {} SBI exits, {} interrupted",
+                    v.runs, v.mmio_exits, v.sbi_exits, v.interrupted
+                );
+            }
+            &[]
+        }
+    };
+    for (i, h) in harts.iter().enumerate() {
         let lookups = h.tlb.fills + h.tlb.victim_hits;
         eprintln!(
             "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
@@ -367,12 +389,21 @@ fn run_riscv_vm(vm: RiscvVm, timings: bool, started: Instant) -> anyhow::Result<
     finish_console_output(&output);
     let outcome = outcome?;
     if timings {
-        let ms = outcome.started.duration_since(started).as_secs_f64() * 1e3;
-        eprintln!("ember: start-up to first instruction: {ms:.3} ms");
+        match outcome.first_run {
+            // KVM: when the first vCPU entered KVM_RUN.
+            Some(first) if !matches!(outcome.cpus, CpuCounters::Tcg(_)) => {
+                let ms = first.duration_since(started).as_secs_f64() * 1e3;
+                eprintln!("ember: start-up to first KVM_RUN: {ms:.3} ms");
+            }
+            _ => {
+                let ms = outcome.started.duration_since(started).as_secs_f64() * 1e3;
+                eprintln!("ember: start-up to first instruction: {ms:.3} ms");
+            }
+        }
         if let Some(kib) = vmm_rss_kib(guest_ram()) {
             eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
         }
-        report_tcg(&outcome);
+        report_riscv(&outcome);
     }
     match &outcome.reason {
         ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
@@ -425,7 +456,7 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         // Before resolve_accel, which would offer the software CPU.
         return Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into());
     }
-    config.accel = resolve_accel(config.accel, arch)?;
+    config.accel = resolve_accel(config.accel, arch, &config.kvm_path)?;
     if arch == GuestArch::Riscv64 {
         return run_riscv(config, &args, started);
     }

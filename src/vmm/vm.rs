@@ -2,8 +2,7 @@
 //! KVM underneath, the vCPU threads and the event loop that waits for the
 //! end.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -13,7 +12,8 @@ use crate::accel::kvm::ioeventfd::{IoEventBus, IoEventFdState, KvmIoEventFdListe
 use crate::accel::kvm::kick::{install_kick_handler, VcpuControl};
 use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::kvm::state::{restore_cpuid, restore_vcpu, restore_vm, VcpuStateCaps};
-use crate::accel::kvm::vcpu::{run_vcpu, VcpuContext, VcpuStats};
+use crate::accel::kvm::vcpu::VcpuStats;
+use crate::accel::kvm::vcpu_threads::{KvmVcpuParts, KvmVcpuThreads};
 use crate::accel::kvm::KvmAccel;
 use crate::accel::AccelChoice;
 use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
@@ -43,11 +43,11 @@ use crate::memory::{
 // (which have no `vm` module) needed it too.
 use crate::vmm::config::VmConfig;
 pub use crate::vmm::error::VmError;
-use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
+use crate::vmm::event_loop::{console_target, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::host_file::{self, Symlinks};
-use crate::vmm::landlock_rules::confine_filesystem;
-use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
+use crate::vmm::lifecycle::{CpuCounters, LifecycleParts};
+use crate::vmm::live::{CpuBackend, KvmSnapshotParts, LiveVm, LiveVmParts};
 use crate::vmm::riscv_vm::RestoreOptions;
 use crate::vmm::snapshot::SnapshotError;
 use crate::vmm::snapshot_x86::{LoadedX86Snapshot, X86SnapshotParts, X86SnapshotState};
@@ -92,7 +92,6 @@ pub struct Vm {
     pc: PcMemory,
     serial: Arc<Serial>,
     control: Arc<VcpuControl>,
-    first_run: Arc<OnceLock<Instant>>,
     kvm: Option<KvmParts>,
     /// The kernel command line with the virtio-mmio entries appended.
     cmdline: String,
@@ -272,7 +271,6 @@ impl Vm {
             pc,
             serial,
             control,
-            first_run: Arc::new(OnceLock::new()),
             kvm: None,
             cmdline,
             virtio,
@@ -566,12 +564,13 @@ impl Vm {
             }
         }
         let ram = self.lock_tree().ram_block(self.pc.ram)?;
-        self.live.set_kvm_snapshot_parts(X86SnapshotParts {
-            vm: accel.vm.clone(),
-            caps: VcpuStateCaps::probe(&accel.kvm),
-            ram,
-            i8042: self.i8042.clone(),
-        });
+        self.live
+            .set_kvm_snapshot_parts(KvmSnapshotParts::X86(Arc::new(X86SnapshotParts {
+                vm: accel.vm.clone(),
+                caps: VcpuStateCaps::probe(&accel.kvm),
+                ram,
+                i8042: self.i8042.clone(),
+            })));
         self.live.set_kvm_slots(slots.clone());
         self.kvm = Some(KvmParts {
             accel,
@@ -582,78 +581,49 @@ impl Vm {
     }
 
     /// Runs the VM until it ends: vCPU threads, console input and the exit
-    /// signal, all driven by one event loop on this thread.
+    /// signal, all driven by one event loop on this thread (the shared
+    /// lifecycle, [`crate::vmm::lifecycle`]).
     pub fn run(mut self) -> Result<VmOutcome, VmError> {
         self.prepare()?;
         let parts = self
             .kvm
             .take()
             .ok_or_else(|| VmError::Slots("KVM was not prepared".into()))?;
-        // The API binds its socket first; its acceptor confines itself.
-        let api = start_api(&self.config, &self.live)?;
-        confine_filesystem(&self.config)?;
-        let mut threads: Vec<JoinHandle<VcpuStats>> = Vec::new();
-        self.live.set_running();
-        for (index, vcpu) in parts.vcpus.into_iter().enumerate() {
-            let ctx = VcpuContext {
-                index,
-                memory: self.memory.clone(),
-                io: self.io.clone(),
-                control: self.control.clone(),
-                exit: self.exit.clone(),
-                first_run: self.first_run.clone(),
-                live: self.live.vcpu_stats(index),
-                seccomp: self.config.confinement.seccomp,
-            };
-            let handle = std::thread::Builder::new()
-                .name(format!("ember-vcpu{index}"))
-                .spawn(move || run_vcpu(vcpu, ctx));
-            match handle {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    self.control.stop();
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(VmError::Thread(e));
-                }
-            }
-        }
-        let result = self.event_loop();
-        self.control.stop();
-        self.live.set_shut_down();
-        if let Some(api) = api {
-            let _ = api.shutdown();
-        }
-        let mut stats = Vec::new();
-        for t in threads {
-            stats.push(t.join().unwrap_or_default());
-        }
-        // Keep KVM open until every vCPU thread is gone.
-        drop(parts.accel);
-        result?;
-        let reason = self
-            .exit
-            .reason()
-            .unwrap_or_else(|| ExitReason::Error("the VM stopped without a reason".into()));
-        let startup = self.first_run.get().map(|t| t.duration_since(self.created));
-        Ok(VmOutcome {
-            reason,
-            vcpus: stats,
-            startup,
-            first_run: self.first_run.get().copied(),
-        })
-    }
-
-    fn event_loop(&self) -> Result<(), VmError> {
-        run_event_loop(
-            &self.exit,
-            EventLoopParts {
-                input: self.config.console_input.clone(),
-                deliver: console_target(&self.virtio, &self.serial),
-                devices: self.virtio.subscribers(),
-                seccomp: self.config.confinement.seccomp,
+        let seccomp = self.config.confinement.seccomp;
+        let mut vcpus = KvmVcpuThreads::new(KvmVcpuParts {
+            accel: parts.accel,
+            vcpus: parts.vcpus,
+            memory: self.memory.clone(),
+            io: Some(self.io.clone()),
+            console: None,
+            control: self.control.clone(),
+            exit: self.exit.clone(),
+            live: self.live.clone(),
+            seccomp,
+        });
+        let outcome = crate::vmm::lifecycle::run(
+            LifecycleParts {
+                config: &self.config,
+                live: &self.live,
+                exit: &self.exit,
+                event_loop: EventLoopParts {
+                    input: self.config.console_input.clone(),
+                    deliver: console_target(&self.virtio, &self.serial),
+                    devices: self.virtio.subscribers(),
+                    seccomp,
+                },
             },
-        )
+            &mut vcpus,
+        )?;
+        let stats = match outcome.cpus {
+            CpuCounters::Kvm(stats) => stats,
+            CpuCounters::Tcg(_) => Vec::new(),
+        };
+        Ok(VmOutcome {
+            reason: outcome.reason,
+            vcpus: stats,
+            startup: outcome.first_run.map(|t| t.duration_since(self.created)),
+            first_run: outcome.first_run,
+        })
     }
 }
