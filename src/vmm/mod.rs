@@ -26,5 +26,6 @@ pub mod snapshot_riscv_kvm;
 #[cfg(target_arch = "x86_64")]
 pub mod snapshot_x86;
 pub mod virtio;
-#[cfg(target_arch = "x86_64")]
 pub mod vm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_vm;

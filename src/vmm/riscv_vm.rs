@@ -25,7 +25,6 @@ use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 use crate::vmm::error::VmError;
 use crate::vmm::event_loop::{console_target, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
@@ -33,6 +32,7 @@ use crate::vmm::lifecycle::{Accelerator, CpuCounters, LifecycleParts};
 use crate::vmm::live::{CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
+use crate::vmm::vm::RestoreOptions;
 
 /// How a riscv64 run ended.
 #[derive(Debug)]
@@ -78,42 +78,6 @@ pub struct RiscvVm {
     ram: crate::memory::RegionId,
     /// Built from a snapshot (nothing is booted).
     restored: bool,
-}
-
-/// What a restore takes from the caller rather than from the snapshot:
-/// where the console goes (host-side settings; the machine itself is
-/// rebuilt exactly as saved).
-#[derive(Clone, Debug)]
-pub struct RestoreOptions {
-    pub console_input: ConsoleInput,
-    pub console_output: ConsoleOutput,
-    /// Serve the control API here (`--api-socket`).
-    pub api_socket: Option<std::path::PathBuf>,
-    /// The software CPU's compile policy (`--tcg-jit`): a property of the
-    /// host side, not of the saved machine.
-    pub tcg_jit: crate::accel::tcg::riscv64::jit::JitPolicy,
-    /// Disks to use instead of the saved ones (`--disk` at restore; see
-    /// [`crate::vmm::snapshot::SavedConfig::with_overrides`]).
-    pub disks: Vec<crate::vmm::config::DiskSpec>,
-    /// TAPs to use instead of the saved ones, by position.
-    pub nets: Vec<crate::vmm::config::NetSpec>,
-    /// How the VMM confines itself (`--seccomp`, `--landlock`,
-    /// `--snapshot-dir`): also a property of the host side.
-    pub confinement: crate::vmm::config::Confinement,
-}
-
-impl Default for RestoreOptions {
-    fn default() -> Self {
-        RestoreOptions {
-            console_input: ConsoleInput::Stdin,
-            console_output: ConsoleOutput::Stdout,
-            api_socket: None,
-            tcg_jit: Default::default(),
-            disks: Vec::new(),
-            nets: Vec::new(),
-            confinement: Default::default(),
-        }
-    }
 }
 
 /// Where a VM being built starts from.

@@ -21,6 +21,10 @@ use super::x86_64::describe_registers;
 use crate::memory::AddressSpace;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 
+/// Where a guest's SBI console output goes (riscv64's forwarded legacy
+/// putchar).
+pub type SbiConsole = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
 /// What a vCPU thread needs.
 pub struct VcpuContext {
     /// The vCPU's index (0 is the boot CPU).
@@ -30,7 +34,7 @@ pub struct VcpuContext {
     /// Where port I/O exits go (x86_64; riscv64 has no port I/O).
     pub io: Option<AddressSpace>,
     /// Where the guest's SBI console output goes (riscv64).
-    pub console: Option<Arc<dyn Fn(&[u8]) + Send + Sync>>,
+    pub console: Option<SbiConsole>,
     /// Pausing and stopping.
     pub control: Arc<VcpuControl>,
     /// Where the vCPU reports why the VM must end.

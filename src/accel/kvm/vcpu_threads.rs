@@ -9,7 +9,7 @@ use std::time::Instant;
 use kvm_ioctls::VcpuFd;
 
 use super::kick::VcpuControl;
-use super::vcpu::{run_vcpu, VcpuContext, VcpuStats};
+use super::vcpu::{run_vcpu, SbiConsole, VcpuContext, VcpuStats};
 use super::KvmAccel;
 use crate::memory::AddressSpace;
 use crate::vmm::error::VmError;
@@ -25,7 +25,7 @@ pub struct KvmVcpuThreads {
     threads: Vec<JoinHandle<VcpuStats>>,
     memory: AddressSpace,
     io: Option<AddressSpace>,
-    console: Option<Arc<dyn Fn(&[u8]) + Send + Sync>>,
+    console: Option<SbiConsole>,
     control: Arc<VcpuControl>,
     exit: Arc<ExitSignal>,
     live: Arc<LiveVm>,
@@ -42,7 +42,7 @@ pub struct KvmVcpuParts {
     /// Where port I/O exits go (x86_64).
     pub io: Option<AddressSpace>,
     /// Where SBI console output goes (riscv64).
-    pub console: Option<Arc<dyn Fn(&[u8]) + Send + Sync>>,
+    pub console: Option<SbiConsole>,
     pub control: Arc<VcpuControl>,
     pub exit: Arc<ExitSignal>,
     pub live: Arc<LiveVm>,

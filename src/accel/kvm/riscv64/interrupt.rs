@@ -81,7 +81,10 @@ mod tests {
 
     /// A PLIC whose context outputs record the KVM_INTERRUPT arguments
     /// they would issue, per hart.
-    fn recording_plic(harts: usize) -> (Plic, Arc<Mutex<Vec<(usize, u32)>>>) {
+    /// (hart, KVM_INTERRUPT argument) in the order issued.
+    type Issued = Arc<Mutex<Vec<(usize, u32)>>>;
+
+    fn recording_plic(harts: usize) -> (Plic, Issued) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let outputs = (0..harts)
             .map(|h| {

@@ -140,7 +140,7 @@ impl RiscvKvm {
     pub fn into_threads(
         self,
         memory: AddressSpace,
-        console: Arc<dyn Fn(&[u8]) + Send + Sync>,
+        console: crate::accel::kvm::vcpu::SbiConsole,
         exit: Arc<ExitSignal>,
         live: Arc<LiveVm>,
         seccomp: crate::vmm::seccomp::SeccompMode,
