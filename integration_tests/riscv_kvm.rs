@@ -36,7 +36,7 @@ use serde_json::Value;
 /// How long one wait may take before the test fails: a deadline, not a
 /// synchronisation. Generous, because the rig's host is itself emulated
 /// (a Linux guest under KVM there reaches userspace in 1-4 s).
-const PATIENCE: Duration = Duration::from_secs(300);
+const PATIENCE: Duration = Duration::from_secs(180);
 
 const COUNT_PREFIX: &str = "EMBER-TEST: count=";
 

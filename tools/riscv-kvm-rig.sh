@@ -36,6 +36,8 @@ cache="${EMBER_CACHE:-$HOME/.cache/ember}"
 timeout_s="${EMBER_RIG_TIMEOUT:-1200}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
+# mkfs.ext4 lives in sbin, which a user's PATH may lack.
+PATH="$PATH:/usr/sbin:/sbin"
 
 say() { echo "riscv-kvm-rig: $*" >&2; }
 die() {
@@ -242,11 +244,14 @@ main() {
         die "TIMEOUT: the rig did not finish within ${timeout_s} s (EMBER_RIG_TIMEOUT); console: $log"
     fi
     ((status == 0)) || die "qemu-system-riscv64 failed with status $status; console: $log"
-    local result
-    result=$(tr -d '\r' <"$log" | grep -a '^test result:' | tail -n 1 || true)
-    if ! tr -d '\r' <"$log" | grep -aqx 'EMBER-RIG-EXIT 0'; then
-        die "the tests did not pass (${result:-no test result}; $(tr -d '\r' <"$log" |
-            grep -a '^EMBER-RIG-EXIT' || echo 'no EMBER-RIG-EXIT line')); console: $log"
+    # Matched anywhere in a line, not anchored: a kernel message printed at
+    # the same moment can share a console line with them.
+    local result exit_line
+    result=$(tr -d '\r' <"$log" | grep -aoE 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' |
+        tail -n 1 || true)
+    exit_line=$(tr -d '\r' <"$log" | grep -aoE 'EMBER-RIG-EXIT -?[0-9]+' | tail -n 1 || true)
+    if [ "$exit_line" != "EMBER-RIG-EXIT 0" ]; then
+        die "the tests did not pass (${result:-no test result}; ${exit_line:-no EMBER-RIG-EXIT line}); console: $log"
     fi
     if ! grep -qE '^test result: ok\. [1-9][0-9]* passed' <<<"$result"; then
         die "no test ran and passed (${result:-no test result}); check the filter; console: $log"
