@@ -1,0 +1,196 @@
+/*
+ * /init of the riscv64 KVM test rig's host (tools/riscv-kvm-rig.sh packs it,
+ * statically linked, into the initramfs of the emulated riscv64 host that
+ * runs under qemu-system-riscv64 with the hypervisor extension).
+ *
+ * It sets up the few filesystems the tests need, tells the tests where the
+ * guest files are (environment variables), runs the riscv_kvm integration
+ * test binary, prints "EMBER-RIG-EXIT <status>" for the script on the other
+ * side of the console, and powers the host off. Anything after "--" on the
+ * host kernel's command line reaches this program as arguments and is
+ * passed on to the test binary (a test-name filter, harness options).
+ *
+ * Every step says what it does on the console: a rig that fails must be
+ * diagnosable from the log alone.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define TEST_BIN "/rig/riscv_kvm"
+#define DISK_SRC "/rig/disk.ext4"
+#define DISK_DST "/tmp/disk.ext4"
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("EMBER-RIG: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    fflush(stdout);
+    va_end(ap);
+}
+
+/* Ends the rig: the status line the host script looks for, then power
+ * off (as PID 1, returning would panic the kernel instead). */
+static void finish(int status) __attribute__((noreturn));
+static void finish(int status) {
+    printf("EMBER-RIG-EXIT %d\n", status);
+    fflush(stdout);
+    sync();
+    reboot(RB_POWER_OFF);
+    say("reboot(RB_POWER_OFF) failed: %s", strerror(errno));
+    for (;;) pause();
+}
+
+static int do_mount(const char *src, const char *dir, const char *type, const char *opts) {
+    mkdir(dir, 0755);
+    if (mount(src, dir, type, 0, opts) != 0 && errno != EBUSY) {
+        say("error: mount %s on %s: %s", type, dir, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Copies `from` to `to` (the initramfs files need not be writable; the
+ * guests' disk must be). */
+static int copy_file(const char *from, const char *to) {
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+        say("error: open %s: %s", from, strerror(errno));
+        return -1;
+    }
+    int out = open(to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (out < 0) {
+        say("error: create %s: %s", to, strerror(errno));
+        close(in);
+        return -1;
+    }
+    static char buf[1 << 16];
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n == 0) break;
+        if (n < 0 || write(out, buf, (size_t)n) != n) {
+            say("error: copy %s to %s: %s", from, to, strerror(errno));
+            rc = -1;
+            break;
+        }
+    }
+    close(in);
+    close(out);
+    return rc;
+}
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    /* The kernel gave us /dev/console from its built-in initramfs; keep
+     * printing there even if that failed (devtmpfs has it too). */
+    do_mount("devtmpfs", "/dev", "devtmpfs", NULL);
+    if (fcntl(1, F_GETFD) < 0) {
+        int fd = open("/dev/console", O_RDWR);
+        if (fd >= 0) {
+            dup2(fd, 0);
+            dup2(fd, 1);
+            dup2(fd, 2);
+            if (fd > 2) close(fd);
+        }
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    say("init started");
+    if (do_mount("proc", "/proc", "proc", NULL) != 0 || do_mount("sysfs", "/sys", "sysfs", NULL) != 0 ||
+        do_mount("tmpfs", "/tmp", "tmpfs", "mode=1777") != 0)
+        finish(125);
+
+    struct utsname u;
+    if (uname(&u) == 0) say("host kernel %s %s on %s", u.release, u.version, u.machine);
+    say("%ld CPUs online", sysconf(_SC_NPROCESSORS_ONLN));
+    struct stat st;
+    if (stat("/dev/kvm", &st) == 0)
+        say("/dev/kvm is there (char %u:%u)", major(st.st_rdev), minor(st.st_rdev));
+    else
+        say("/dev/kvm is missing: %s (the KVM tests will fail)", strerror(errno));
+
+    say("copying %s to %s (writable for the guests)", DISK_SRC, DISK_DST);
+    if (copy_file(DISK_SRC, DISK_DST) != 0) finish(125);
+
+    setenv("PATH", "/rig:/usr/bin:/bin", 1);
+    setenv("HOME", "/tmp", 1);
+    setenv("TMPDIR", "/tmp", 1);
+    setenv("EMBER_BIN", "/rig/ember", 1);
+    setenv("EMBER_RIG_KERNEL", "/rig/guest/Image", 1);
+    setenv("EMBER_RIG_INITRD", "/rig/guest/initramfs.cpio.gz", 1);
+    setenv("EMBER_RIG_TEST_INITRD", "/rig/guest/test.cpio.gz", 1);
+    setenv("EMBER_RIG_DISK", DISK_DST, 1);
+    setenv("EMBER_RIG_DISK_IN", "/rig/in.txt", 1);
+    /* Panics in the tests show where they happened. */
+    setenv("RUST_BACKTRACE", "1", 1);
+    if (chdir("/tmp") != 0) say("chdir /tmp: %s", strerror(errno));
+
+    /* The test binary's arguments: one test at a time (the host has two
+     * harts and each VM wants them), its output shown as it comes (progress
+     * and per-test times on the console during a long emulated run), then
+     * whatever the command line gave after "--". */
+    char **args = calloc((size_t)argc + 4, sizeof *args);
+    if (!args) finish(125);
+    int n = 0;
+    args[n++] = TEST_BIN;
+    args[n++] = "--test-threads=1";
+    args[n++] = "--nocapture";
+    for (int i = 1; i < argc; i++) args[n++] = argv[i];
+    args[n] = NULL;
+    printf("EMBER-RIG: running");
+    for (int i = 0; i < n; i++) printf(" %s", args[i]);
+    printf("\n");
+    fflush(stdout);
+
+    double t0 = now();
+    pid_t pid = fork();
+    if (pid < 0) {
+        say("error: fork: %s", strerror(errno));
+        finish(125);
+    }
+    if (pid == 0) {
+        execv(TEST_BIN, args);
+        say("error: exec %s: %s", TEST_BIN, strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    /* As PID 1 we also reap orphans (a VM a failed test left behind):
+     * wait until the test binary itself ends. */
+    for (;;) {
+        pid_t got = waitpid(-1, &status, 0);
+        if (got == pid) break;
+        if (got < 0 && errno != EINTR) {
+            say("error: waitpid: %s", strerror(errno));
+            finish(125);
+        }
+    }
+    int code;
+    if (WIFEXITED(status)) {
+        code = WEXITSTATUS(status);
+        say("%s exited with status %d after %.1f s", TEST_BIN, code, now() - t0);
+    } else {
+        code = 128 + WTERMSIG(status);
+        say("%s was killed by signal %d after %.1f s", TEST_BIN, WTERMSIG(status), now() - t0);
+    }
+    finish(code);
+}
