@@ -106,6 +106,13 @@ pub fn save(vcpu: &VcpuFd) -> Result<SavedVcpu, KvmError> {
 pub fn restore(vcpu: &VcpuFd, saved: &SavedVcpu) -> Result<(), KvmError> {
     let ids = saved.ids().map_err(KvmError::Unusable)?;
     for (id, value) in ids {
+        // Linux refuses to disarm a timer that is not armed (EINVAL), and
+        // a new vCPU's is not: an unarmed saved timer needs no write (QEMU
+        // skips it the same way). Arming it fires the timer once at
+        // restore, which the guest takes as an early tick and re-arms.
+        if id == regs::TIMER_STATE && value == 0 {
+            continue;
+        }
         set(vcpu, id, value).map_err(|source| KvmError::Register {
             what: "load",
             register: regs::name(id),
