@@ -10,7 +10,16 @@
 //! UART), interleaved; the figure is the time per exit, from the difference
 //! between N exits and none (which cancels boot and tear-down), and the
 //! ratio Ember / bare.
+//!
+//! With the rig's guest (`EMBER_BIN`, `EMBER_RIG_KERNEL`,
+//! `EMBER_RIG_INITRD` set, as the rig's init does), also: boot of the
+//! riscv64 test kernel to its userspace marker and power-off under
+//! `ember run --accel kvm` and `--accel tcg` (the whole process, median of
+//! three each, interleaved), and `ember run --timings` under KVM: start-up
+//! to the first `KVM_RUN` and the VMM's resident memory excluding guest
+//! RAM.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_SYSTEM_EVENT_SHUTDOWN};
@@ -132,6 +141,66 @@ fn ember(path: &std::path::Path) -> Duration {
     outcome.run_time
 }
 
+/// One `ember run` of the rig's guest on `accel`: wall time of the whole
+/// process, and its stderr.
+fn boot(ember: &str, kernel: &str, initrd: &str, accel: &str, timings: bool) -> (f64, String) {
+    let mut cmd = Command::new(ember);
+    cmd.args([
+        "run",
+        "--accel",
+        accel,
+        "--memory",
+        "256M",
+        "--serial-input",
+        "none",
+    ])
+    .args(["--kernel", kernel, "--initrd", initrd])
+    .args(["--cmdline", "console=ttyS0 panic=-1"]);
+    if timings {
+        cmd.arg("--timings");
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("run ember");
+    let secs = start.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+        "ember --accel {accel} did not boot the guest: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (secs, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The figures with the rig's Linux guest, when it is there.
+fn linux_figures() {
+    let (Ok(ember), Ok(kernel), Ok(initrd)) = (
+        std::env::var("EMBER_BIN"),
+        std::env::var("EMBER_RIG_KERNEL"),
+        std::env::var("EMBER_RIG_INITRD"),
+    ) else {
+        println!("(EMBER_BIN, EMBER_RIG_KERNEL, EMBER_RIG_INITRD unset: no Linux boot figures)");
+        return;
+    };
+    let (mut kvm, mut tcg) = (vec![], vec![]);
+    for _ in 0..3 {
+        kvm.push(boot(&ember, &kernel, &initrd, "kvm", false).0);
+        tcg.push(boot(&ember, &kernel, &initrd, "tcg", false).0);
+    }
+    let (k, t) = (median(kvm), median(tcg));
+    println!(
+        "riscv64 Linux boot to the userspace marker and power-off (whole ember process, median \
+         of 3): KVM {k:.2} s, software CPU {t:.2} s, ratio software/KVM {:.1}",
+        t / k
+    );
+    let (_, stderr) = boot(&ember, &kernel, &initrd, "kvm", true);
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("start-up to first KVM_RUN") || l.contains("VMM resident memory"))
+    {
+        println!("riscv64 KVM {}", line.trim_start_matches("ember: "));
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -167,4 +236,5 @@ pub fn main() {
          {bare_us:.2} us, Ember {ember_us:.2} us, ratio {:.2}",
         ember_us / bare_us
     );
+    linux_figures();
 }

@@ -162,6 +162,7 @@ fn every_thread_of_a_riscv64_vm_is_filtered_and_snapshots_stay_in_their_director
 }
 
 /// A long-mode guest that prints a line and halts forever.
+#[cfg(target_arch = "x86_64")]
 const HALT_GUEST: &str = r#"
         mov $0x3f8, %dx
         mov $'u', %al

@@ -27,8 +27,8 @@ use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::error::VmError;
 use ember::vmm::exit::ExitReason;
 use ember::vmm::riscv_vm::RiscvVm;
-use ember::vmm::vm::RestoreOptions;
 use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
+use ember::vmm::vm::RestoreOptions;
 
 use riscv_linux::{guest, test_initramfs};
 

@@ -160,6 +160,7 @@ fn refused_with_errno(kind: ThreadKind) -> (Vec<libc::c_long>, i32) {
     if kind.starts_threads() {
         (vec![libc::SYS_clone3], libc::ENOSYS)
     } else {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // x86_64 adds its legacy calls
         let mut calls = vec![libc::SYS_openat];
         #[cfg(target_arch = "x86_64")]
         calls.push(libc::SYS_open);
@@ -264,6 +265,7 @@ fn kvm_ioctls() -> Built<Vec<SeccompCondition>> {
 fn base() -> Built<Rules> {
     let no_exec = || arg(2, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0);
     let pid = std::process::id() as u64;
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // x86_64 adds its legacy calls
     let mut rules = vec![
         any(libc::SYS_futex),
         any(libc::SYS_sched_yield),
@@ -334,6 +336,7 @@ fn threads() -> Built<Rules> {
 
 /// Waiting on several descriptors.
 fn polling() -> Rules {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // x86_64 adds its legacy calls
     let mut rules = vec![
         any(libc::SYS_epoll_ctl),
         any(libc::SYS_epoll_pwait),
@@ -363,6 +366,7 @@ fn device_io() -> Rules {
 /// Writing a snapshot's files (the API connection thread does it) and
 /// flushing disk images first.
 fn snapshot_files() -> Rules {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))] // x86_64 adds its legacy calls
     let mut rules = vec![
         any(libc::SYS_openat),
         any(libc::SYS_mkdirat),
