@@ -19,7 +19,7 @@
 #
 # Usage: tools/riscv-kvm-rig.sh [test-name-filter] [test harness args...]
 #   e.g. tools/riscv-kvm-rig.sh kvm_device_is_present_and_ember_runs
-#        tools/riscv-kvm-rig.sh snapshot --exact snapshot_and_restore
+#        tools/riscv-kvm-rig.sh boots --skip two_vcpus
 # The arguments go to the test binary as given (one word each: they travel
 # on the host kernel's command line). The console log is kept in
 # target/riscv-kvm-rig/console.log.
