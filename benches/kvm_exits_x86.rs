@@ -27,7 +27,7 @@ use ember::memory::RegionOps;
 use ember::vmm::config::{Confinement, VmConfig};
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::seccomp::SeccompMode;
-use ember::vmm::vm::Vm;
+use ember::vmm::x86_vm::X86Vm;
 
 const MARK_START: u16 = 0x81;
 const MARK_STOP: u16 = 0x82;
@@ -143,7 +143,7 @@ fn ember_run(image_path: &std::path::Path, seccomp: SeccompMode) -> Duration {
         irqchip: false,
         ..VmConfig::default()
     };
-    let vm = Vm::new(cfg).expect("build VM");
+    let vm = X86Vm::new(cfg).expect("build VM");
     let marks = Arc::new(Marks {
         times: Mutex::new((None, None)),
         exit: vm.exit_signal(),
@@ -157,7 +157,7 @@ fn ember_run(image_path: &std::path::Path, seccomp: SeccompMode) -> Duration {
         let sink = t.new_io("sink", 0x1000, Some(Arc::new(Sink))).unwrap();
         t.add_subregion(vm.layout().system, 0xd5000, sink).unwrap();
     }
-    // On its own thread: `Vm::run` confines the thread that calls it.
+    // On its own thread: `X86Vm::run` confines the thread that calls it.
     std::thread::spawn(move || vm.run().map(|_| ()))
         .join()
         .expect("VM thread")

@@ -19,7 +19,7 @@ use ember::memory::MemoryTree;
 use ember::vmm::config::VmConfig;
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
-use ember::vmm::vm::Vm;
+use ember::vmm::x86_vm::X86Vm;
 
 /// How long a test waits for a guest event before failing (a bound, not a
 /// synchronisation: every wait is for a specific event).
@@ -57,7 +57,7 @@ fn add_io(
 }
 
 /// A recorder on port 0x500, where the test guests report their results.
-fn results_port(vm: &Vm) -> Arc<Recorder> {
+fn results_port(vm: &X86Vm) -> Arc<Recorder> {
     let results = Recorder::new(0);
     let tree = vm.tree();
     let mut t = tree.lock().unwrap();
@@ -79,7 +79,7 @@ fn builtin_guest_prints_its_checks_and_powers_off() {
         return;
     }
     let cfg = config("builtin", None);
-    let vm = Vm::new(cfg.clone()).unwrap();
+    let vm = X86Vm::new(cfg.clone()).unwrap();
     let outcome = vm.run().unwrap();
     assert_eq!(outcome.reason, ExitReason::PowerOff);
     let text = console_text(&cfg);
@@ -131,7 +131,7 @@ fn pio_and_mmio_follow_priorities_and_aliases() {
     "#;
     let mut cfg = config("priorities", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let low = Recorder::new(0x1000_0000);
     let high = Recorder::new(0x2000_0000);
@@ -192,7 +192,7 @@ fn rom_cannot_be_changed_by_the_guest() {
     "#;
     let mut cfg = config("rom", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let rom_block;
     {
@@ -255,7 +255,7 @@ fn remaps_and_romd_toggles_never_show_a_hole() {
     "#;
     let mut cfg = config("remap", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let mut vm = Vm::new(cfg).unwrap();
+    let mut vm = X86Vm::new(cfg).unwrap();
     let tree = vm.tree();
     let (alias, romd);
     {
@@ -341,7 +341,7 @@ fn dirty_log_reports_exactly_the_written_pages() {
     "#;
     let mut cfg = config("dirty", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let mut vm = Vm::new(cfg).unwrap();
+    let mut vm = X86Vm::new(cfg).unwrap();
     let doorbell = Recorder::new(0);
     let rings = doorbell.subscribe();
     {
@@ -396,7 +396,7 @@ fn two_vcpus_both_run() {
     let mut cfg = config("smp", Some(guest));
     cfg.cpus = 2;
     cfg.irqchip = false;
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let ids = Recorder::new(0);
     let rings = ids.subscribe();
     {
@@ -432,7 +432,7 @@ fn triple_fault_ends_the_vm() {
     let mut cfg = config("triple", None);
     cfg.kernel = Some(common::tiny_elf_file("triple", &code, true));
     let text_cfg = cfg.clone();
-    let outcome = Vm::new(cfg).unwrap().run().unwrap();
+    let outcome = X86Vm::new(cfg).unwrap().run().unwrap();
     assert_eq!(outcome.reason, ExitReason::TripleFault);
     assert_ne!(outcome.reason.exit_code(), 0);
     assert_eq!(console_text(&text_cfg), "P", "the PVH entry ran");
@@ -453,7 +453,7 @@ fn elf_kernel_runs_in_long_mode() {
     cfg.kernel = Some(common::tiny_elf_file("long-mode", &code, false));
     cfg.debug_exit = Some(0x501);
     let text_cfg = cfg.clone();
-    let outcome = Vm::new(cfg).unwrap().run().unwrap();
+    let outcome = X86Vm::new(cfg).unwrap().run().unwrap();
     assert_eq!(outcome.reason, ExitReason::DebugExit(7));
     assert_eq!(console_text(&text_cfg), "L");
 }
@@ -478,7 +478,7 @@ fn misaligned_ram_works_through_dispatch() {
     "#;
     let mut cfg = config("skew", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let block;
     {
@@ -516,7 +516,7 @@ fn ioeventfd_signals_without_reaching_the_device() {
     "#;
     let mut cfg = config("ioeventfd", Some(guest));
     cfg.debug_exit = Some(0x501);
-    let mut vm = Vm::new(cfg).unwrap();
+    let mut vm = X86Vm::new(cfg).unwrap();
     let device = Recorder::new(0);
     {
         let tree = vm.tree();
@@ -564,7 +564,7 @@ fn echo_serial_input(name: &str, input: ConsoleInput) -> Vec<u8> {
     let mut cfg = config(name, Some(guest));
     cfg.debug_exit = Some(0x501);
     cfg.console_input = input;
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let outcome = vm.run().unwrap();
     assert!(matches!(outcome.reason, ExitReason::DebugExit(0x0a)));
@@ -619,7 +619,7 @@ fn hlt_without_irqchip_ends_the_vm() {
     }
     let mut cfg = config("hlt", Some("        hlt\n"));
     cfg.irqchip = false;
-    let outcome = Vm::new(cfg).unwrap().run().unwrap();
+    let outcome = X86Vm::new(cfg).unwrap().run().unwrap();
     assert_eq!(outcome.reason, ExitReason::Halted);
 }
 
@@ -642,7 +642,7 @@ fn acpi_tables_are_in_place_and_sleep_control_powers_off() {
     ];
     let mut cfg = config("acpi-off", None);
     cfg.kernel = Some(common::tiny_elf_file("acpi-off", &code, false));
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let outcome = vm.run().unwrap();
     assert_eq!(outcome.reason, ExitReason::PowerOff);
@@ -664,7 +664,7 @@ fn pause_and_resume_a_kvm_guest() {
         jmp 1b
     "#;
     let cfg = config("pause", Some(guest));
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let memory = vm.memory().clone();
     let control = vm.control();
     let runner = std::thread::spawn(move || vm.run());
@@ -739,7 +739,7 @@ fn the_power_button_interrupts_the_guest() {
     );
     cfg.kernel = Some(common::elf64_from_asm("power-button", &guest));
     cfg.debug_exit = Some(0x501);
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = results_port(&vm);
     let control = vm.control();
     // A guest that never gets the interrupt sleeps forever: bound it.

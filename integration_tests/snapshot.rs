@@ -26,7 +26,8 @@ use ember::vmm::config::{DiskSpec, VmConfig};
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::error::VmError;
 use ember::vmm::exit::ExitReason;
-use ember::vmm::riscv_vm::{RestoreOptions, RiscvVm};
+use ember::vmm::riscv_vm::RiscvVm;
+use ember::vmm::vm::RestoreOptions;
 use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
 
 use riscv_linux::{guest, test_initramfs};

@@ -30,9 +30,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ember::api::{ControlError, VmControl, VmState};
+use ember::vmm::error::VmError;
 use ember::vmm::exit::ExitReason;
 use ember::vmm::snapshot::{SnapshotError, MANIFEST_FILE, MEMORY_FILE, STATE_FILE};
-use ember::vmm::vm::VmError;
 use ember::{GuestArch, VmBuilder};
 
 use common::{ctl, elf64_from_asm, kvm_available, scratch_dir, wait_for};
@@ -584,8 +584,8 @@ impl ember::memory::RegionOps for PausingPort {
 #[test]
 fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     use ember::vmm::console::{ConsoleInput, ConsoleOutput, OutputCapture};
-    use ember::vmm::riscv_vm::RestoreOptions;
-    use ember::vmm::vm::Vm;
+    use ember::vmm::vm::RestoreOptions;
+    use ember::vmm::x86_vm::X86Vm;
 
     if !kvm_available() {
         return;
@@ -609,7 +609,7 @@ fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     );
     let dir = scratch_dir("kvm-snap-in").join("snap");
     let output = OutputCapture::new();
-    let vm = Vm::new(ember::VmConfig {
+    let vm = X86Vm::new(ember::VmConfig {
         kernel: Some(elf),
         memory: 64 << 20,
         console_input: ConsoleInput::None,
@@ -638,7 +638,7 @@ fn an_io_exit_cut_by_the_pause_is_completed_before_the_snapshot() {
     assert_eq!(runner.join().unwrap().unwrap().reason, ExitReason::UserQuit);
 
     let after = OutputCapture::new();
-    let vm = Vm::restore(
+    let vm = X86Vm::restore(
         &dir,
         RestoreOptions {
             console_input: ConsoleInput::None,

@@ -21,7 +21,7 @@ use ember::memory::RegionOps;
 use ember::vmm::config::{DiskSpec, VmConfig};
 use ember::vmm::console::{ConsoleInput, ConsoleOutput};
 use ember::vmm::exit::ExitReason;
-use ember::vmm::vm::Vm;
+use ember::vmm::x86_vm::X86Vm;
 
 /// The guest. Registers (virtio-mmio v2): 0x00 magic, 0x04 version, 0x08
 /// device id, 0x20 driver features, 0x24 driver features select, 0x30
@@ -119,7 +119,7 @@ fn a_hand_driven_virtio_blk_request_goes_through_ioeventfd_and_irqfd() {
         readonly: false,
         id: None,
     });
-    let vm = Vm::new(cfg).unwrap();
+    let vm = X86Vm::new(cfg).unwrap();
     let results = Recorder::new(0);
     {
         let tree = vm.tree();
@@ -192,9 +192,9 @@ fn a_disk_image_is_locked_against_a_second_vm() {
         });
         cfg
     };
-    let first = Vm::new(config(&disk, false)).unwrap();
+    let first = X86Vm::new(config(&disk, false)).unwrap();
     for readonly in [false, true] {
-        let err = Vm::new(config(&disk, readonly)).err().expect("refused");
+        let err = X86Vm::new(config(&disk, readonly)).err().expect("refused");
         let msg = err.to_string();
         assert!(
             msg.contains(&*disk.to_string_lossy()) && msg.contains("in use"),
@@ -206,12 +206,12 @@ fn a_disk_image_is_locked_against_a_second_vm() {
     let held = first.virtio().devices[0].transport.clone();
     drop(first);
     let readers = [
-        Vm::new(config(&disk, true)).unwrap(),
-        Vm::new(config(&disk, true)).unwrap(),
+        X86Vm::new(config(&disk, true)).unwrap(),
+        X86Vm::new(config(&disk, true)).unwrap(),
     ];
-    assert!(Vm::new(config(&disk, false)).is_err());
+    assert!(X86Vm::new(config(&disk, false)).is_err());
     drop(readers);
-    let err = Vm::new(config(&dir, true)).err().expect("refused");
+    let err = X86Vm::new(config(&dir, true)).err().expect("refused");
     assert!(err.to_string().contains("is a directory"), "{err}");
     drop(held);
 }

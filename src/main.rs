@@ -12,7 +12,7 @@ use ember::accel::AccelChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
 use ember::vmm::config::{
-    parse_cpus, parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec, VmConfig,
+    parse_cpus, parse_memory_size, parse_port, ConsoleKind, DiskSpec, NetSpec,
 };
 use ember::vmm::config_file::VmSettings;
 use ember::vmm::console::{
@@ -20,10 +20,9 @@ use ember::vmm::console::{
 };
 use ember::vmm::console_writer::EXIT_DRAIN_TIMEOUT;
 use ember::vmm::exit::ExitReason;
-use ember::vmm::riscv_vm::{RestoreOptions, RiscvOutcome, RiscvVm};
+use ember::vmm::lifecycle::CpuCounters;
 use ember::vmm::seccomp::SeccompMode;
-#[cfg(target_arch = "x86_64")]
-use ember::vmm::vm::Vm;
+use ember::vmm::vm::{RestoreOptions, Vm, VmOutcome};
 
 #[derive(Parser)]
 #[command(name = "ember", version, about = "A lightweight KVM microVM monitor")]
@@ -256,7 +255,11 @@ fn vmm_rss_kib(guest_resident_kib: u64) -> Option<u64> {
 /// Picks the accelerator: KVM runs only guests of the host's architecture,
 /// so `auto` falls back to the software CPU for the others and when
 /// /dev/kvm cannot be opened, saying so in one line.
-fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelChoice> {
+fn resolve_accel(
+    accel: AccelChoice,
+    arch: GuestArch,
+    kvm_path: &std::path::Path,
+) -> anyhow::Result<AccelChoice> {
     let host = GuestArch::host();
     match (accel, arch == host) {
         (AccelChoice::Kvm, false) => anyhow::bail!(
@@ -272,15 +275,19 @@ fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelCho
             );
             Ok(AccelChoice::Tcg)
         }
+        // A riscv64 host without a usable /dev/kvm (no hypervisor
+        // extension, no CONFIG_KVM, no permission) still runs riscv64
+        // guests, on the software CPU.
         (AccelChoice::Auto, true) if arch == GuestArch::Riscv64 => {
-            // KVM on riscv64 hosts is not implemented yet.
-            eprintln!("ember: KVM support for riscv64 hosts is not built yet; using the software CPU (TCG)");
-            Ok(AccelChoice::Tcg)
-        }
-        // Said here, before the riscv64 machine (which only has the
-        // software CPU) would silently ignore it.
-        (AccelChoice::Kvm, true) if arch == GuestArch::Riscv64 => {
-            anyhow::bail!("KVM support for riscv64 hosts is not built yet; use --accel tcg")
+            if ember::vmm::riscv_vm::kvm_usable(kvm_path) {
+                Ok(AccelChoice::Kvm)
+            } else {
+                eprintln!(
+                    "ember: {} cannot be opened; using the software CPU (TCG)",
+                    kvm_path.display()
+                );
+                Ok(AccelChoice::Tcg)
+            }
         }
         // x86_64 guests only run on KVM; opening it later reports why it
         // cannot be used (and --print-mtree works without it).
@@ -289,9 +296,24 @@ fn resolve_accel(accel: AccelChoice, arch: GuestArch) -> anyhow::Result<AccelCho
     }
 }
 
-fn report_tcg(outcome: &RiscvOutcome) {
-    let secs = outcome.run_time.as_secs_f64().max(1e-9);
-    for (i, h) in outcome.harts.iter().enumerate() {
+/// `--timings`: per-CPU counters of the run.
+fn report_cpus(outcome: &VmOutcome) {
+    let secs = outcome.run_time.map_or(0.0, |t| t.as_secs_f64()).max(1e-9);
+    let harts = match &outcome.cpus {
+        CpuCounters::Tcg(harts) => harts.as_slice(),
+        #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
+        CpuCounters::Kvm(vcpus) => {
+            for (i, v) in vcpus.iter().enumerate() {
+                eprintln!(
+                    "ember: vcpu{i}: {} KVM_RUN calls, {} port I/O, {} MMIO and {} SBI exits, \
+                     {} interrupted",
+                    v.runs, v.pio_exits, v.mmio_exits, v.sbi_exits, v.interrupted
+                );
+            }
+            return;
+        }
+    };
+    for (i, h) in harts.iter().enumerate() {
         let lookups = h.tlb.fills + h.tlb.victim_hits;
         eprintln!(
             "ember: hart{i}: {} instructions in {} blocks ({:.1} M instructions/s), {} translations, \
@@ -321,27 +343,6 @@ fn report_tcg(outcome: &RiscvOutcome) {
     eprintln!("ember: run time {:.3} s", secs);
 }
 
-fn run_riscv(config: VmConfig, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    // The kernel may come from the config file, so ask the merged config.
-    let has_kernel = config.kernel.is_some();
-    let vm = RiscvVm::new(config)?;
-    if let Some(path) = &args.dump_dtb {
-        vm.dump_dtb(path)?;
-    }
-    if args.print_mtree {
-        print!("{}", vm.mtree());
-        return Ok(ExitCode::SUCCESS);
-    }
-    if !has_kernel {
-        // --dump-dtb alone is a complete request.
-        if args.dump_dtb.is_some() {
-            return Ok(ExitCode::SUCCESS);
-        }
-        anyhow::bail!("riscv64 guests need a kernel (--kernel Image)");
-    }
-    run_riscv_vm(vm, args.timings, started)
-}
-
 /// Gives guest output still queued a bounded time to reach stdout or the
 /// file (a reader that stopped reading must not keep the process alive;
 /// the writer thread, if stuck, ends with the process), then says in one
@@ -357,9 +358,9 @@ fn finish_console_output(output: &SharedOutput) {
     }
 }
 
-/// Runs a built or restored riscv64 VM to its end and turns the outcome
-/// into the exit status.
-fn run_riscv_vm(vm: RiscvVm, timings: bool, started: Instant) -> anyhow::Result<ExitCode> {
+/// Runs a built or restored VM to its end and turns the outcome into the
+/// exit status.
+fn run_built_vm(vm: Vm, timings: bool, started: Instant) -> anyhow::Result<ExitCode> {
     install_termination_handlers(&vm.exit_signal())?;
     let output = vm.control().console_output().clone();
     let guest_ram = vm.guest_ram_resident_kib_probe();
@@ -367,12 +368,17 @@ fn run_riscv_vm(vm: RiscvVm, timings: bool, started: Instant) -> anyhow::Result<
     finish_console_output(&output);
     let outcome = outcome?;
     if timings {
-        let ms = outcome.started.duration_since(started).as_secs_f64() * 1e3;
-        eprintln!("ember: start-up to first instruction: {ms:.3} ms");
+        if let Some(first) = outcome.first_run {
+            let ms = first.duration_since(started).as_secs_f64() * 1e3;
+            match outcome.accel {
+                "kvm" => eprintln!("ember: start-up to first KVM_RUN: {ms:.3} ms"),
+                _ => eprintln!("ember: start-up to first instruction: {ms:.3} ms"),
+            }
+        }
         if let Some(kib) = vmm_rss_kib(guest_ram()) {
             eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
         }
-        report_tcg(&outcome);
+        report_cpus(&outcome);
     }
     match &outcome.reason {
         ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
@@ -407,13 +413,15 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
             nets: args.net.clone(),
             confinement: args.confinement(),
         };
-        if arch == GuestArch::X86_64 {
-            return restore_x86(dir, options, &args, started)
-                .with_context(|| format!("restore {}", dir.display()));
+        let restore_started = Instant::now();
+        let vm = Vm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
+        if args.timings {
+            eprintln!(
+                "ember: snapshot restored in {:.3} ms",
+                restore_started.elapsed().as_secs_f64() * 1e3
+            );
         }
-        let vm =
-            RiscvVm::restore(dir, options).with_context(|| format!("restore {}", dir.display()))?;
-        return run_riscv_vm(vm, args.timings, started);
+        return run_built_vm(vm, args.timings, started);
     }
     let file = match &args.config {
         Some(path) => VmSettings::load(path)?,
@@ -425,86 +433,28 @@ fn run_vm(args: RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
         // Before resolve_accel, which would offer the software CPU.
         return Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into());
     }
-    config.accel = resolve_accel(config.accel, arch)?;
-    if arch == GuestArch::Riscv64 {
-        return run_riscv(config, &args, started);
-    }
-    run_x86(config, &args, started)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn restore_x86(
-    _: &std::path::Path,
-    _: RestoreOptions,
-    _: &RunArgs,
-    _: Instant,
-) -> anyhow::Result<ExitCode> {
-    Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into())
-}
-
-/// Restores the x86_64 VM saved in `dir` and runs it.
-#[cfg(target_arch = "x86_64")]
-fn restore_x86(
-    dir: &std::path::Path,
-    options: RestoreOptions,
-    args: &RunArgs,
-    started: Instant,
-) -> anyhow::Result<ExitCode> {
-    let restore_started = Instant::now();
-    let vm = Vm::restore(dir, options)?;
-    if args.timings {
-        eprintln!(
-            "ember: snapshot restored in {:.3} ms",
-            restore_started.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    run_x86_vm(vm, args, started)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn run_x86(_: VmConfig, _: &RunArgs, _: Instant) -> anyhow::Result<ExitCode> {
-    // run_vm refuses x86_64 guests on other hosts before getting here.
-    Err(ember::vmm::error::VmError::x86_64_needs_x86_64_host().into())
-}
-
-/// Builds and runs an x86_64 VM from `config`.
-#[cfg(target_arch = "x86_64")]
-fn run_x86(config: VmConfig, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    if args.dump_dtb.is_some() {
+    if arch == GuestArch::X86_64 && args.dump_dtb.is_some() {
         anyhow::bail!("--dump-dtb is for riscv64 guests (x86_64 guests get ACPI tables)");
     }
+    config.accel = resolve_accel(config.accel, arch, &config.kvm_path)?;
+    // The kernel may come from the config file, so ask the merged config.
+    let has_kernel = config.kernel.is_some();
     let vm = Vm::new(config)?;
+    if let Some(path) = &args.dump_dtb {
+        vm.dump_dtb(path)?;
+    }
     if args.print_mtree {
         print!("{}", vm.mtree());
         return Ok(ExitCode::SUCCESS);
     }
-    run_x86_vm(vm, args, started)
-}
-
-/// Runs a built or restored x86_64 VM to its end and turns the outcome
-/// into the exit status.
-#[cfg(target_arch = "x86_64")]
-fn run_x86_vm(vm: Vm, args: &RunArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    install_termination_handlers(&vm.exit_signal())?;
-    let guest_ram = vm.guest_ram_resident_kib_probe();
-    let output = vm.control().console_output().clone();
-    let outcome = vm.run();
-    finish_console_output(&output);
-    let outcome = outcome?;
-    if args.timings {
-        if let Some(first) = outcome.first_run {
-            let ms = first.duration_since(started).as_secs_f64() * 1e3;
-            eprintln!("ember: start-up to first KVM_RUN: {ms:.3} ms");
+    if arch == GuestArch::Riscv64 && !has_kernel {
+        // --dump-dtb alone is a complete request.
+        if args.dump_dtb.is_some() {
+            return Ok(ExitCode::SUCCESS);
         }
-        if let Some(kib) = vmm_rss_kib(guest_ram()) {
-            eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
-        }
+        anyhow::bail!("riscv64 guests need a kernel (--kernel Image)");
     }
-    match &outcome.reason {
-        ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}
-        other => eprintln!("ember: {other}"),
-    }
-    Ok(ExitCode::from(outcome.reason.exit_code() as u8))
+    run_built_vm(vm, args.timings, started)
 }
 
 fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {

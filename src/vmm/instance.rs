@@ -34,9 +34,7 @@ use crate::vmm::console::{ConsoleInput, ConsoleOutput, OutputCapture};
 use crate::vmm::error::VmError;
 use crate::vmm::exit::ExitReason;
 use crate::vmm::live::LiveVm;
-use crate::vmm::riscv_vm::RiscvVm;
-#[cfg(target_arch = "x86_64")]
-use crate::vmm::vm::Vm;
+use crate::vmm::vm::{RestoreOptions, Vm};
 
 /// Errors of the library API.
 #[derive(Debug, thiserror::Error)]
@@ -141,23 +139,12 @@ impl VmBuilder {
     pub fn restore(dir: impl AsRef<std::path::Path>) -> Result<RunningVm, InstanceError> {
         let dir = dir.as_ref();
         let output = OutputCapture::new();
-        let options = crate::vmm::riscv_vm::RestoreOptions {
+        let options = RestoreOptions {
             console_input: ConsoleInput::None,
             console_output: ConsoleOutput::Capture(output.clone()),
             ..Default::default()
         };
-        let manifest = crate::vmm::snapshot::read_manifest(dir).map_err(VmError::from)?;
-        if manifest.arch == crate::vmm::snapshot::ARCH_X86_64 {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let vm = Vm::restore(dir, options)?;
-                let control = vm.control();
-                return RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason));
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            return Err(VmError::x86_64_needs_x86_64_host().into());
-        }
-        let vm = RiscvVm::restore(dir, options)?;
+        let vm = Vm::restore(dir, options)?;
         let control = vm.control();
         RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
     }
@@ -174,21 +161,9 @@ impl VmBuilder {
                 c
             }
         };
-        match self.config.arch {
-            GuestArch::Riscv64 => {
-                let vm = RiscvVm::new(self.config)?;
-                let control = vm.control();
-                RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
-            }
-            #[cfg(target_arch = "x86_64")]
-            GuestArch::X86_64 => {
-                let vm = Vm::new(self.config)?;
-                let control = vm.control();
-                RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            GuestArch::X86_64 => Err(VmError::x86_64_needs_x86_64_host().into()),
-        }
+        let vm = Vm::new(self.config)?;
+        let control = vm.control();
+        RunningVm::spawn(control, output, move || vm.run().map(|o| o.reason))
     }
 }
 

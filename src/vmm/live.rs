@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
 use crate::accel::kvm::{kick::VcpuControl, memory::KvmMemory, vcpu::LiveVcpuStats};
 use crate::accel::tcg::riscv64::RiscvSystem;
 use crate::api::{ControlError, VmControl, VmState};
@@ -29,9 +29,9 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The accelerator side.
 pub enum CpuBackend {
-    /// KVM vCPUs; `slots` once KVM is set up. Only the x86_64 machine
-    /// runs on KVM, so only x86_64 hosts have it.
-    #[cfg(target_arch = "x86_64")]
+    /// KVM vCPUs; `slots` once KVM is set up. KVM runs guests of the
+    /// host's architecture: x86_64 and riscv64 hosts have it.
+    #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
     Kvm {
         control: Arc<VcpuControl>,
         slots: Mutex<Option<KvmMemory>>,
@@ -39,7 +39,7 @@ pub enum CpuBackend {
         exits: Mutex<Vec<Arc<LiveVcpuStats>>>,
         /// What a snapshot reads, once KVM is set up; dropped when the VM
         /// ends (it holds the VM descriptor).
-        snapshot: Mutex<Option<Arc<X86SnapshotParts>>>,
+        snapshot: Mutex<Option<KvmSnapshotParts>>,
     },
     /// Software harts, with the machine parts a snapshot saves beyond
     /// what every VM has (the PLIC and guest RAM).
@@ -48,6 +48,16 @@ pub enum CpuBackend {
         plic: Arc<Plic>,
         ram: Arc<RamBlock>,
     },
+}
+
+/// What a snapshot of a KVM VM reads beyond what every VM has.
+#[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
+#[derive(Clone)]
+pub enum KvmSnapshotParts {
+    #[cfg(target_arch = "x86_64")]
+    X86(Arc<X86SnapshotParts>),
+    #[cfg(target_arch = "riscv64")]
+    Riscv(Arc<crate::vmm::snapshot_riscv_kvm::RiscvKvmSnapshotParts>),
 }
 
 struct Inner {
@@ -147,23 +157,23 @@ impl LiveVm {
     /// The VM has ended.
     pub fn set_shut_down(&self) {
         self.lock().state = VmState::ShutDown;
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
         if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
             snapshot.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
 
     /// KVM is set up: snapshots can be taken.
-    #[cfg(target_arch = "x86_64")]
-    pub fn set_kvm_snapshot_parts(&self, parts: X86SnapshotParts) {
+    #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
+    pub fn set_kvm_snapshot_parts(&self, parts: KvmSnapshotParts) {
         if let CpuBackend::Kvm { snapshot, .. } = &self.cpu {
-            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(parts));
+            *snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(parts);
         }
     }
 
     /// The live counters of vCPU `index` (KVM), registered for
-    #[cfg(target_arch = "x86_64")]
     /// [`VmControl::counters`].
+    #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
     pub fn vcpu_stats(&self, index: usize) -> Arc<LiveVcpuStats> {
         let stats = Arc::new(LiveVcpuStats::default());
         if let CpuBackend::Kvm { exits, .. } = &self.cpu {
@@ -177,7 +187,7 @@ impl LiveVm {
     }
 
     /// KVM is set up: the slot table can be reported.
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
     pub fn set_kvm_slots(&self, slots: KvmMemory) {
         if let CpuBackend::Kvm { slots: s, .. } = &self.cpu {
             *s.lock().unwrap_or_else(|e| e.into_inner()) = Some(slots);
@@ -186,7 +196,7 @@ impl LiveVm {
 
     fn pause_cpus(&self) -> Result<(), ControlError> {
         match &self.cpu {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
             CpuBackend::Kvm { control, .. } => {
                 control.pause();
                 Ok(())
@@ -206,7 +216,7 @@ impl LiveVm {
 
     fn resume_cpus(&self) {
         match &self.cpu {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
             CpuBackend::Kvm { control, .. } => control.resume(),
             CpuBackend::Tcg { system, .. } => system.resume_all(),
         }
@@ -226,7 +236,7 @@ impl LiveVm {
             return Err(ControlError::WrongState(inner.state, "paused"));
         }
         match &self.cpu {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
             CpuBackend::Kvm {
                 control, snapshot, ..
             } => {
@@ -237,17 +247,32 @@ impl LiveVm {
                     .ok_or_else(|| {
                         ControlError::Unsupported("KVM is not set up for this VM".into())
                     })?;
-                crate::vmm::snapshot_x86::save(
-                    dir,
-                    options,
-                    &X86SnapshotSource {
-                        config: &self.config,
-                        parts: &parts,
-                        control,
-                        serial: &self.serial,
-                        devices: &self.devices,
-                    },
-                )
+                match parts {
+                    #[cfg(target_arch = "x86_64")]
+                    KvmSnapshotParts::X86(parts) => crate::vmm::snapshot_x86::save(
+                        dir,
+                        options,
+                        &X86SnapshotSource {
+                            config: &self.config,
+                            parts: &parts,
+                            control,
+                            serial: &self.serial,
+                            devices: &self.devices,
+                        },
+                    ),
+                    #[cfg(target_arch = "riscv64")]
+                    KvmSnapshotParts::Riscv(parts) => crate::vmm::snapshot_riscv_kvm::save(
+                        dir,
+                        options,
+                        &crate::vmm::snapshot_riscv_kvm::RiscvKvmSnapshotSource {
+                            config: &self.config,
+                            parts: &parts,
+                            control,
+                            serial: &self.serial,
+                            devices: &self.devices,
+                        },
+                    ),
+                }
                 .map_err(|e| self.snapshot_failed(dir, e))
             }
             CpuBackend::Tcg { system, plic, ram } => crate::vmm::snapshot::save(
@@ -298,7 +323,7 @@ impl VmControl for LiveVm {
             "config": {
                 "arch": c.arch.name(),
                 "accel": match self.cpu {
-                    #[cfg(target_arch = "x86_64")]
+                    #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
                     CpuBackend::Kvm { .. } => "kvm",
                     CpuBackend::Tcg { .. } => "tcg",
                 },
@@ -407,7 +432,7 @@ impl VmControl for LiveVm {
 
     fn accel_info(&self) -> Value {
         match &self.cpu {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
             CpuBackend::Kvm { slots, .. } => {
                 let slots = slots.lock().unwrap_or_else(|e| e.into_inner());
                 match slots.as_ref() {
@@ -465,7 +490,7 @@ impl VmControl for LiveVm {
             .collect();
         let serial = self.serial.counters();
         let cpus = match &self.cpu {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
             CpuBackend::Kvm { exits, .. } => Value::Array(
                 exits
                     .lock()
@@ -478,6 +503,7 @@ impl VmControl for LiveVm {
                             "exits": {
                                 "pio": s.pio_exits,
                                 "mmio": s.mmio_exits,
+                                "sbi": s.sbi_exits,
                                 "interrupted": s.interrupted,
                             },
                         })

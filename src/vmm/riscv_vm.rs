@@ -1,56 +1,73 @@
-//! A riscv64 `virt` microVM on the software CPU: the machine from
-//! `arch::riscv64`, one host thread per hart, and the shared event loop.
-//!
-//! One thread per hart (rather than round-robin on one thread) because harts
-//! are independent most of the time, so a 2-hart guest uses both host
-//! cores; shared guest memory is accessed with host atomics and LR/SC is
-//! value-checked, as in QEMU's multi-threaded TCG.
+//! A riscv64 `virt` microVM: the machine from `arch::riscv64` on either
+//! accelerator, the software CPU (any host) or KVM (riscv64 hosts). The
+//! machine is the same for both; the accelerator supplies what the machine
+//! needs of its harts (their device-tree description and their external
+//! interrupt lines) before the machine is built, attaches to its memory
+//! after, and runs the harts under the shared lifecycle
+//! ([`crate::vmm::lifecycle`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::accel::tcg::riscv64::{Hart, HartState, HartStats, RiscvSystem, TcgMemoryListener};
+use crate::accel::tcg::riscv64::hart_threads::{HartStart, TcgHartThreads};
+use crate::accel::tcg::riscv64::{HartState, RiscvSystem, TcgMemoryListener};
+use crate::accel::tcg::signals::{HartSignals, IRQ_SEIP};
+use crate::accel::AccelChoice;
+use crate::arch::riscv64::cpu_description::CpuDescription;
 use crate::arch::riscv64::layout::TIMEBASE_FREQ;
 use crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW;
+use crate::arch::riscv64::machine::HartLines;
 use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
 use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
-use crate::devices::plic::PlicLine;
+use crate::devices::plic::{PlicLine, PlicOutput};
 use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
-use crate::vmm::console::{ConsoleInput, ConsoleOutput};
 use crate::vmm::error::VmError;
-use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
+use crate::vmm::event_loop::{console_target, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
-use crate::vmm::landlock_rules::confine_filesystem;
-use crate::vmm::live::{start_api, CpuBackend, LiveVm, LiveVmParts};
-use crate::vmm::seccomp::{confine_thread, ThreadKind};
+use crate::vmm::lifecycle::{Accelerator, CpuCounters, LifecycleParts};
+use crate::vmm::live::{CpuBackend, LiveVm, LiveVmParts};
 use crate::vmm::snapshot::{LoadedSnapshot, SnapshotError};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
+use crate::vmm::vm::RestoreOptions;
 
 /// How a riscv64 run ended.
 #[derive(Debug)]
 pub struct RiscvOutcome {
     pub reason: ExitReason,
-    /// Per-hart counters.
-    pub harts: Vec<HartStats>,
-    /// From the first instruction to the end.
+    /// Per-hart (software CPU) or per-vCPU (KVM) counters.
+    pub cpus: CpuCounters,
+    /// From the start of the harts to the end.
     pub run_time: Duration,
-    /// When the harts were started (the first instruction follows at
-    /// once): start-up time for `--timings`.
+    /// When the harts were started: start-up time for `--timings`.
     pub started: Instant,
+    /// When the first vCPU entered `KVM_RUN` (KVM).
+    pub first_run: Option<Instant>,
 }
 
-/// A riscv64 microVM on the software CPU.
+/// The accelerator side of a riscv64 VM, before it runs.
+enum RiscvCpus {
+    /// The software CPU; `restored` holds each hart's saved state (`None`
+    /// for harts that are not started).
+    Tcg {
+        system: Arc<RiscvSystem>,
+        restored: Option<Vec<Option<HartState>>>,
+    },
+    /// KVM vCPUs, created, with their boot or restored registers loaded.
+    #[cfg(target_arch = "riscv64")]
+    Kvm(crate::accel::kvm::riscv64::setup::RiscvKvm),
+}
+
+/// A riscv64 microVM.
 pub struct RiscvVm {
     config: VmConfig,
     tree: Arc<Mutex<MemoryTree>>,
     memory: AddressSpace,
     serial: Arc<Serial>,
-    system: Arc<RiscvSystem>,
+    cpus: RiscvCpus,
     boot: Option<RiscvBoot>,
     fdt: Vec<u8>,
     exit: Arc<ExitSignal>,
@@ -59,60 +76,66 @@ pub struct RiscvVm {
     plic: Arc<crate::devices::plic::Plic>,
     /// The RAM region.
     ram: crate::memory::RegionId,
-    /// A restored VM: each hart's saved state (`None` for harts that are
-    /// not started); the harts start from these instead of the kernel.
-    restored: Option<Vec<Option<HartState>>>,
+    /// Built from a snapshot (nothing is booted).
+    restored: bool,
 }
 
-/// What a restore takes from the caller rather than from the snapshot:
-/// where the console goes (host-side settings; the machine itself is
-/// rebuilt exactly as saved).
-#[derive(Clone, Debug)]
-pub struct RestoreOptions {
-    pub console_input: ConsoleInput,
-    pub console_output: ConsoleOutput,
-    /// Serve the control API here (`--api-socket`).
-    pub api_socket: Option<std::path::PathBuf>,
-    /// The software CPU's compile policy (`--tcg-jit`): a property of the
-    /// host side, not of the saved machine.
-    pub tcg_jit: crate::accel::tcg::riscv64::jit::JitPolicy,
-    /// Disks to use instead of the saved ones (`--disk` at restore; see
-    /// [`crate::vmm::snapshot::SavedConfig::with_overrides`]).
-    pub disks: Vec<crate::vmm::config::DiskSpec>,
-    /// TAPs to use instead of the saved ones, by position.
-    pub nets: Vec<crate::vmm::config::NetSpec>,
-    /// How the VMM confines itself (`--seccomp`, `--landlock`,
-    /// `--snapshot-dir`): also a property of the host side.
-    pub confinement: crate::vmm::config::Confinement,
+/// Where a VM being built starts from.
+enum Start {
+    Boot,
+    /// A software-CPU snapshot: `time` goes on from the saved value.
+    TcgRestore {
+        time: u64,
+    },
+    /// A KVM snapshot.
+    #[cfg(target_arch = "riscv64")]
+    KvmRestore,
 }
 
-impl Default for RestoreOptions {
-    fn default() -> Self {
-        RestoreOptions {
-            console_input: ConsoleInput::Stdin,
-            console_output: ConsoleOutput::Stdout,
-            api_socket: None,
-            tcg_jit: Default::default(),
-            disks: Vec::new(),
-            nets: Vec::new(),
-            confinement: Default::default(),
+/// Whether the KVM device at `path` opens (read-write, as KVM needs).
+pub fn kvm_usable(path: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .is_ok()
+}
+
+/// The accelerator a riscv64 VM gets for `choice` on this host: KVM only
+/// where the host is riscv64; `auto` means KVM when /dev/kvm can be
+/// opened (the caller has said which in one line), else the software CPU.
+fn accel_for(choice: AccelChoice, kvm_path: &Path) -> Result<AccelChoice, VmError> {
+    match choice {
+        AccelChoice::Kvm if !cfg!(target_arch = "riscv64") => Err(VmError::Arch(format!(
+            "KVM cannot run riscv64 guests on this {} host; use --accel tcg",
+            std::env::consts::ARCH
+        ))),
+        AccelChoice::Auto if cfg!(target_arch = "riscv64") && kvm_usable(kvm_path) => {
+            Ok(AccelChoice::Kvm)
         }
+        AccelChoice::Auto => Ok(AccelChoice::Tcg),
+        other => Ok(other),
     }
 }
 
 impl RiscvVm {
     /// Builds the machine, loads the kernel, initrd and device tree.
     pub fn new(config: VmConfig) -> Result<RiscvVm, VmError> {
-        Self::build(config, None)
+        Self::build(config, Start::Boot)
     }
 
     /// Builds the VM saved in the snapshot directory `dir` (see
-    /// [`crate::vmm::snapshot`]): the same machine and devices (disk files
-    /// and TAPs must exist again), guest memory, PLIC, UART, virtio
-    /// transports with their queues, and the harts' state, with `time`
-    /// going on from the saved value. [`RiscvVm::run`] then continues the
-    /// guest where it stopped; the kernel is not entered again.
+    /// [`crate::vmm::snapshot`] and, for KVM snapshots,
+    /// [`crate::vmm::snapshot_riscv_kvm`]): the same machine and devices
+    /// (disk files and TAPs must exist again), guest memory, PLIC, UART,
+    /// virtio transports with their queues, and the harts' state, with
+    /// `time` going on from the saved value. [`RiscvVm::run`] then
+    /// continues the guest where it stopped; the kernel is not entered
+    /// again. A snapshot is restored on the accelerator it was taken on.
     pub fn restore(dir: &Path, options: RestoreOptions) -> Result<RiscvVm, VmError> {
+        if crate::vmm::snapshot::saved_accel(dir).as_deref() == Some("kvm") {
+            return Self::restore_kvm(dir, options);
+        }
         let snapshot = LoadedSnapshot::open(dir)?;
         let state = &snapshot.state;
         // A hart state no hart could be in (a hand-edited state.json) is
@@ -127,49 +150,140 @@ impl RiscvVm {
             };
             pc.map_err(|e| SnapshotError::Inconsistent(format!("hart {id}: {e}")))?;
         }
+        let mut config = Self::restored_config(&state.config, &options)?;
+        config.accel = AccelChoice::Tcg;
+        let mut vm = Self::build(config, Start::TcgRestore { time: state.time })?;
+        let ram = vm.lock_tree().ram_block(vm.ram)?;
+        snapshot.load_memory(&ram)?;
+        vm.restore_machine(&state.devices, &state.uart, &state.plic)?;
+        #[allow(irrefutable_let_patterns)] // riscv64 hosts also have KVM
+        if let RiscvCpus::Tcg { system, restored } = &mut vm.cpus {
+            for (shared, saved) in system.harts.iter().zip(&state.harts) {
+                shared.set_hsm(saved.hsm.into());
+            }
+            *restored = Some(
+                (0..state.harts.len())
+                    .map(|id| state.hart_state(id))
+                    .collect(),
+            );
+        }
+        Ok(vm)
+    }
+
+    #[cfg(not(target_arch = "riscv64"))]
+    fn restore_kvm(dir: &Path, _: RestoreOptions) -> Result<RiscvVm, VmError> {
+        Err(VmError::Arch(format!(
+            "{} holds a snapshot of a riscv64 VM under KVM, which only a riscv64 host can \
+             restore",
+            dir.display()
+        )))
+    }
+
+    #[cfg(target_arch = "riscv64")]
+    fn restore_kvm(dir: &Path, options: RestoreOptions) -> Result<RiscvVm, VmError> {
+        use crate::vmm::snapshot_riscv_kvm::LoadedRiscvKvmSnapshot;
+        let snapshot = LoadedRiscvKvmSnapshot::open(dir)?;
+        let state = &snapshot.state;
+        let mut config = Self::restored_config(&state.config, &options)?;
+        config.accel = AccelChoice::Kvm;
+        let vm = Self::build(config, Start::KvmRestore)?;
+        let ram = vm.lock_tree().ram_block(vm.ram)?;
+        snapshot.load_memory(&ram)?;
+        vm.restore_machine(&state.devices, &state.uart, &state.plic)?;
+        if let RiscvCpus::Kvm(kvm) = &vm.cpus {
+            kvm.load_restored(&state.vcpus)?;
+        }
+        Ok(vm)
+    }
+
+    /// The configuration of a restored VM: the saved machine, with the
+    /// host-side settings from `options`.
+    fn restored_config(
+        saved: &crate::vmm::snapshot::SavedConfig,
+        options: &RestoreOptions,
+    ) -> Result<VmConfig, VmError> {
         let base = VmConfig {
             arch: crate::arch::GuestArch::Riscv64,
-            console_input: options.console_input,
-            console_output: options.console_output,
+            console_input: options.console_input.clone(),
+            console_output: options.console_output.clone(),
             ..VmConfig::default()
         };
-        let mut config = state
-            .config
+        let mut config = saved
             .with_overrides(&options.disks, &options.nets)?
             .apply(base)?;
-        config.api_socket = options.api_socket;
+        config.api_socket = options.api_socket.clone();
         config.tcg_jit = options.tcg_jit;
-        config.confinement = options.confinement;
-        let mut vm = Self::build(config, Some(state.time))?;
-        let ram = {
-            let tree = vm.lock_tree();
-            tree.ram_block(vm.ram)?
-        };
-        snapshot.load_memory(&ram)?;
-        crate::vmm::snapshot::restore_devices(&vm.virtio.devices, &state.devices)?;
-        crate::vmm::snapshot::restore_uart(&vm.serial, &state.uart)?;
+        config.confinement = options.confinement.clone();
+        Ok(config)
+    }
+
+    /// Loads the saved devices, UART and PLIC.
+    fn restore_machine(
+        &self,
+        devices: &[crate::vmm::snapshot::SavedDevice],
+        uart: &crate::devices::serial::SerialSnapshot,
+        plic: &crate::devices::plic::PlicState,
+    ) -> Result<(), VmError> {
+        crate::vmm::snapshot::restore_devices(&self.virtio.devices, devices)?;
+        crate::vmm::snapshot::restore_uart(&self.serial, uart)?;
         // Last: the devices above drove their PLIC inputs as they came
         // back; the saved registers are the truth.
-        vm.plic
-            .restore_state(&state.plic)
+        self.plic
+            .restore_state(plic)
             .map_err(|e| SnapshotError::Device {
                 name: "plic".into(),
                 reason: e.to_string(),
             })?;
-        for (shared, saved) in vm.system.harts.iter().zip(&state.harts) {
-            shared.set_hsm(saved.hsm.into());
-        }
-        vm.restored = Some(
-            (0..state.harts.len())
-                .map(|id| state.hart_state(id))
-                .collect(),
-        );
-        Ok(vm)
+        Ok(())
     }
 
-    /// `time_at_start`: the `time` value to start from (a restore).
-    fn build(config: VmConfig, time_at_start: Option<u64>) -> Result<RiscvVm, VmError> {
-        let restoring = time_at_start.is_some();
+    fn build(mut config: VmConfig, start: Start) -> Result<RiscvVm, VmError> {
+        let restoring = !matches!(start, Start::Boot);
+        config.accel = accel_for(config.accel, &config.kvm_path)?;
+        if config.firmware.is_some() {
+            return Err(VmError::Arch(
+                "--firmware is not supported for riscv64 guests; give a Linux Image with --kernel"
+                    .into(),
+            ));
+        }
+        let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
+        let output = config
+            .console_output
+            .open(config.confinement.seccomp)
+            .map_err(VmError::Console)?;
+
+        // What the machine needs of the accelerator: how to describe the
+        // harts and how to drive their interrupt lines.
+        #[cfg(target_arch = "riscv64")]
+        let mut kvm = None;
+        let signals: Vec<Arc<HartSignals>>;
+        let (cpu, lines): (CpuDescription, HartLines) = match config.accel {
+            #[cfg(target_arch = "riscv64")]
+            AccelChoice::Kvm => {
+                let (k, cpu, lines) = crate::accel::kvm::riscv64::setup::RiscvKvm::open(
+                    &config.kvm_path,
+                    config.cpus,
+                    &exit,
+                )?;
+                kvm = Some(k);
+                signals = Vec::new();
+                (cpu, lines)
+            }
+            _ => {
+                signals = (0..config.cpus)
+                    .map(|_| Arc::new(HartSignals::new()))
+                    .collect();
+                let lines = signals
+                    .iter()
+                    .map(|hart| {
+                        let hart = hart.clone();
+                        Box::new(move |level| hart.set_line(IRQ_SEIP, level)) as PlicOutput
+                    })
+                    .collect();
+                (CpuDescription::software(), lines)
+            }
+        };
+
         let machine_config = RiscvMachineConfig {
             memory: config.memory,
             cpus: config.cpus,
@@ -185,36 +299,52 @@ impl RiscvVm {
                     .map_while(|_| alloc.allocate())
                     .collect()
             },
+            cpu,
         };
-        if config.firmware.is_some() {
-            return Err(VmError::Arch(
-                "--firmware is not supported for riscv64 guests; give a Linux Image with --kernel"
-                    .into(),
-            ));
-        }
-        let output = config
-            .console_output
-            .open(config.confinement.seccomp)
-            .map_err(VmError::Console)?;
-        let machine = build_machine(&machine_config, Box::new(output.clone()))
+        let machine = build_machine(&machine_config, Box::new(output.clone()), lines)
             .map_err(|e| VmError::Arch(e.to_string()))?;
-        let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let serial = machine.serial.clone();
-        let console_serial = serial.clone();
-        let system = RiscvSystem::with_time(
-            machine.memory.clone(),
-            &machine.harts,
-            TIMEBASE_FREQ as u64,
-            exit.clone(),
-            Box::new(move |bytes| console_serial.write_console(bytes)),
-            time_at_start.unwrap_or(0),
-        );
         let mut tree = machine.tree;
-        tree.add_listener(
-            &machine.memory,
-            0,
-            Box::new(TcgMemoryListener::new(&system)),
-        )?;
+
+        // The accelerator attaches to the machine's memory.
+        let cpus = match config.accel {
+            #[cfg(target_arch = "riscv64")]
+            AccelChoice::Kvm => {
+                let mut k = kvm
+                    .take()
+                    .ok_or_else(|| VmError::Arch("KVM was not opened".into()))?;
+                k.attach(&mut tree, &machine.memory)?;
+                if let (Some(boot), false) = (&machine.boot, restoring) {
+                    k.load_boot(boot)?;
+                }
+                RiscvCpus::Kvm(k)
+            }
+            _ => {
+                let console_serial = serial.clone();
+                let time = match start {
+                    Start::TcgRestore { time } => time,
+                    _ => 0,
+                };
+                let system = RiscvSystem::with_time(
+                    machine.memory.clone(),
+                    &signals,
+                    TIMEBASE_FREQ as u64,
+                    exit.clone(),
+                    Box::new(move |bytes| console_serial.write_console(bytes)),
+                    time,
+                );
+                tree.add_listener(
+                    &machine.memory,
+                    0,
+                    Box::new(TcgMemoryListener::new(&system)),
+                )?;
+                RiscvCpus::Tcg {
+                    system,
+                    restored: None,
+                }
+            }
+        };
+
         let plic = machine.plic.clone();
         let irq_for = |slot: &VirtioMmioSlot| -> Result<Arc<dyn IrqLine>, VmError> {
             Ok(Arc::new(PlicLine::new(plic.clone(), slot.irq)))
@@ -233,13 +363,28 @@ impl RiscvVm {
         )?;
         let ram_block = tree.ram_block(machine.ram)?;
         let tree = Arc::new(Mutex::new(tree));
-        let live = LiveVm::new(LiveVmParts {
-            config: config.clone(),
-            cpu: CpuBackend::Tcg {
+        let backend = match &cpus {
+            RiscvCpus::Tcg { system, .. } => CpuBackend::Tcg {
                 system: system.clone(),
                 plic: machine.plic.clone(),
                 ram: ram_block,
             },
+            #[cfg(target_arch = "riscv64")]
+            RiscvCpus::Kvm(k) => CpuBackend::Kvm {
+                control: k.control.clone(),
+                slots: Mutex::new(k.slots.clone()),
+                exits: Mutex::new(Vec::new()),
+                snapshot: Mutex::new(Some(crate::vmm::live::KvmSnapshotParts::Riscv(Arc::new(
+                    crate::vmm::snapshot_riscv_kvm::RiscvKvmSnapshotParts {
+                        ram: ram_block,
+                        plic: machine.plic.clone(),
+                    },
+                )))),
+            },
+        };
+        let live = LiveVm::new(LiveVmParts {
+            config: config.clone(),
+            cpu: backend,
             devices: &virtio.devices,
             console_output: output.clone(),
             serial: serial.clone(),
@@ -256,7 +401,7 @@ impl RiscvVm {
             tree,
             memory: machine.memory,
             serial,
-            system,
+            cpus,
             boot: machine.boot,
             fdt: machine.fdt,
             exit,
@@ -264,12 +409,21 @@ impl RiscvVm {
             live,
             plic: machine.plic,
             ram: machine.ram,
-            restored: None,
+            restored: restoring,
         })
     }
 
     fn lock_tree(&self) -> MutexGuard<'_, MemoryTree> {
         self.tree.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The accelerator this VM runs on: `kvm` or `tcg`.
+    pub fn accel_name(&self) -> &'static str {
+        match self.cpus {
+            RiscvCpus::Tcg { .. } => "tcg",
+            #[cfg(target_arch = "riscv64")]
+            RiscvCpus::Kvm(_) => "kvm",
+        }
     }
 
     /// The device tree blob given to the guest.
@@ -326,98 +480,62 @@ impl RiscvVm {
     /// Runs until the guest powers off or resets, the user quits, or a
     /// signal ends it.
     pub fn run(self) -> Result<RiscvOutcome, VmError> {
-        let restored = self.restored.clone();
-        let boot = match (&restored, self.boot) {
-            (Some(_), _) => None,
-            (None, Some(boot)) => Some(boot),
-            (None, None) => {
-                return Err(VmError::Arch(
-                    "riscv64 guests need a kernel (--kernel Image)".into(),
+        let seccomp = self.config.confinement.seccomp;
+        if self.boot.is_none() && !self.restored {
+            return Err(VmError::Arch(
+                "riscv64 guests need a kernel (--kernel Image)".into(),
+            ));
+        }
+        let mut cpus: Box<dyn Accelerator> = match self.cpus {
+            RiscvCpus::Tcg { system, restored } => {
+                let start = match (restored, self.boot) {
+                    (Some(states), _) => HartStart::Restored(states),
+                    (None, Some(boot)) => HartStart::Boot(boot),
+                    (None, None) => {
+                        return Err(VmError::Arch(
+                            "riscv64 guests need a kernel (--kernel Image)".into(),
+                        ))
+                    }
+                };
+                Box::new(TcgHartThreads::new(
+                    system,
+                    start,
+                    self.config.tcg_jit,
+                    seccomp,
+                ))
+            }
+            #[cfg(target_arch = "riscv64")]
+            RiscvCpus::Kvm(kvm) => {
+                let console_serial = self.serial.clone();
+                Box::new(kvm.into_threads(
+                    self.memory.clone(),
+                    Arc::new(move |bytes: &[u8]| console_serial.write_console(bytes)),
+                    self.exit.clone(),
+                    self.live.clone(),
+                    seccomp,
                 ))
             }
         };
-        let started = Instant::now();
-        let jit = self.config.tcg_jit;
-        // The API binds its socket first; its acceptor confines itself.
-        let api = start_api(&self.config, &self.live)?;
-        confine_filesystem(&self.config)?;
-        let seccomp = self.config.confinement.seccomp;
-        self.live.set_running();
-        let mut threads: Vec<JoinHandle<HartStats>> = Vec::new();
-        for id in 0..self.system.harts.len() {
-            let system = self.system.clone();
-            let saved = restored.as_ref().and_then(|r| r.get(id).cloned().flatten());
-            let spawned = std::thread::Builder::new()
-                .name(format!("ember-hart{id}"))
-                .spawn(move || {
-                    let exit = system.exit.clone();
-                    let mut hart = Hart::new(system, id);
-                    hart.set_jit_policy(jit);
-                    // The state is set before the first instruction: a
-                    // restored hart 0 does not enter the kernel again.
-                    match (saved, boot) {
-                        (Some(state), _) => hart.set_state(&state),
-                        (None, Some(boot)) if id == 0 => {
-                            hart.reset_to(boot.entry, 0, boot.fdt_addr)
-                        }
-                        _ => {}
-                    }
-                    // The code arena is mapped before the filter, which
-                    // refuses new executable mappings.
-                    hart.map_code_arena();
-                    if let Err(e) = confine_thread(ThreadKind::Hart, seccomp) {
-                        exit.request(ExitReason::Error(format!("hart {id}: {e}")));
-                        return HartStats::default();
-                    }
-                    hart.thread_main()
-                });
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    self.system.stop_all();
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(VmError::Thread(e));
-                }
-            }
-        }
-        let result = run_event_loop(
-            &self.exit,
-            EventLoopParts {
-                input: self.config.console_input.clone(),
-                deliver: console_target(&self.virtio, &self.serial),
-                devices: self.virtio.subscribers(),
-                seccomp: self.config.confinement.seccomp,
+        let outcome = crate::vmm::lifecycle::run(
+            LifecycleParts {
+                config: &self.config,
+                live: &self.live,
+                exit: &self.exit,
+                event_loop: EventLoopParts {
+                    input: self.config.console_input.clone(),
+                    deliver: console_target(&self.virtio, &self.serial),
+                    devices: self.virtio.subscribers(),
+                    seccomp,
+                },
             },
-        );
-        self.system.stop_all();
-        self.system.resume_all();
-        self.live.set_shut_down();
-        if let Some(api) = api {
-            let _ = api.shutdown();
-        }
-        let mut harts = Vec::new();
-        let mut panicked = false;
-        for t in threads {
-            match t.join() {
-                Ok(stats) => harts.push(stats),
-                Err(_) => panicked = true,
-            }
-        }
-        result?;
-        let mut reason = self
-            .exit
-            .reason()
-            .unwrap_or_else(|| ExitReason::Error("the VM stopped without a reason".into()));
-        if panicked {
-            reason = ExitReason::Error("a hart thread panicked".into());
-        }
+            cpus.as_mut(),
+        )?;
         Ok(RiscvOutcome {
-            reason,
-            harts,
-            run_time: started.elapsed(),
-            started,
+            reason: outcome.reason,
+            cpus: outcome.cpus,
+            run_time: outcome.ended.duration_since(outcome.started),
+            started: outcome.started,
+            first_run: outcome.first_run,
         })
     }
 }

@@ -470,6 +470,22 @@ struct StateHeader {
     arch: String,
 }
 
+/// The accelerator a snapshot's `state.json` says it was taken on
+/// (`Some("kvm")` for riscv64 KVM snapshots; `None` when it does not say,
+/// as software-CPU and x86_64 snapshots do not, or when the file cannot be
+/// read or parsed: opening the snapshot then reports that with all its
+/// checks).
+pub fn saved_accel(dir: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct AccelHeader {
+        #[serde(default)]
+        accel: Option<String>,
+    }
+    let bytes =
+        host_file::read_regular(&dir.join(STATE_FILE), STATE_MAX_SIZE, Symlinks::Follow).ok()?;
+    serde_json::from_slice::<AccelHeader>(&bytes).ok()?.accel
+}
+
 /// Parses `state.json` of an `arch` snapshot after checking that it says
 /// this format, version and architecture.
 pub fn parse_state<T: serde::de::DeserializeOwned>(

@@ -5,13 +5,21 @@
 pub mod ioeventfd;
 pub mod kick;
 pub mod memory;
-// The x86 vCPU and VM state and the x86 vCPU loop (port I/O, x86
-// registers): only x86_64 hosts have these KVM ioctls. The rest of this
-// module (slots, kicks, eventfds) is generic KVM.
+// riscv64 register ids, SBI answers and the interrupt line are plain logic
+// tested everywhere; the parts that issue riscv ioctls are riscv64-only
+// inside.
+pub mod riscv64;
+// The x86 vCPU and VM state: only x86_64 hosts have these KVM ioctls. The
+// rest of this module (slots, kicks, eventfds, the vCPU loop) is generic
+// KVM.
 #[cfg(target_arch = "x86_64")]
 pub mod state;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
 pub mod vcpu;
+#[cfg(any(target_arch = "x86_64", target_arch = "riscv64"))]
+pub mod vcpu_threads;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,9 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 /// Why KVM cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
-    #[error(
-        "{path} is not present: this host has no KVM (load the kvm module, or use --accel tcg)"
-    )]
+    #[error("{path} is not present: {}", no_kvm_hint())]
     NotPresent { path: String },
     #[error("no permission to open {path}: {fix}")]
     NoPermission { path: String, fix: String },
@@ -35,13 +41,61 @@ pub enum KvmError {
     },
     #[error("KVM API version {0} is not the supported version 12")]
     ApiVersion(i32),
-    #[error("KVM lacks a required capability: {0}")]
+    #[error("KVM on this host lacks {0}, which Ember needs on {arch} (use --accel tcg)", arch = std::env::consts::ARCH)]
     MissingCap(&'static str),
+    #[error("{asked} vCPUs requested: KVM on this host allows at most {max}")]
+    TooManyVcpus { asked: usize, max: usize },
+    #[error("KVM cannot be used: {0}")]
+    Unusable(String),
+    #[error("cannot {what} vCPU register {register}: {source}")]
+    Register {
+        what: &'static str,
+        register: String,
+        source: vmm_sys_util::errno::Error,
+    },
     #[error("{what} failed: {source}")]
     Ioctl {
         what: &'static str,
         source: vmm_sys_util::errno::Error,
     },
+}
+
+/// Why a host has no /dev/kvm, as far as the architecture tells.
+fn no_kvm_hint() -> &'static str {
+    if cfg!(target_arch = "riscv64") {
+        "this host has no KVM (the CPU has no hypervisor extension, or the kernel was built \
+         without CONFIG_KVM); use --accel tcg"
+    } else {
+        "this host has no KVM (load the kvm module, or use --accel tcg)"
+    }
+}
+
+/// The capabilities Ember needs on this host architecture. riscv64 has no
+/// in-kernel interrupt controller before Linux 6.5 (so no IRQFD): its
+/// vCPU registers are reached through ONE_REG and secondaries are held
+/// with MP_STATE.
+fn required_caps() -> &'static [(Cap, &'static str)] {
+    #[cfg(target_arch = "riscv64")]
+    {
+        &[
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::OneReg, "KVM_CAP_ONE_REG"),
+            (Cap::MpState, "KVM_CAP_MP_STATE"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::ReadonlyMem, "KVM_CAP_READONLY_MEM"),
+        ]
+    }
+    #[cfg(not(target_arch = "riscv64"))]
+    {
+        &[
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::ReadonlyMem, "KVM_CAP_READONLY_MEM"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        ]
+    }
 }
 
 /// What lets this user open the KVM device at `path`, as this host has it
@@ -121,14 +175,8 @@ impl KvmAccel {
         if version != 12 {
             return Err(KvmError::ApiVersion(version));
         }
-        for (cap, name) in [
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
-            (Cap::ReadonlyMem, "KVM_CAP_READONLY_MEM"),
-            (Cap::Irqfd, "KVM_CAP_IRQFD"),
-            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
-        ] {
-            if !kvm.check_extension(cap) {
+        for (cap, name) in required_caps() {
+            if !kvm.check_extension(*cap) {
                 return Err(KvmError::MissingCap(name));
             }
         }

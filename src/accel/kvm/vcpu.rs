@@ -1,6 +1,9 @@
 //! The vCPU thread: `KVM_RUN` in a loop, port I/O exits dispatched through
 //! the `I/O` address space and MMIO exits through `memory` (the same tree
 //! and dispatch code as everything else), and every way a vCPU can end.
+//! The same loop runs x86_64 and riscv64 vCPUs; what differs (register
+//! dumps, riscv's forwarded SBI calls) comes from the architecture's
+//! module.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -11,8 +14,16 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::kick::{KvmRunRegistration, VcpuControl};
+#[cfg(target_arch = "riscv64")]
+use super::riscv64::vcpu::describe_registers;
+#[cfg(target_arch = "x86_64")]
+use super::x86_64::describe_registers;
 use crate::memory::AddressSpace;
 use crate::vmm::exit::{ExitReason, ExitSignal};
+
+/// Where a guest's SBI console output goes (riscv64's forwarded legacy
+/// putchar).
+pub type SbiConsole = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
 /// What a vCPU thread needs.
 pub struct VcpuContext {
@@ -20,8 +31,10 @@ pub struct VcpuContext {
     pub index: usize,
     /// Where MMIO exits go.
     pub memory: AddressSpace,
-    /// Where port I/O exits go.
-    pub io: AddressSpace,
+    /// Where port I/O exits go (x86_64; riscv64 has no port I/O).
+    pub io: Option<AddressSpace>,
+    /// Where the guest's SBI console output goes (riscv64).
+    pub console: Option<SbiConsole>,
     /// Pausing and stopping.
     pub control: Arc<VcpuControl>,
     /// Where the vCPU reports why the VM must end.
@@ -43,6 +56,7 @@ pub struct LiveVcpuStats {
     runs: std::sync::atomic::AtomicU64,
     pio_exits: std::sync::atomic::AtomicU64,
     mmio_exits: std::sync::atomic::AtomicU64,
+    sbi_exits: std::sync::atomic::AtomicU64,
     interrupted: std::sync::atomic::AtomicU64,
 }
 
@@ -52,6 +66,7 @@ impl LiveVcpuStats {
         self.runs.store(s.runs, Relaxed);
         self.pio_exits.store(s.pio_exits, Relaxed);
         self.mmio_exits.store(s.mmio_exits, Relaxed);
+        self.sbi_exits.store(s.sbi_exits, Relaxed);
         self.interrupted.store(s.interrupted, Relaxed);
     }
 
@@ -62,6 +77,7 @@ impl LiveVcpuStats {
             runs: self.runs.load(Relaxed),
             pio_exits: self.pio_exits.load(Relaxed),
             mmio_exits: self.mmio_exits.load(Relaxed),
+            sbi_exits: self.sbi_exits.load(Relaxed),
             interrupted: self.interrupted.load(Relaxed),
         }
     }
@@ -73,48 +89,9 @@ pub struct VcpuStats {
     pub runs: u64,
     pub pio_exits: u64,
     pub mmio_exits: u64,
+    /// Forwarded SBI calls (riscv64).
+    pub sbi_exits: u64,
     pub interrupted: u64,
-}
-
-/// The registers of a vCPU as text, for error reports.
-pub fn describe_registers(vcpu: &VcpuFd) -> String {
-    let mut text = String::new();
-    match vcpu.get_regs() {
-        Ok(r) => text.push_str(&format!(
-            "rip={:#018x} rsp={:#018x} rflags={:#x}\n\
-             rax={:#018x} rbx={:#018x} rcx={:#018x} rdx={:#018x}\n\
-             rsi={:#018x} rdi={:#018x} rbp={:#018x}\n\
-             r8={:#018x} r9={:#018x} r10={:#018x} r11={:#018x}\n\
-             r12={:#018x} r13={:#018x} r14={:#018x} r15={:#018x}\n",
-            r.rip,
-            r.rsp,
-            r.rflags,
-            r.rax,
-            r.rbx,
-            r.rcx,
-            r.rdx,
-            r.rsi,
-            r.rdi,
-            r.rbp,
-            r.r8,
-            r.r9,
-            r.r10,
-            r.r11,
-            r.r12,
-            r.r13,
-            r.r14,
-            r.r15
-        )),
-        Err(e) => text.push_str(&format!("(registers unavailable: {e})\n")),
-    }
-    match vcpu.get_sregs() {
-        Ok(s) => text.push_str(&format!(
-            "cs={:#06x} base={:#x} l={} db={} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-            s.cs.selector, s.cs.base, s.cs.l, s.cs.db, s.cr0, s.cr3, s.cr4, s.efer
-        )),
-        Err(e) => text.push_str(&format!("(segment registers unavailable: {e})")),
-    }
-    text
 }
 
 /// What to do after an exit.
@@ -145,8 +122,10 @@ fn handle_io<'a>(
             // this vCPU's live run mapping and `data` borrows a
             // different part of it.
             let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
-            for element in data.chunks(size.max(1)) {
-                ctx.io.write_buf(port as u64, element);
+            if let Some(io) = &ctx.io {
+                for element in data.chunks(size.max(1)) {
+                    io.write_buf(port as u64, element);
+                }
             }
             None
         }
@@ -154,8 +133,13 @@ fn handle_io<'a>(
             stats.pio_exits += 1;
             // SAFETY: as above, for an input exit.
             let size = unsafe { (*run_page).__bindgen_anon_1.io.size } as usize;
-            for element in data.chunks_mut(size.max(1)) {
-                ctx.io.read_buf(port as u64, element);
+            match &ctx.io {
+                Some(io) => {
+                    for element in data.chunks_mut(size.max(1)) {
+                        io.read_buf(port as u64, element);
+                    }
+                }
+                None => data.fill(0xff),
             }
             None
         }
@@ -209,6 +193,26 @@ fn complete_pending_io(
         "vCPU {}: I/O still pending after {MAX_COMPLETION_ROUNDS} completions",
         ctx.index
     ))
+}
+
+/// `KVM_EXIT_RISCV_SBI`, which kvm-ioctls reports as `Unsupported`.
+#[cfg(target_arch = "riscv64")]
+const KVM_EXIT_RISCV_SBI: u32 = 35;
+
+/// Answers a forwarded SBI call (see [`super::riscv64::sbi`]).
+#[cfg(target_arch = "riscv64")]
+fn answer_sbi(vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the exit is KVM_EXIT_RISCV_SBI, so `riscv_sbi` is the valid
+    // member of the union; every field is a plain integer, whatever the
+    // guest put in its registers.
+    let sbi = unsafe { &mut run.__bindgen_anon_1.riscv_sbi };
+    let no_console = |_: &[u8]| {};
+    let console: &dyn Fn(&[u8]) = match &ctx.console {
+        Some(c) => c.as_ref(),
+        None => &no_console,
+    };
+    sbi.ret = super::riscv64::sbi::answer(sbi.extension_id, sbi.args, console);
 }
 
 /// Runs a vCPU until the VM stops. Call on the vCPU's own thread.
@@ -270,6 +274,12 @@ pub fn run_vcpu(mut vcpu: VcpuFd, ctx: VcpuContext) -> VcpuStats {
                 ))),
                 Some(VcpuExit::InternalError) => Next::InternalError,
                 Some(VcpuExit::IrqWindowOpen) | Some(VcpuExit::Intr) => Next::Continue,
+                #[cfg(target_arch = "riscv64")]
+                Some(VcpuExit::Unsupported(KVM_EXIT_RISCV_SBI)) => {
+                    stats.sbi_exits += 1;
+                    answer_sbi(&mut vcpu, &ctx);
+                    Next::Continue
+                }
                 Some(other) => Next::Unexpected(format!("{other:?}")),
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

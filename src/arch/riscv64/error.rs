@@ -98,6 +98,8 @@ pub enum FdtError {
 pub enum MachineError {
     #[error("{count} CPUs requested: this machine supports 1 to {max}")]
     CpuCount { count: u8, max: u8 },
+    #[error("the accelerator gave {lines} hart interrupt lines for {harts} harts")]
+    HartLines { lines: usize, harts: u8 },
     #[error(
         "guest RAM of {size:#x} bytes: it must be at least {min} MiB and a multiple of 4 KiB",
         min = super::layout::MIN_RAM_SIZE >> 20

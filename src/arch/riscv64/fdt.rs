@@ -19,10 +19,11 @@
 
 use vm_fdt::FdtWriter;
 
+use super::cpu_description::CpuDescription;
 use super::error::FdtError;
 use super::layout::{
-    plic_size, VirtioMmioSlot, MAX_HARTS, PLIC_BASE, PLIC_NDEV, TIMEBASE_FREQ, UART0_BASE,
-    UART0_IRQ, UART0_SIZE, UART_CLOCK_FREQ,
+    plic_size, VirtioMmioSlot, MAX_HARTS, PLIC_BASE, PLIC_NDEV, UART0_BASE, UART0_IRQ, UART0_SIZE,
+    UART_CLOCK_FREQ,
 };
 use crate::memory::{FlatView, RegionKind};
 
@@ -63,6 +64,9 @@ pub struct FdtConfig<'a> {
     pub virtio: &'a [VirtioMmioSlot],
     /// Entropy for the guest's early random pool (`rng-seed`).
     pub rng_seed: Option<&'a [u8]>,
+    /// The harts' ISA, paging mode and timebase; `None` for the software
+    /// CPU's ([`CpuDescription::software`]).
+    pub cpu: Option<&'a CpuDescription>,
 }
 
 /// The writable RAM of `view` as `(start, size)` ranges, neighbours merged,
@@ -129,31 +133,29 @@ pub fn build_fdt(view: &FlatView, config: &FdtConfig<'_>) -> Result<Vec<u8>, Fdt
         fdt.end_node(node)?;
     }
 
-    cpus(&mut fdt, config.harts)?;
+    let software = CpuDescription::software();
+    cpus(&mut fdt, config.harts, config.cpu.unwrap_or(&software))?;
     soc(&mut fdt, config)?;
 
     fdt.end_node(root)?;
     Ok(fdt.finish()?)
 }
 
-fn cpus(fdt: &mut FdtWriter, harts: u32) -> Result<(), FdtError> {
+fn cpus(fdt: &mut FdtWriter, harts: u32, desc: &CpuDescription) -> Result<(), FdtError> {
     let cpus = fdt.begin_node("cpus")?;
     fdt.property_u32("#address-cells", 1)?;
     fdt.property_u32("#size-cells", 0)?;
-    fdt.property_u32("timebase-frequency", TIMEBASE_FREQ)?;
+    fdt.property_u32("timebase-frequency", desc.timebase)?;
     for hart in 0..harts {
         let cpu = fdt.begin_node(&format!("cpu@{hart:x}"))?;
         fdt.property_string("device_type", "cpu")?;
         fdt.property_u32("reg", hart)?;
         fdt.property_string("status", "okay")?;
         fdt.property_string("compatible", "riscv")?;
-        fdt.property_string("mmu-type", MMU_TYPE)?;
-        fdt.property_string("riscv,isa", ISA_STRING)?;
-        fdt.property_string("riscv,isa-base", ISA_BASE)?;
-        fdt.property_string_list(
-            "riscv,isa-extensions",
-            ISA_EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-        )?;
+        fdt.property_string("mmu-type", &desc.mmu_type)?;
+        fdt.property_string("riscv,isa", &desc.isa)?;
+        fdt.property_string("riscv,isa-base", desc.isa_base())?;
+        fdt.property_string_list("riscv,isa-extensions", desc.extensions.clone())?;
         let intc = fdt.begin_node("interrupt-controller")?;
         fdt.property_string("compatible", "riscv,cpu-intc")?;
         fdt.property_u32("#interrupt-cells", 1)?;
@@ -582,6 +584,7 @@ mod tests {
                 initrd: Some((1, 2)),
                 virtio: &slots,
                 rng_seed: Some(&[0; 64]),
+                cpu: None,
             },
         )
         .unwrap();

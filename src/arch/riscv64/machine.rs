@@ -5,13 +5,15 @@
 //!
 //! Interrupt path: the UART's INTR level ([`Serial::set_level_listener`])
 //! drives PLIC source [`UART0_IRQ`]; the PLIC drives context N's output,
-//! which sets or clears [`IRQ_SEIP`] in hart N's [`HartSignals`]; the hart
-//! folds that into `sip` at its next block boundary.
+//! hart N's supervisor external interrupt line, which the accelerator hands
+//! in ([`HartLines`]): the software CPU sets `SEIP` in the hart's signals,
+//! KVM raises or lowers the vCPU's interrupt with `KVM_INTERRUPT`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::cpu_description::CpuDescription;
 use super::error::{ImageError, MachineError};
 use super::fdt::{build_fdt, memory_ranges, FdtConfig};
 use super::image::{load_image, write_fdt, ImageHeader, RiscvBoot};
@@ -19,7 +21,6 @@ use super::layout::{
     plic_size, CMDLINE_MAX_SIZE, MAX_HARTS, MAX_RAM_SIZE, MIN_RAM_SIZE, PLIC_BASE, RAM_ALIGN,
     RAM_BASE, UART0_BASE, UART0_IRQ, UART0_SIZE,
 };
-use crate::accel::tcg::signals::{HartSignals, IRQ_SEIP};
 use crate::arch::virtio_mmio::VirtioMmioSlot;
 use crate::devices::irq::EventFdTrigger;
 use crate::devices::plic::{Plic, PlicOutput};
@@ -49,7 +50,13 @@ pub struct RiscvMachineConfig {
     /// The virtio-mmio slots the VMM will put devices in (the device tree
     /// lists them; the devices themselves are added to the tree later).
     pub virtio: Vec<VirtioMmioSlot>,
+    /// What the accelerator's harts are, for the device tree.
+    pub cpu: CpuDescription,
 }
+
+/// Each hart's supervisor external interrupt line, from the accelerator,
+/// in hart order: the PLIC drives context N's output into line N.
+pub type HartLines = Vec<PlicOutput>;
 
 /// A built machine, ready for harts to run.
 ///
@@ -67,8 +74,6 @@ pub struct RiscvMachine {
     pub plic: Arc<Plic>,
     /// UART0 (ns16550a); feed host input with [`Serial::enqueue_input`].
     pub serial: Arc<Serial>,
-    /// One per hart; the PLIC drives `IRQ_SEIP` of each.
-    pub harts: Vec<Arc<HartSignals>>,
     /// Where the kernel went, when one was given: hart 0 starts at `entry`
     /// with `a0` = 0 and `a1` = `fdt_addr`.
     pub boot: Option<RiscvBoot>,
@@ -143,8 +148,15 @@ fn rng_seed() -> Option<[u8; 32]> {
 pub fn build_machine(
     config: &RiscvMachineConfig,
     serial_output: Box<dyn Write + Send>,
+    hart_lines: HartLines,
 ) -> Result<RiscvMachine, MachineError> {
     check_config(config)?;
+    if hart_lines.len() != config.cpus as usize {
+        return Err(MachineError::HartLines {
+            lines: hart_lines.len(),
+            harts: config.cpus,
+        });
+    }
     // Read and check the files first: their errors are the likeliest.
     let kernel = match &config.kernel {
         Some(path) => {
@@ -159,17 +171,7 @@ pub fn build_machine(
         None => None,
     };
 
-    let harts: Vec<Arc<HartSignals>> = (0..config.cpus)
-        .map(|_| Arc::new(HartSignals::new()))
-        .collect();
-    let outputs = harts
-        .iter()
-        .map(|hart| {
-            let hart = hart.clone();
-            Box::new(move |level| hart.set_line(IRQ_SEIP, level)) as PlicOutput
-        })
-        .collect();
-    let plic = Arc::new(Plic::new(outputs));
+    let plic = Arc::new(Plic::new(hart_lines));
     let trigger = EventFdTrigger::new().map_err(MachineError::Eventfd)?;
     let serial = Arc::new(Serial::new(trigger, serial_output));
     {
@@ -222,6 +224,7 @@ pub fn build_machine(
             initrd: boot.and_then(|b| b.initrd),
             virtio: &config.virtio,
             rng_seed: seed.as_ref().map(|s| &s[..]),
+            cpu: Some(&config.cpu),
         },
     )?;
     if let Some(boot) = &boot {
@@ -235,7 +238,6 @@ pub fn build_machine(
         ram,
         plic,
         serial,
-        harts,
         boot,
         fdt,
     })
@@ -251,6 +253,7 @@ fn image_error(path: &Path, source: ImageError) -> MachineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accel::tcg::signals::{HartSignals, IRQ_SEIP};
     use crate::arch::riscv64::error::BootError;
     use crate::arch::riscv64::fdt::reader::{parse, prop, string, u64s};
     use crate::arch::riscv64::image::IMAGE_MAGIC2;
@@ -313,11 +316,30 @@ mod tests {
             kernel: None,
             initrd: None,
             virtio: Vec::new(),
+            cpu: CpuDescription::software(),
         }
     }
 
+    /// Each hart's line as the software CPU wires it, and the lines.
+    fn hart_lines(cpus: u8) -> (Vec<Arc<HartSignals>>, HartLines) {
+        let signals: Vec<Arc<HartSignals>> =
+            (0..cpus).map(|_| Arc::new(HartSignals::new())).collect();
+        let lines = signals
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                Box::new(move |level| s.set_line(IRQ_SEIP, level)) as PlicOutput
+            })
+            .collect();
+        (signals, lines)
+    }
+
     fn build(config: &RiscvMachineConfig) -> Result<RiscvMachine, MachineError> {
-        build_machine(config, Box::new(Output::default()))
+        build_machine(
+            config,
+            Box::new(Output::default()),
+            hart_lines(config.cpus).1,
+        )
     }
 
     #[test]
@@ -338,7 +360,6 @@ mod tests {
         let uart = view.lookup(UART0_BASE + 0xff).unwrap();
         assert_eq!(m.tree.name(uart.region).unwrap(), UART_REGION);
         assert!(view.lookup(UART0_BASE + 0x100).is_none());
-        assert_eq!(m.harts.len(), 2);
         assert_eq!(m.plic.contexts(), 2);
         assert!(m.boot.is_none());
         // The device tree shows the RAM the tree maps.
@@ -384,7 +405,8 @@ mod tests {
     #[test]
     fn uart_interrupts_reach_the_hart_through_the_plic() {
         let out = Output::default();
-        let m = build_machine(&config(32 * MIB, 2), Box::new(out.clone())).unwrap();
+        let (harts, lines) = hart_lines(2);
+        let m = build_machine(&config(32 * MIB, 2), Box::new(out.clone()), lines).unwrap();
         let mem = &m.memory;
         let w32 = |addr: u64, v: u32| assert_eq!(mem.write(addr, 4, v as u64), MemTxResult::Ok);
         let r32 = |addr: u64| mem.read(addr, 4).0 as u32;
@@ -401,25 +423,25 @@ mod tests {
         w32(PLIC_BASE + 0x20_1000, 0);
         // RX interrupts on in the UART.
         assert_eq!(mem.write(UART0_BASE + 1, 1, 1), MemTxResult::Ok);
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, 0);
+        assert_eq!(harts[1].lines() & IRQ_SEIP, 0);
 
         m.serial.enqueue_input(b"k");
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, IRQ_SEIP);
-        assert!(m.harts[1].needs_attention());
-        assert_eq!(m.harts[0].lines() & IRQ_SEIP, 0, "not enabled for hart 0");
+        assert_eq!(harts[1].lines() & IRQ_SEIP, IRQ_SEIP);
+        assert!(harts[1].needs_attention());
+        assert_eq!(harts[0].lines() & IRQ_SEIP, 0, "not enabled for hart 0");
         // Claim, service, complete.
         assert_eq!(r32(PLIC_BASE + 0x20_1004), UART0_IRQ);
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, 0);
+        assert_eq!(harts[1].lines() & IRQ_SEIP, 0);
         assert_eq!(mem.read(UART0_BASE, 1).0, b'k' as u64);
         w32(PLIC_BASE + 0x20_1004, UART0_IRQ);
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, 0, "nothing left");
+        assert_eq!(harts[1].lines() & IRQ_SEIP, 0, "nothing left");
         // Completing before servicing re-raises it at once (level).
         m.serial.enqueue_input(b"z");
         assert_eq!(r32(PLIC_BASE + 0x20_1004), UART0_IRQ);
         w32(PLIC_BASE + 0x20_1004, UART0_IRQ);
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, IRQ_SEIP);
+        assert_eq!(harts[1].lines() & IRQ_SEIP, IRQ_SEIP);
         assert_eq!(mem.read(UART0_BASE, 1).0, b'z' as u64);
-        assert_eq!(m.harts[1].lines() & IRQ_SEIP, 0);
+        assert_eq!(harts[1].lines() & IRQ_SEIP, 0);
     }
 
     #[test]

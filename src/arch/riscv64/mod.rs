@@ -10,6 +10,7 @@
 //! need them separately (e.g. `--dump-dtb`, or virtio devices later placed
 //! in [`layout::VirtioMmioSlot`]s).
 
+pub mod cpu_description;
 mod error;
 pub mod fdt;
 pub mod image;

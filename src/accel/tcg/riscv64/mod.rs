@@ -6,6 +6,7 @@ pub mod decode;
 pub mod exec;
 pub mod fpu;
 pub mod hart;
+pub mod hart_threads;
 pub mod jit;
 #[cfg(target_arch = "x86_64")]
 pub mod jit_x86_64;

@@ -1,0 +1,163 @@
+//! Snapshots of a paused riscv64 `virt` VM under KVM, in the format of
+//! [`crate::vmm::snapshot`] (`manifest.json` with architecture `riscv64`,
+//! `state.json`, sparse `memory.bin`; same version, same checks).
+//! `state.json` says `"accel": "kvm"` and holds each vCPU's registers by
+//! name ([`SavedVcpu`]) instead of software harts; the machine part (PLIC,
+//! UART, virtio transports) is the same as the software CPU's.
+//!
+//! The vCPU registers are read on each vCPU's own thread while it is
+//! parked in the pause, after KVM completed its last MMIO access
+//! (`VcpuControl::run_parked`). The guest's `time` is saved with the
+//! timer registers and set again on restore, so it does not jump.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::accel::kvm::kick::VcpuControl;
+use crate::accel::kvm::riscv64::SavedVcpu;
+use crate::devices::plic::{Plic, PlicState};
+use crate::devices::serial::{Serial, SerialSnapshot};
+use crate::devices::virtio::mmio::VirtioMmio;
+use crate::memory::RamBlock;
+use crate::vmm::config::VmConfig;
+use crate::vmm::snapshot::{
+    load_sparse_memory, parse_state, prepare_dir, read_checked_state, read_manifest_of,
+    save_devices, save_state, sync_disks, Manifest, SavedConfig, SavedDevice, SnapshotError,
+    SnapshotOptions, SnapshotStats, ARCH, FORMAT, MEMORY_FILE, VERSION,
+};
+
+/// How long one vCPU may take to hand over its state.
+const VCPU_WAIT: Duration = Duration::from_secs(5);
+
+/// The `accel` of a KVM snapshot's state.
+pub const ACCEL_KVM: &str = "kvm";
+
+/// `state.json` of a riscv64 KVM snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RiscvKvmSnapshotState {
+    pub format: String,
+    pub version: u32,
+    pub arch: String,
+    pub accel: String,
+    pub config: SavedConfig,
+    pub vcpus: Vec<SavedVcpu>,
+    pub plic: PlicState,
+    pub uart: SerialSnapshot,
+    pub devices: Vec<SavedDevice>,
+}
+
+/// What a snapshot reads of a prepared riscv64 KVM VM besides what every
+/// VM has.
+pub struct RiscvKvmSnapshotParts {
+    pub ram: Arc<RamBlock>,
+    pub plic: Arc<Plic>,
+}
+
+/// What a snapshot is taken from: a live, paused VM.
+pub struct RiscvKvmSnapshotSource<'a> {
+    pub config: &'a VmConfig,
+    pub parts: &'a RiscvKvmSnapshotParts,
+    pub control: &'a VcpuControl,
+    pub serial: &'a Serial,
+    pub devices: &'a [(String, VirtioMmio)],
+}
+
+/// Collects the state of a paused VM (vCPUs parked, devices paused).
+pub fn capture(src: &RiscvKvmSnapshotSource<'_>) -> Result<RiscvKvmSnapshotState, SnapshotError> {
+    let mut vcpus = Vec::with_capacity(usize::from(src.config.cpus));
+    for index in 0..usize::from(src.config.cpus) {
+        let cpu_error = |reason: String| SnapshotError::Device {
+            name: format!("vCPU {index}"),
+            reason,
+        };
+        let state = src
+            .control
+            .run_parked(index, VCPU_WAIT, move |vcpu| {
+                crate::accel::kvm::riscv64::vcpu::save(vcpu?).map_err(|e| e.to_string())
+            })
+            .map_err(cpu_error)?
+            .map_err(cpu_error)?;
+        vcpus.push(state);
+    }
+    Ok(RiscvKvmSnapshotState {
+        format: FORMAT.into(),
+        version: VERSION,
+        arch: ARCH.into(),
+        accel: ACCEL_KVM.into(),
+        config: SavedConfig::of(src.config),
+        vcpus,
+        plic: src.parts.plic.state(),
+        uart: src.serial.state(),
+        devices: save_devices(src.devices)?,
+    })
+}
+
+/// Writes a snapshot of the paused VM to `dir`.
+pub fn save(
+    dir: &Path,
+    options: &SnapshotOptions,
+    src: &RiscvKvmSnapshotSource<'_>,
+) -> Result<SnapshotStats, SnapshotError> {
+    let started = Instant::now();
+    prepare_dir(dir, options)?;
+    let state = capture(src)?;
+    let disks_synced = sync_disks(src.config)?;
+    let mut stats = save_state(dir, ARCH, &state, &src.parts.ram, started)?;
+    stats.disks_synced = disks_synced;
+    Ok(stats)
+}
+
+/// A riscv64 KVM snapshot whose manifest and state file passed their
+/// checks; memory is checked while it is loaded.
+pub struct LoadedRiscvKvmSnapshot {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub state: RiscvKvmSnapshotState,
+}
+
+impl LoadedRiscvKvmSnapshot {
+    /// Reads `dir`: the manifest (a riscv64 snapshot of this format and
+    /// version), `state.json` (size and checksum checked before parsing),
+    /// then the size of `memory.bin`.
+    pub fn open(dir: &Path) -> Result<LoadedRiscvKvmSnapshot, SnapshotError> {
+        let manifest = read_manifest_of(dir, ARCH)?;
+        let mut parsed = None;
+        read_checked_state(dir, &manifest, |bytes| {
+            let state: RiscvKvmSnapshotState = parse_state(bytes, ARCH)?;
+            if state.accel != ACCEL_KVM {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "the state is for accelerator {:?}, not KVM",
+                    state.accel
+                )));
+            }
+            if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
+                return Err(SnapshotError::Inconsistent(format!(
+                    "{} vCPUs saved for a VM with {} CPUs",
+                    state.vcpus.len(),
+                    state.config.cpus
+                )));
+            }
+            for (index, vcpu) in state.vcpus.iter().enumerate() {
+                vcpu.ids()
+                    .map_err(|e| SnapshotError::Inconsistent(format!("vCPU {index}: {e}")))?;
+            }
+            let memory = state.config.memory;
+            parsed = Some(state);
+            Ok(memory)
+        })?;
+        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
+        Ok(LoadedRiscvKvmSnapshot {
+            dir: dir.to_path_buf(),
+            manifest,
+            state,
+        })
+    }
+
+    /// Loads `memory.bin` into `ram` (fresh, zero), verifying its checksum.
+    pub fn load_memory(&self, ram: &RamBlock) -> Result<(), SnapshotError> {
+        load_sparse_memory(&self.dir.join(MEMORY_FILE), ram, &self.manifest.memory)
+    }
+}
