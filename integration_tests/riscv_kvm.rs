@@ -928,6 +928,7 @@ fn unsupported_guest_action_is_a_clean_error() {
         assert!(!err.contains("panicked"), "{err}");
         let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "not one line: {err}");
+        eprintln!("riscv_kvm: refused as it should be: {}", lines[0]);
         assert!(
             err.to_lowercase().contains(&needle.to_lowercase()),
             "{needle:?} not in: {err}"
