@@ -8,15 +8,21 @@
 # riscv64 `ember` that boots the riscv64 test guests under KVM.
 #
 # Steps: install what is missing; build the host kernel Image (cached in
-# ~/.cache/ember/riscv64-kvm-host/<key>, about 5-6 minutes cold on two
-# cores); cross-build `ember` and the test binary (static, release); get
-# the guest kernel and initramfs (tools/riscv-linux-guest.sh) and the test
-# initramfs (tools/riscv-test-guest.sh); make an ext4 image for the blk
-# test; pack everything into the host's initramfs; boot it under a timeout
-# and check the verdict on its console.
+# ~/.cache/ember/riscv64-kvm-host/<key>; 3.5-4 minutes cold on two cores);
+# cross-build `ember` and the test binary (static, release; about a minute
+# from scratch, 40 s after a change in src/); get the guest kernel and
+# initramfs (tools/riscv-linux-guest.sh, cached; its first build is long)
+# and the test initramfs (tools/riscv-test-guest.sh); make an ext4 image
+# for the blk test; pack everything into the host's initramfs; boot it
+# under a timeout and check the verdict on its console. With everything
+# cached and built, a run takes a few seconds plus the tests.
 #
 # Usage: tools/riscv-kvm-rig.sh [test-name-filter] [test harness args...]
 #   e.g. tools/riscv-kvm-rig.sh kvm_device_is_present_and_ember_runs
+#        tools/riscv-kvm-rig.sh boots --skip two_vcpus
+# The arguments go to the test binary as given (one word each: they travel
+# on the host kernel's command line). The console log is kept in
+# target/riscv-kvm-rig/console.log.
 # Exits 0 only when the test binary reported "test result: ok" with at
 # least one test passed and the host's init printed "EMBER-RIG-EXIT 0".
 # Environment: EMBER_RIG_TIMEOUT (seconds for the whole qemu run, default
