@@ -19,6 +19,10 @@
 #
 # Usage: tools/riscv-kvm-rig.sh [test-name-filter] [test harness args...]
 #   e.g. tools/riscv-kvm-rig.sh kvm_device_is_present_and_ember_runs
+#        tools/riscv-kvm-rig.sh --bench   (the riscv64 KVM figures: MMIO
+#        exit round trip against a bare kvm-ioctls loop, Linux boot on KVM
+#        against the software CPU, start-up and VMM memory; benches/
+#        kvm_exits_riscv.rs; not part of tools/test.sh)
 #        tools/riscv-kvm-rig.sh boots --skip two_vcpus
 # The arguments go to the test binary as given (one word each: they travel
 # on the host kernel's command line). The console log is kept in
@@ -176,10 +180,20 @@ path = \"integration_tests/riscv_kvm.rs\""
     done
     echo "$here/target/$target/release/ember"
     echo "$test_bin"
+    if ((bench)); then
+        json=$(cd "$here" && "${env[@]}" cargo bench --locked --no-run --target "$target" \
+            --bench kvm_exits --message-format=json)
+        grep '"name":"kvm_exits"' <<<"$json" | grep -o '"executable":"[^"]*"' |
+            tail -n 1 | cut -d'"' -f4
+    fi
 }
 
 main() {
-    local started=$SECONDS t
+    local started=$SECONDS t bench=0
+    if [ "${1:-}" = --bench ]; then
+        bench=1
+        shift
+    fi
     install_missing
 
     t=$SECONDS
@@ -190,7 +204,7 @@ main() {
     t=$SECONDS
     local bins
     mapfile -t bins < <(build_ember)
-    ((${#bins[@]} == 2)) || die "building ember failed"
+    ((${#bins[@]} == 2 + bench)) || die "building ember failed"
     say "ember: ${bins[0]}"
     say "tests: ${bins[1]} ($(took "$t"))"
 
@@ -216,6 +230,7 @@ main() {
         "$here/resources/riscv64/rig-init.c"
     cp "${bins[0]}" "$root/rig/ember"
     cp "${bins[1]}" "$root/rig/riscv_kvm"
+    ((bench == 0)) || cp "${bins[2]}" "$root/rig/kvm_exits"
     cp "${guest[0]}" "$root/rig/guest/Image"
     cp "${guest[1]}" "$root/rig/guest/initramfs.cpio.gz"
     cp "$test_initrd" "$root/rig/guest/test.cpio.gz"
@@ -231,7 +246,9 @@ main() {
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/rig.cpio.gz"
     say "rig initramfs: $dir/rig.cpio.gz, $(du -h "$dir/rig.cpio.gz" | cut -f1) ($(took "$t"))"
 
-    local append="console=ttyS0 --"
+    local append="console=ttyS0"
+    ((bench == 0)) || append+=" ember_rig_bench=1"
+    append+=" --"
     (($# == 0)) || append+=" $*"
     say "booting the riscv64 KVM host (timeout ${timeout_s} s): console in $log"
     t=$SECONDS
@@ -256,6 +273,13 @@ main() {
     result=$(tr -d '\r' <"$log" | grep -aoE 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' |
         tail -n 1 || true)
     exit_line=$(tr -d '\r' <"$log" | grep -aoE 'EMBER-RIG-EXIT -?[0-9]+' | tail -n 1 || true)
+    if ((bench)); then
+        [ "$exit_line" = "EMBER-RIG-EXIT 0" ] ||
+            die "the benchmark failed (${exit_line:-no EMBER-RIG-EXIT line}); console: $log"
+        say "benchmark done:"
+        tr -d '\r' <"$log" | grep -a '^riscv64 ' >&2 || true
+        return 0
+    fi
     if [ "$exit_line" != "EMBER-RIG-EXIT 0" ]; then
         die "the tests did not pass (${result:-no test result}; ${exit_line:-no EMBER-RIG-EXIT line}); console: $log"
     fi
