@@ -940,3 +940,82 @@ fn unsupported_guest_action_is_a_clean_error() {
     // A kernel that is not there: the message names it.
     refused(&["--kernel", "/nonexistent/Image"], "/nonexistent/Image");
 }
+
+/// A bare-metal guest under `ember run --accel kvm` makes an SBI call
+/// KVM forwards to Ember but Ember does not implement (the first vendor
+/// extension, 0x0900_0000): it gets SBI_ERR_NOT_SUPPORTED (-2) back, as
+/// the SBI specification asks, prints `'0' + 2 + a0` with the legacy
+/// console putchar (also forwarded: Ember writes it to the console) and
+/// powers off through SRST (in the kernel). Output "0\n" and status 0 mean
+/// every step went through Ember's SBI exit path.
+#[test]
+fn an_unsupported_sbi_call_gets_not_supported_and_the_vm_goes_on() {
+    let _t = begin("an_unsupported_sbi_call_gets_not_supported_and_the_vm_goes_on");
+    // riscv `Image` header (text offset 0x200000, 64 KiB, magic), then
+    //   lui a7, 0x9000; li a6, 0; ecall          # vendor extension
+    //   addi s0, a0, 50; mv a0, s0; li a7, 1; ecall   # putchar('0' + 2 + a0)
+    //   li a0, 10; li a7, 1; ecall               # putchar('\n')
+    //   li a7, SRST; li a6, 0; li a0, 0; li a1, 0; ecall
+    //   j .
+    // (riscv64-linux-gnu-as output).
+    let words: [u32; 33] = [
+        0x0400_006f,
+        0,
+        0x0020_0000,
+        0,
+        0x0001_0000,
+        0,
+        0,
+        0,
+        2,
+        0,
+        0,
+        0,
+        0x4353_4952,
+        0x0000_0056,
+        0x0543_5352,
+        0,
+        0x0900_08b7,
+        0x0000_0813,
+        0x0000_0073,
+        0x0325_0413,
+        0x0004_0513,
+        0x0010_0893,
+        0x0000_0073,
+        0x00a0_0513,
+        0x0010_0893,
+        0x0000_0073,
+        0x5352_58b7,
+        0x3548_889b,
+        0x0000_0813,
+        0x0000_0513,
+        0x0000_0593,
+        0x0000_0073,
+        0x0000_006f,
+    ];
+    let mut image: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    image.resize(0x1_0000, 0);
+    let dir = scratch("sbi");
+    let path = dir.join("sbi.img");
+    std::fs::write(&path, &image).expect("write the guest");
+    let out = Command::new(ember_bin())
+        .args([
+            "run",
+            "--accel",
+            "kvm",
+            "--memory",
+            "64M",
+            "--serial-input",
+            "none",
+        ])
+        .arg("--kernel")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ember");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stdout}\n{stderr}", out.status);
+    assert_eq!(stdout, "0\n", "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

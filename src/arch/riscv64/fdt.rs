@@ -439,6 +439,35 @@ mod tests {
     }
 
     #[test]
+    fn cpus_are_described_as_the_accelerator_reports_them() {
+        // What a KVM vCPU on a Sv57 host with Sstc reports, at 25 MHz.
+        let bits = b"imafdch".iter().fold(0u64, |b, c| b | 1 << (c - b'a'));
+        let desc = CpuDescription::from_kvm(bits, &["sstc"], 25_000_000, Some("sv57")).unwrap();
+        let blob = build_fdt(
+            &view(64 * MIB),
+            &FdtConfig {
+                harts: 2,
+                cpu: Some(&desc),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = parse(&blob);
+        assert_eq!(u32s(prop(&t, "/cpus", "timebase-frequency")), [25_000_000]);
+        for hart in 0..2u32 {
+            let cpu = format!("/cpus/cpu@{hart}");
+            assert_eq!(string(&t, &cpu, "mmu-type"), "riscv,sv57");
+            assert_eq!(
+                string(&t, &cpu, "riscv,isa"),
+                "rv64imafdc_zicsr_zifencei_sstc"
+            );
+            let exts = strings(prop(&t, &cpu, "riscv,isa-extensions"));
+            assert!(exts.iter().any(|e| e == "sstc"), "{exts:?}");
+            assert!(!exts.iter().any(|e| e == "h"), "{exts:?}");
+        }
+    }
+
+    #[test]
     fn soc_plic_uart_and_virtio() {
         let slots: Vec<_> = crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW
             .all()
