@@ -33,9 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a microVM: x86_64 on KVM, or riscv64 on the software CPU. With
-    /// no kernel and no firmware, an x86_64 VM boots the small built-in
-    /// guest.
+    /// Boot a microVM: x86_64 on KVM, riscv64 on KVM (riscv64 hosts) or
+    /// the software CPU. With no kernel and no firmware, an x86_64 VM boots
+    /// the small built-in guest.
     Run(Box<RunArgs>),
     /// Print a memory map as QEMU's `info mtree` does.
     Mtree {
@@ -108,7 +108,8 @@ struct RunArgs {
     /// with exit status (v << 1) | 1.
     #[arg(long, value_name = "PORT", value_parser = parse_port)]
     debug_exit: Option<u16>,
-    /// Accelerator: kvm, tcg or auto [default: auto]
+    /// Accelerator: kvm, tcg or auto (KVM when it can run the guest)
+    /// [default: auto]
     #[arg(long)]
     accel: Option<AccelChoice>,
     /// KVM device (default: /dev/kvm).
