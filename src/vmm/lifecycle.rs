@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::accel::tcg::riscv64::HartStats;
+use crate::devices::serial::Serial;
 use crate::vmm::config::VmConfig;
 use crate::vmm::error::VmError;
-use crate::vmm::event_loop::{run_event_loop, EventLoopParts};
+use crate::vmm::event_loop::{console_target, run_event_loop, EventLoopParts};
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::landlock_rules::confine_filesystem;
 use crate::vmm::live::{start_api, LiveVm};
+use crate::vmm::virtio::VirtioDevices;
 
 /// Per-CPU counters, as each accelerator keeps them.
 #[derive(Debug)]
@@ -58,7 +60,10 @@ pub struct LifecycleParts<'a> {
     pub config: &'a VmConfig,
     pub live: &'a Arc<LiveVm>,
     pub exit: &'a Arc<ExitSignal>,
-    pub event_loop: EventLoopParts,
+    /// The virtio devices, whose queues the event loop serves.
+    pub virtio: &'a VirtioDevices,
+    /// The UART, which gets console input unless a virtio console does.
+    pub serial: &'a Arc<Serial>,
 }
 
 /// How a run ended.
@@ -91,7 +96,15 @@ pub fn run(parts: LifecycleParts<'_>, cpus: &mut dyn Accelerator) -> Result<RunO
         }
         return Err(e);
     }
-    let result = run_event_loop(parts.exit, parts.event_loop);
+    let result = run_event_loop(
+        parts.exit,
+        EventLoopParts {
+            input: parts.config.console_input.clone(),
+            deliver: console_target(parts.virtio, parts.serial),
+            devices: parts.virtio.subscribers(),
+            seccomp: parts.config.confinement.seccomp,
+        },
+    );
     let ended = Instant::now();
     cpus.stop();
     parts.live.set_shut_down();

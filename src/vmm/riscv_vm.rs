@@ -26,7 +26,7 @@ use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
 use crate::vmm::config::VmConfig;
 use crate::vmm::error::VmError;
-use crate::vmm::event_loop::{console_target, EventLoopParts};
+use crate::vmm::event_loop::console_target;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::lifecycle::{Accelerator, CpuCounters, LifecycleParts};
 use crate::vmm::live::{CpuBackend, LiveVm, LiveVmParts};
@@ -181,8 +181,7 @@ impl RiscvVm {
 
     #[cfg(target_arch = "riscv64")]
     fn restore_kvm(dir: &Path, options: RestoreOptions) -> Result<RiscvVm, VmError> {
-        use crate::vmm::snapshot_riscv_kvm::LoadedRiscvKvmSnapshot;
-        let snapshot = LoadedRiscvKvmSnapshot::open(dir)?;
+        let snapshot = crate::vmm::snapshot_riscv_kvm::open(dir)?;
         let state = &snapshot.state;
         let mut config = Self::restored_config(&state.config, &options)?;
         config.accel = AccelChoice::Kvm;
@@ -521,12 +520,8 @@ impl RiscvVm {
                 config: &self.config,
                 live: &self.live,
                 exit: &self.exit,
-                event_loop: EventLoopParts {
-                    input: self.config.console_input.clone(),
-                    deliver: console_target(&self.virtio, &self.serial),
-                    devices: self.virtio.subscribers(),
-                    seccomp,
-                },
+                virtio: &self.virtio,
+                serial: &self.serial,
             },
             cpus.as_mut(),
         )?;

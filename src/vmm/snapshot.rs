@@ -620,11 +620,25 @@ pub fn save(
     options: &SnapshotOptions,
     src: &SnapshotSource<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
+    save_with(dir, options, src.config, ARCH, src.ram, || capture(src))
+}
+
+/// Writes a snapshot of any machine: prepares `dir`, takes the state with
+/// `capture` (the VM is paused), syncs the disks, then writes `state.json`,
+/// `memory.bin` from `ram` and the manifest for `arch`.
+pub fn save_with<T: Serialize>(
+    dir: &Path,
+    options: &SnapshotOptions,
+    config: &VmConfig,
+    arch: &'static str,
+    ram: &RamBlock,
+    capture: impl FnOnce() -> Result<T, SnapshotError>,
+) -> Result<SnapshotStats, SnapshotError> {
     let started = Instant::now();
     prepare_dir(dir, options)?;
-    let state = capture(src)?;
-    let disks_synced = sync_disks(src.config)?;
-    let mut stats = save_state(dir, ARCH, &state, src.ram, started)?;
+    let state = capture()?;
+    let disks_synced = sync_disks(config)?;
+    let mut stats = save_state(dir, arch, &state, ram, started)?;
     stats.disks_synced = disks_synced;
     Ok(stats)
 }
@@ -1068,21 +1082,53 @@ pub fn read_checked_state(
 }
 
 /// A snapshot whose manifest and state file passed their checks; memory
-/// is checked while it is loaded ([`LoadedSnapshot::load_memory`]).
-pub struct LoadedSnapshot {
+/// is checked while it is loaded ([`Loaded::load_memory`]). `T` is the
+/// machine's `state.json`.
+pub struct Loaded<T> {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    pub state: SnapshotState,
+    pub state: T,
+}
+
+/// A software-CPU riscv64 snapshot.
+pub type LoadedSnapshot = Loaded<SnapshotState>;
+
+impl<T: serde::de::DeserializeOwned> Loaded<T> {
+    /// Reads `dir`: the manifest (an `arch` snapshot of this format and
+    /// version), then `state.json` (size and checksum checked before
+    /// parsing, then `check`, which returns the RAM size the state
+    /// describes), then the size of `memory.bin`.
+    pub fn open_with(
+        dir: &Path,
+        arch: &'static str,
+        check: impl FnOnce(&T) -> Result<u64, SnapshotError>,
+    ) -> Result<Loaded<T>, SnapshotError> {
+        let manifest = read_manifest_of(dir, arch)?;
+        let mut parsed = None;
+        read_checked_state(dir, &manifest, |bytes| {
+            let state: T = parse_state(bytes, arch)?;
+            let memory = check(&state)?;
+            parsed = Some(state);
+            Ok(memory)
+        })?;
+        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
+        Ok(Loaded {
+            dir: dir.to_path_buf(),
+            manifest,
+            state,
+        })
+    }
+
+    /// Loads `memory.bin` into `ram` (fresh, zero), verifying its checksum.
+    pub fn load_memory(&self, ram: &RamBlock) -> Result<(), SnapshotError> {
+        load_sparse_memory(&self.dir.join(MEMORY_FILE), ram, &self.manifest.memory)
+    }
 }
 
 impl LoadedSnapshot {
-    /// Reads `dir`: the manifest, then `state.json` (size and checksum
-    /// checked before parsing), then the size of `memory.bin`.
+    /// Reads a software-CPU riscv64 snapshot in `dir`.
     pub fn open(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
-        let manifest = read_manifest_of(dir, ARCH)?;
-        let mut parsed = None;
-        read_checked_state(dir, &manifest, |bytes| {
-            let state: SnapshotState = parse_state(bytes, ARCH)?;
+        Self::open_with(dir, ARCH, |state: &SnapshotState| {
             if state.harts.len() != usize::from(state.config.cpus) {
                 return Err(SnapshotError::Inconsistent(format!(
                     "{} harts saved for a VM with {} CPUs",
@@ -1090,21 +1136,8 @@ impl LoadedSnapshot {
                     state.config.cpus
                 )));
             }
-            let memory = state.config.memory;
-            parsed = Some(state);
-            Ok(memory)
-        })?;
-        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
-        Ok(LoadedSnapshot {
-            dir: dir.to_path_buf(),
-            manifest,
-            state,
+            Ok(state.config.memory)
         })
-    }
-
-    /// Loads `memory.bin` into `ram`, verifying its checksum.
-    pub fn load_memory(&self, ram: &RamBlock) -> Result<(), SnapshotError> {
-        load_sparse_memory(&self.dir.join(MEMORY_FILE), ram, &self.manifest.memory)
     }
 }
 

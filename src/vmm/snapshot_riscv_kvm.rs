@@ -10,9 +10,9 @@
 //! (`VcpuControl::run_parked`). The guest's `time` is saved with the
 //! timer registers and set again on restore, so it does not jump.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,9 +24,8 @@ use crate::devices::virtio::mmio::VirtioMmio;
 use crate::memory::RamBlock;
 use crate::vmm::config::VmConfig;
 use crate::vmm::snapshot::{
-    load_sparse_memory, parse_state, prepare_dir, read_checked_state, read_manifest_of,
-    save_devices, save_state, sync_disks, Manifest, SavedConfig, SavedDevice, SnapshotError,
-    SnapshotOptions, SnapshotStats, ARCH, FORMAT, MEMORY_FILE, VERSION,
+    save_devices, save_with, Loaded, SavedConfig, SavedDevice, SnapshotError, SnapshotOptions,
+    SnapshotStats, ARCH, FORMAT, VERSION,
 };
 
 /// How long one vCPU may take to hand over its state.
@@ -101,63 +100,35 @@ pub fn save(
     options: &SnapshotOptions,
     src: &RiscvKvmSnapshotSource<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
-    let started = Instant::now();
-    prepare_dir(dir, options)?;
-    let state = capture(src)?;
-    let disks_synced = sync_disks(src.config)?;
-    let mut stats = save_state(dir, ARCH, &state, &src.parts.ram, started)?;
-    stats.disks_synced = disks_synced;
-    Ok(stats)
+    save_with(dir, options, src.config, ARCH, &src.parts.ram, || {
+        capture(src)
+    })
 }
 
 /// A riscv64 KVM snapshot whose manifest and state file passed their
 /// checks; memory is checked while it is loaded.
-pub struct LoadedRiscvKvmSnapshot {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub state: RiscvKvmSnapshotState,
-}
+pub type LoadedRiscvKvmSnapshot = Loaded<RiscvKvmSnapshotState>;
 
-impl LoadedRiscvKvmSnapshot {
-    /// Reads `dir`: the manifest (a riscv64 snapshot of this format and
-    /// version), `state.json` (size and checksum checked before parsing),
-    /// then the size of `memory.bin`.
-    pub fn open(dir: &Path) -> Result<LoadedRiscvKvmSnapshot, SnapshotError> {
-        let manifest = read_manifest_of(dir, ARCH)?;
-        let mut parsed = None;
-        read_checked_state(dir, &manifest, |bytes| {
-            let state: RiscvKvmSnapshotState = parse_state(bytes, ARCH)?;
-            if state.accel != ACCEL_KVM {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "the state is for accelerator {:?}, not KVM",
-                    state.accel
-                )));
-            }
-            if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "{} vCPUs saved for a VM with {} CPUs",
-                    state.vcpus.len(),
-                    state.config.cpus
-                )));
-            }
-            for (index, vcpu) in state.vcpus.iter().enumerate() {
-                vcpu.ids()
-                    .map_err(|e| SnapshotError::Inconsistent(format!("vCPU {index}: {e}")))?;
-            }
-            let memory = state.config.memory;
-            parsed = Some(state);
-            Ok(memory)
-        })?;
-        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
-        Ok(LoadedRiscvKvmSnapshot {
-            dir: dir.to_path_buf(),
-            manifest,
-            state,
-        })
-    }
-
-    /// Loads `memory.bin` into `ram` (fresh, zero), verifying its checksum.
-    pub fn load_memory(&self, ram: &RamBlock) -> Result<(), SnapshotError> {
-        load_sparse_memory(&self.dir.join(MEMORY_FILE), ram, &self.manifest.memory)
-    }
+/// Reads the riscv64 KVM snapshot in `dir` (see [`Loaded::open_with`]).
+pub fn open(dir: &Path) -> Result<LoadedRiscvKvmSnapshot, SnapshotError> {
+    Loaded::open_with(dir, ARCH, |state: &RiscvKvmSnapshotState| {
+        if state.accel != ACCEL_KVM {
+            return Err(SnapshotError::Inconsistent(format!(
+                "the state is for accelerator {:?}, not KVM",
+                state.accel
+            )));
+        }
+        if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "{} vCPUs saved for a VM with {} CPUs",
+                state.vcpus.len(),
+                state.config.cpus
+            )));
+        }
+        for (index, vcpu) in state.vcpus.iter().enumerate() {
+            vcpu.ids()
+                .map_err(|e| SnapshotError::Inconsistent(format!("vCPU {index}: {e}")))?;
+        }
+        Ok(state.config.memory)
+    })
 }

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -36,9 +36,8 @@ use crate::devices::virtio::mmio::VirtioMmio;
 use crate::memory::RamBlock;
 use crate::vmm::config::VmConfig;
 use crate::vmm::snapshot::{
-    absolute, load_sparse_memory, parse_state, prepare_dir, read_checked_state, read_manifest_of,
-    save_devices, save_state, sync_disks, Manifest, SavedConfig, SavedDevice, SnapshotError,
-    SnapshotOptions, SnapshotStats, ARCH_X86_64, FORMAT, MEMORY_FILE, VERSION,
+    absolute, save_devices, save_with, Loaded, SavedConfig, SavedDevice, SnapshotError,
+    SnapshotOptions, SnapshotStats, ARCH_X86_64, FORMAT, VERSION,
 };
 
 /// How long one vCPU may take to hand over its state.
@@ -138,63 +137,40 @@ pub fn save(
     options: &SnapshotOptions,
     src: &X86SnapshotSource<'_>,
 ) -> Result<SnapshotStats, SnapshotError> {
-    let started = Instant::now();
-    prepare_dir(dir, options)?;
-    let state = capture(src)?;
-    let disks_synced = sync_disks(src.config)?;
-    let mut stats = save_state(dir, ARCH_X86_64, &state, &src.parts.ram, started)?;
-    stats.disks_synced = disks_synced;
-    Ok(stats)
+    save_with(
+        dir,
+        options,
+        src.config,
+        ARCH_X86_64,
+        &src.parts.ram,
+        || capture(src),
+    )
 }
 
 /// An x86_64 snapshot whose manifest and state file passed their checks;
 /// memory is checked while it is loaded.
-pub struct LoadedX86Snapshot {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub state: X86SnapshotState,
-}
+pub type LoadedX86Snapshot = Loaded<X86SnapshotState>;
 
-impl LoadedX86Snapshot {
-    /// Reads `dir`: the manifest (an x86_64 snapshot of this format and
-    /// version), `state.json` (size and checksum checked before parsing),
-    /// then the size of `memory.bin`.
-    pub fn open(dir: &Path) -> Result<LoadedX86Snapshot, SnapshotError> {
-        let manifest = read_manifest_of(dir, ARCH_X86_64)?;
-        let mut parsed = None;
-        read_checked_state(dir, &manifest, |bytes| {
-            let state: X86SnapshotState = parse_state(bytes, ARCH_X86_64)?;
-            if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
-                return Err(SnapshotError::Inconsistent(format!(
-                    "{} vCPUs saved for a VM with {} CPUs",
-                    state.vcpus.len(),
-                    state.config.cpus
-                )));
-            }
-            if state.x86.irqchip != state.kvm.irqchip.is_some()
-                || state
-                    .vcpus
-                    .iter()
-                    .any(|v| v.lapic.is_some() != state.x86.irqchip)
-            {
-                return Err(SnapshotError::Inconsistent(
-                    "the in-kernel irqchip is saved for part of the VM only".into(),
-                ));
-            }
-            let memory = state.config.memory;
-            parsed = Some(state);
-            Ok(memory)
-        })?;
-        let state = parsed.ok_or_else(|| SnapshotError::Inconsistent("no state".into()))?;
-        Ok(LoadedX86Snapshot {
-            dir: dir.to_path_buf(),
-            manifest,
-            state,
-        })
-    }
-
-    /// Loads `memory.bin` into `ram` (fresh, zero), verifying its checksum.
-    pub fn load_memory(&self, ram: &RamBlock) -> Result<(), SnapshotError> {
-        load_sparse_memory(&self.dir.join(MEMORY_FILE), ram, &self.manifest.memory)
-    }
+/// Reads the x86_64 snapshot in `dir` (see [`Loaded::open_with`]).
+pub fn open(dir: &Path) -> Result<LoadedX86Snapshot, SnapshotError> {
+    Loaded::open_with(dir, ARCH_X86_64, |state: &X86SnapshotState| {
+        if state.vcpus.len() != usize::from(state.config.cpus) || state.vcpus.is_empty() {
+            return Err(SnapshotError::Inconsistent(format!(
+                "{} vCPUs saved for a VM with {} CPUs",
+                state.vcpus.len(),
+                state.config.cpus
+            )));
+        }
+        if state.x86.irqchip != state.kvm.irqchip.is_some()
+            || state
+                .vcpus
+                .iter()
+                .any(|v| v.lapic.is_some() != state.x86.irqchip)
+        {
+            return Err(SnapshotError::Inconsistent(
+                "the in-kernel irqchip is saved for part of the VM only".into(),
+            ));
+        }
+        Ok(state.config.memory)
+    })
 }

@@ -41,13 +41,13 @@ use crate::memory::{
 };
 use crate::vmm::config::VmConfig;
 use crate::vmm::error::VmError;
-use crate::vmm::event_loop::{console_target, EventLoopParts};
+use crate::vmm::event_loop::console_target;
 use crate::vmm::exit::{ExitReason, ExitSignal};
 use crate::vmm::host_file::{self, Symlinks};
 use crate::vmm::lifecycle::{CpuCounters, LifecycleParts};
 use crate::vmm::live::{CpuBackend, KvmSnapshotParts, LiveVm, LiveVmParts};
 use crate::vmm::snapshot::SnapshotError;
-use crate::vmm::snapshot_x86::{LoadedX86Snapshot, X86SnapshotParts, X86SnapshotState};
+use crate::vmm::snapshot_x86::{X86SnapshotParts, X86SnapshotState};
 use crate::vmm::virtio::{build_virtio_devices, device_count, MachineExtras, VirtioDevices};
 use crate::vmm::vm::RestoreOptions;
 
@@ -288,7 +288,7 @@ impl X86Vm {
     /// irqchip, PIT, clock and every vCPU. [`X86Vm::run`] continues the guest
     /// where it stopped; nothing is booted.
     pub fn restore(dir: &std::path::Path, options: RestoreOptions) -> Result<X86Vm, VmError> {
-        let snapshot = LoadedX86Snapshot::open(dir)?;
+        let snapshot = crate::vmm::snapshot_x86::open(dir)?;
         let state = &snapshot.state;
         let base = VmConfig {
             arch: crate::arch::GuestArch::X86_64,
@@ -604,12 +604,8 @@ impl X86Vm {
                 config: &self.config,
                 live: &self.live,
                 exit: &self.exit,
-                event_loop: EventLoopParts {
-                    input: self.config.console_input.clone(),
-                    deliver: console_target(&self.virtio, &self.serial),
-                    devices: self.virtio.subscribers(),
-                    seccomp,
-                },
+                virtio: &self.virtio,
+                serial: &self.serial,
             },
             &mut vcpus,
         )?;
