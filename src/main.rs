@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use ember::accel::tcg::riscv64::jit::JitPolicy;
 use ember::accel::AccelChoice;
+use ember::arch::riscv64::irqchip::IrqchipChoice;
 use ember::arch::GuestArch;
 use ember::memory::{map_file, mtree_text, MtreeOptions};
 use ember::vmm::config::{
@@ -158,6 +159,11 @@ struct RunArgs {
     /// [default: hot]
     #[arg(long, value_name = "POLICY")]
     tcg_jit: Option<JitPolicy>,
+    /// riscv64 interrupt controller: plic (Ember's), aia (KVM's in-kernel
+    /// APLIC and IMSICs, Linux 6.5+ hosts; guests need Linux 6.10+), or
+    /// auto (aia where KVM has it) [default: auto]
+    #[arg(long, value_name = "KIND")]
+    irqchip: Option<IrqchipChoice>,
     /// Restore the VM (riscv64, or x86_64 under KVM) saved in snapshot
     /// directory DIR and continue it. The machine (memory, CPUs, kernel,
     /// command line, disks, nets, rng, console; on x86_64 also firmware and
@@ -231,6 +237,7 @@ impl RunArgs {
             nets: given(&self.net),
             api_socket: self.api_socket.clone(),
             tcg_jit: self.tcg_jit,
+            irqchip: self.irqchip,
             seccomp: self.seccomp,
             landlock: self.landlock,
             snapshot_dirs: given(&self.snapshot_dir),

@@ -45,6 +45,9 @@ pub struct VmConfig {
     /// Create KVM's in-kernel interrupt controllers and PIT. Without them a
     /// vCPU's HLT exits to Ember (used by small test guests).
     pub irqchip: bool,
+    /// riscv64: the interrupt controller (`--irqchip`): the PLIC, or KVM's
+    /// in-kernel AIA where the host has it.
+    pub riscv_irqchip: crate::arch::riscv64::irqchip::IrqchipChoice,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
     /// virtio-net interfaces on TAP devices.
@@ -272,6 +275,7 @@ impl Default for VmConfig {
             console_input: ConsoleInput::Stdin,
             console_output: ConsoleOutput::Stdout,
             irqchip: true,
+            riscv_irqchip: Default::default(),
             disks: Vec::new(),
             nets: Vec::new(),
             rng: false,

@@ -24,6 +24,7 @@ use toml::{Spanned, Value};
 
 use crate::accel::tcg::riscv64::jit::JitPolicy;
 use crate::accel::AccelChoice;
+use crate::arch::riscv64::irqchip::IrqchipChoice;
 use crate::arch::GuestArch;
 use crate::devices::virtio::net::parse_mac;
 use crate::vmm::config::{
@@ -115,6 +116,8 @@ pub struct VmSettings {
     pub nets: Option<Vec<NetSpec>>,
     pub api_socket: Option<PathBuf>,
     pub tcg_jit: Option<JitPolicy>,
+    /// riscv64's interrupt controller.
+    pub irqchip: Option<IrqchipChoice>,
     pub seccomp: Option<SeccompMode>,
     pub landlock: Option<bool>,
     /// `Some` replaces the other source's list.
@@ -175,6 +178,7 @@ impl VmSettings {
             nets: flags.nets.or(self.nets),
             api_socket: flags.api_socket.or(self.api_socket),
             tcg_jit: flags.tcg_jit.or(self.tcg_jit),
+            irqchip: flags.irqchip.or(self.irqchip),
             seccomp: flags.seccomp.or(self.seccomp),
             landlock: flags.landlock.or(self.landlock),
             snapshot_dirs: flags.snapshot_dirs.or(self.snapshot_dirs),
@@ -222,6 +226,7 @@ impl VmSettings {
             console_input: self.serial_input.unwrap_or(defaults.console_input),
             console_output: self.serial_output.unwrap_or(defaults.console_output),
             irqchip: defaults.irqchip,
+            riscv_irqchip: self.irqchip.unwrap_or(defaults.riscv_irqchip),
             disks: self.disks.unwrap_or_default(),
             nets: self.nets.unwrap_or_default(),
             rng: self.rng.unwrap_or(defaults.rng),
@@ -259,6 +264,7 @@ struct RawFile {
     console: Raw,
     api_socket: Raw,
     tcg_jit: Raw,
+    irqchip: Raw,
     seccomp: Raw,
     landlock: Raw,
     snapshot_dir: Raw,
@@ -682,6 +688,11 @@ impl Reader<'_> {
                 .as_ref()
                 .map(|v| self.parsed("tcg_jit", v))
                 .transpose()?,
+            irqchip: raw
+                .irqchip
+                .as_ref()
+                .map(|v| self.parsed("irqchip", v))
+                .transpose()?,
             seccomp: raw
                 .seccomp
                 .as_ref()
@@ -733,6 +744,7 @@ rng = true
 console = "virtio"
 api_socket = "run/api.sock"
 tcg_jit = "off"
+irqchip = "plic"
 seccomp = "log"
 landlock = false
 snapshot_dir = "snaps"
@@ -792,6 +804,7 @@ mac = "52:54:00:12:34:56"
                 }]),
                 api_socket: Some("/vms/a/run/api.sock".into()),
                 tcg_jit: Some(JitPolicy::Off),
+                irqchip: Some(IrqchipChoice::Plic),
                 seccomp: Some(SeccompMode::Log),
                 landlock: Some(false),
                 snapshot_dirs: Some(vec!["/vms/a/snaps".into()]),

@@ -15,12 +15,13 @@ use crate::accel::tcg::riscv64::{HartState, RiscvSystem, TcgMemoryListener};
 use crate::accel::tcg::signals::{HartSignals, IRQ_SEIP};
 use crate::accel::AccelChoice;
 use crate::arch::riscv64::cpu_description::CpuDescription;
+use crate::arch::riscv64::irqchip::{IrqchipChoice, SourceLine};
 use crate::arch::riscv64::layout::TIMEBASE_FREQ;
 use crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW;
-use crate::arch::riscv64::machine::HartLines;
+use crate::arch::riscv64::machine::InterruptWiring;
 use crate::arch::riscv64::{build_machine, RiscvBoot, RiscvMachineConfig};
 use crate::arch::virtio_mmio::{VirtioMmioAllocator, VirtioMmioSlot};
-use crate::devices::plic::{PlicLine, PlicOutput};
+use crate::devices::plic::PlicOutput;
 use crate::devices::serial::Serial;
 use crate::devices::virtio::IrqLine;
 use crate::memory::{mtree_and_flatviews_text, AddressSpace, MemoryTree};
@@ -73,7 +74,8 @@ pub struct RiscvVm {
     exit: Arc<ExitSignal>,
     virtio: VirtioDevices,
     live: Arc<LiveVm>,
-    plic: Arc<crate::devices::plic::Plic>,
+    /// The PLIC (none with KVM's in-kernel AIA).
+    plic: Option<Arc<crate::devices::plic::Plic>>,
     /// The RAM region.
     ram: crate::memory::RegionId,
     /// Built from a snapshot (nothing is booted).
@@ -185,6 +187,8 @@ impl RiscvVm {
         let state = &snapshot.state;
         let mut config = Self::restored_config(&state.config, &options)?;
         config.accel = AccelChoice::Kvm;
+        // The saved interrupt controller is the PLIC.
+        config.riscv_irqchip = IrqchipChoice::Plic;
         let vm = Self::build(config, Start::KvmRestore)?;
         let ram = vm.lock_tree().ram_block(vm.ram)?;
         snapshot.load_memory(&ram)?;
@@ -226,8 +230,11 @@ impl RiscvVm {
         crate::vmm::snapshot::restore_devices(&self.virtio.devices, devices)?;
         crate::vmm::snapshot::restore_uart(&self.serial, uart)?;
         // Last: the devices above drove their PLIC inputs as they came
-        // back; the saved registers are the truth.
+        // back; the saved registers are the truth. (Snapshots are taken
+        // with the PLIC only, and restored with it.)
         self.plic
+            .as_ref()
+            .ok_or_else(|| SnapshotError::Inconsistent("this VM has no PLIC".into()))?
             .restore_state(plic)
             .map_err(|e| SnapshotError::Device {
                 name: "plic".into(),
@@ -256,19 +263,27 @@ impl RiscvVm {
         #[cfg(target_arch = "riscv64")]
         let mut kvm = None;
         let signals: Vec<Arc<HartSignals>>;
-        let (cpu, lines): (CpuDescription, HartLines) = match config.accel {
+        let (cpu, wiring): (CpuDescription, InterruptWiring) = match config.accel {
             #[cfg(target_arch = "riscv64")]
             AccelChoice::Kvm => {
-                let (k, cpu, lines) = crate::accel::kvm::riscv64::setup::RiscvKvm::open(
+                let (k, cpu, wiring) = crate::accel::kvm::riscv64::setup::RiscvKvm::open(
                     &config.kvm_path,
                     config.cpus,
+                    config.riscv_irqchip,
                     &exit,
                 )?;
                 kvm = Some(k);
                 signals = Vec::new();
-                (cpu, lines)
+                (cpu, wiring)
             }
             _ => {
+                if config.riscv_irqchip == IrqchipChoice::Aia {
+                    return Err(VmError::Arch(
+                        "--irqchip aia is KVM's in-kernel interrupt controller: it needs \
+                         --accel kvm on a riscv64 host (the software CPU uses the PLIC)"
+                            .into(),
+                    ));
+                }
                 signals = (0..config.cpus)
                     .map(|_| Arc::new(HartSignals::new()))
                     .collect();
@@ -279,7 +294,7 @@ impl RiscvVm {
                         Box::new(move |level| hart.set_line(IRQ_SEIP, level)) as PlicOutput
                     })
                     .collect();
-                (CpuDescription::software(), lines)
+                (CpuDescription::software(), InterruptWiring::Plic(lines))
             }
         };
 
@@ -300,7 +315,7 @@ impl RiscvVm {
             },
             cpu,
         };
-        let machine = build_machine(&machine_config, Box::new(output.clone()), lines)
+        let machine = build_machine(&machine_config, Box::new(output.clone()), wiring)
             .map_err(|e| VmError::Arch(e.to_string()))?;
         let serial = machine.serial.clone();
         let mut tree = machine.tree;
@@ -344,9 +359,9 @@ impl RiscvVm {
             }
         };
 
-        let plic = machine.plic.clone();
+        let wired = machine.wired.clone();
         let irq_for = |slot: &VirtioMmioSlot| -> Result<Arc<dyn IrqLine>, VmError> {
-            Ok(Arc::new(PlicLine::new(plic.clone(), slot.irq)))
+            Ok(Arc::new(SourceLine::new(wired.clone(), slot.irq)))
         };
         let virtio = build_virtio_devices(
             &config,
@@ -365,7 +380,9 @@ impl RiscvVm {
         let backend = match &cpus {
             RiscvCpus::Tcg { system, .. } => CpuBackend::Tcg {
                 system: system.clone(),
-                plic: machine.plic.clone(),
+                plic: machine.plic.clone().ok_or_else(|| {
+                    VmError::Arch("the software CPU's machine has no PLIC".into())
+                })?,
                 ram: ram_block,
             },
             #[cfg(target_arch = "riscv64")]

@@ -144,6 +144,8 @@ pub enum SnapshotError {
     Memory(String),
     #[error("{path} is not empty; choose an empty or new directory, or force overwriting (API \"force\": true, ember ctl snapshot --force)", path = path.display())]
     DirectoryNotEmpty { path: PathBuf },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// How a snapshot is written.

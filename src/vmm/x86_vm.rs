@@ -130,6 +130,13 @@ impl X86Vm {
         if config.accel == AccelChoice::Tcg {
             return Err(VmError::NoTcg);
         }
+        if config.riscv_irqchip != crate::arch::riscv64::irqchip::IrqchipChoice::Auto {
+            return Err(VmError::Arch(
+                "--irqchip chooses riscv64's interrupt controller; x86_64 guests always get \
+                 KVM's in-kernel one"
+                    .into(),
+            ));
+        }
         let exit = Arc::new(ExitSignal::new().map_err(VmError::Console)?);
         let output = config
             .console_output

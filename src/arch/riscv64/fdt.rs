@@ -21,6 +21,9 @@ use vm_fdt::FdtWriter;
 
 use super::cpu_description::CpuDescription;
 use super::error::FdtError;
+use super::irqchip::{
+    Irqchip, AIA_NR_IDS, AIA_NR_SOURCES, APLIC_BASE, APLIC_SIZE, IMSIC_BASE, IMSIC_STRIDE,
+};
 use super::layout::{
     plic_size, VirtioMmioSlot, MAX_HARTS, PLIC_BASE, PLIC_NDEV, UART0_BASE, UART0_IRQ, UART0_SIZE,
     UART_CLOCK_FREQ,
@@ -35,8 +38,14 @@ pub const ISA_BASE: &str = "rv64i";
 pub const ISA_EXTENSIONS: &[&str] = &["i", "m", "a", "f", "d", "c", "zicsr", "zifencei"];
 /// The widest paging mode the harts advertise (`mmu-type`).
 pub const MMU_TYPE: &str = "riscv,sv48";
-/// The PLIC's phandle.
+/// The PLIC's phandle, or the APLIC's with the AIA: the
+/// `interrupt-parent` of every wired device.
 pub const PLIC_PHANDLE: u32 = 1;
+/// The IMSICs' phandle (the APLIC's `msi-parent`): after every hart's
+/// interrupt controller.
+pub const IMSIC_PHANDLE: u32 = PLIC_PHANDLE + 1 + MAX_HARTS as u32;
+/// `IRQ_TYPE_LEVEL_HIGH`, the APLIC's second interrupt cell.
+const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 /// The `mcause`/`scause` number of the supervisor external interrupt: the
 /// cpu-intc input each PLIC context drives.
 const IRQ_S_EXT: u32 = 9;
@@ -67,6 +76,8 @@ pub struct FdtConfig<'a> {
     /// The harts' ISA, paging mode and timebase; `None` for the software
     /// CPU's ([`CpuDescription::software`]).
     pub cpu: Option<&'a CpuDescription>,
+    /// The interrupt controller (`None`: the PLIC).
+    pub irqchip: Option<Irqchip>,
 }
 
 /// The writable RAM of `view` as `(start, size)` ranges, neighbours merged,
@@ -170,6 +181,62 @@ fn cpus(fdt: &mut FdtWriter, harts: u32, desc: &CpuDescription) -> Result<(), Fd
     Ok(())
 }
 
+/// The PLIC: context N is hart N's supervisor external interrupt.
+fn plic_node(fdt: &mut FdtWriter, harts: u32) -> Result<(), FdtError> {
+    let plic = fdt.begin_node(&format!("plic@{PLIC_BASE:x}"))?;
+    fdt.property_string_list(
+        "compatible",
+        vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
+    )?;
+    fdt.property_array_u64("reg", &[PLIC_BASE, plic_size(harts)])?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    fdt.property_u32("#address-cells", 0)?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("riscv,ndev", PLIC_NDEV)?;
+    // Context N is hart N's supervisor external interrupt.
+    let contexts: Vec<u32> = (0..harts)
+        .flat_map(|hart| [cpu_intc_phandle(hart), IRQ_S_EXT])
+        .collect();
+    fdt.property_array_u32("interrupts-extended", &contexts)?;
+    fdt.property_phandle(PLIC_PHANDLE)?;
+    fdt.end_node(plic)?;
+    Ok(())
+}
+
+/// The AIA as Linux's drivers expect it (Documentation/devicetree/
+/// bindings/interrupt-controller/riscv,imsics.yaml and riscv,aplic.yaml):
+/// the S-level IMSICs, one page per hart, each wired to its hart's
+/// supervisor external interrupt; the APLIC in MSI mode, delivering to
+/// them.
+fn aia_nodes(fdt: &mut FdtWriter, harts: u32) -> Result<(), FdtError> {
+    let imsic = fdt.begin_node(&format!("imsics@{IMSIC_BASE:x}"))?;
+    fdt.property_string("compatible", "riscv,imsics")?;
+    fdt.property_array_u64("reg", &[IMSIC_BASE, IMSIC_STRIDE * harts as u64])?;
+    let targets: Vec<u32> = (0..harts)
+        .flat_map(|hart| [cpu_intc_phandle(hart), IRQ_S_EXT])
+        .collect();
+    fdt.property_array_u32("interrupts-extended", &targets)?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 0)?;
+    fdt.property_null("msi-controller")?;
+    fdt.property_u32("#msi-cells", 0)?;
+    fdt.property_u32("riscv,num-ids", AIA_NR_IDS)?;
+    fdt.property_phandle(IMSIC_PHANDLE)?;
+    fdt.end_node(imsic)?;
+
+    let aplic = fdt.begin_node(&format!("aplic@{APLIC_BASE:x}"))?;
+    fdt.property_string("compatible", "riscv,aplic")?;
+    fdt.property_array_u64("reg", &[APLIC_BASE, APLIC_SIZE])?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 2)?;
+    fdt.property_u32("#address-cells", 0)?;
+    fdt.property_u32("msi-parent", IMSIC_PHANDLE)?;
+    fdt.property_u32("riscv,num-sources", AIA_NR_SOURCES)?;
+    fdt.property_phandle(PLIC_PHANDLE)?;
+    fdt.end_node(aplic)?;
+    Ok(())
+}
+
 fn soc(fdt: &mut FdtWriter, config: &FdtConfig<'_>) -> Result<(), FdtError> {
     let soc = fdt.begin_node("soc")?;
     fdt.property_u32("#address-cells", 2)?;
@@ -177,29 +244,25 @@ fn soc(fdt: &mut FdtWriter, config: &FdtConfig<'_>) -> Result<(), FdtError> {
     fdt.property_string("compatible", "simple-bus")?;
     fdt.property_null("ranges")?;
 
-    let plic = fdt.begin_node(&format!("plic@{PLIC_BASE:x}"))?;
-    fdt.property_string_list(
-        "compatible",
-        vec!["sifive,plic-1.0.0".into(), "riscv,plic0".into()],
-    )?;
-    fdt.property_array_u64("reg", &[PLIC_BASE, plic_size(config.harts)])?;
-    fdt.property_u32("#interrupt-cells", 1)?;
-    fdt.property_u32("#address-cells", 0)?;
-    fdt.property_null("interrupt-controller")?;
-    fdt.property_u32("riscv,ndev", PLIC_NDEV)?;
-    // Context N is hart N's supervisor external interrupt.
-    let contexts: Vec<u32> = (0..config.harts)
-        .flat_map(|hart| [cpu_intc_phandle(hart), IRQ_S_EXT])
-        .collect();
-    fdt.property_array_u32("interrupts-extended", &contexts)?;
-    fdt.property_phandle(PLIC_PHANDLE)?;
-    fdt.end_node(plic)?;
+    let irqchip = config.irqchip.unwrap_or(Irqchip::Plic);
+    match irqchip {
+        Irqchip::Plic => plic_node(fdt, config.harts)?,
+        Irqchip::Aia => aia_nodes(fdt, config.harts)?,
+    }
+    // A wired source as the interrupt controller numbers it: the PLIC
+    // takes the source alone, the APLIC the source and its trigger.
+    let interrupts = |source: u32| -> Vec<u32> {
+        match irqchip {
+            Irqchip::Plic => vec![source],
+            Irqchip::Aia => vec![source, IRQ_TYPE_LEVEL_HIGH],
+        }
+    };
 
     let uart = fdt.begin_node(&format!("serial@{UART0_BASE:x}"))?;
     fdt.property_string("compatible", "ns16550a")?;
     fdt.property_array_u64("reg", &[UART0_BASE, UART0_SIZE])?;
     fdt.property_u32("clock-frequency", UART_CLOCK_FREQ)?;
-    fdt.property_u32("interrupts", UART0_IRQ)?;
+    fdt.property_array_u32("interrupts", &interrupts(UART0_IRQ))?;
     fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
     fdt.end_node(uart)?;
 
@@ -207,7 +270,7 @@ fn soc(fdt: &mut FdtWriter, config: &FdtConfig<'_>) -> Result<(), FdtError> {
         let node = fdt.begin_node(&format!("virtio_mmio@{:x}", slot.base))?;
         fdt.property_string("compatible", "virtio,mmio")?;
         fdt.property_array_u64("reg", &[slot.base, slot.size])?;
-        fdt.property_u32("interrupts", slot.irq)?;
+        fdt.property_array_u32("interrupts", &interrupts(slot.irq))?;
         fdt.property_u32("interrupt-parent", PLIC_PHANDLE)?;
         fdt.end_node(node)?;
     }
@@ -439,6 +502,59 @@ mod tests {
     }
 
     #[test]
+    fn the_aia_replaces_the_plic_and_devices_take_two_cells() {
+        let slots: Vec<_> = crate::arch::riscv64::layout::VIRTIO_MMIO_WINDOW
+            .all()
+            .take(2)
+            .collect();
+        let blob = build_fdt(
+            &view(64 * MIB),
+            &FdtConfig {
+                harts: 2,
+                virtio: &slots,
+                irqchip: Some(Irqchip::Aia),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = parse(&blob);
+        assert!(!t.keys().any(|k| k.contains("/plic@")), "no PLIC node");
+        let imsic = format!("/soc/imsics@{IMSIC_BASE:x}");
+        assert_eq!(string(&t, &imsic, "compatible"), "riscv,imsics");
+        assert_eq!(u64s(prop(&t, &imsic, "reg")), [IMSIC_BASE, 2 * IMSIC_STRIDE]);
+        assert_eq!(
+            u32s(prop(&t, &imsic, "interrupts-extended")),
+            [cpu_intc_phandle(0), 9, cpu_intc_phandle(1), 9]
+        );
+        assert!(prop(&t, &imsic, "msi-controller").is_empty());
+        assert_eq!(u32s(prop(&t, &imsic, "riscv,num-ids")), [AIA_NR_IDS]);
+        assert_eq!(u32s(prop(&t, &imsic, "phandle")), [IMSIC_PHANDLE]);
+        let aplic = format!("/soc/aplic@{APLIC_BASE:x}");
+        assert_eq!(string(&t, &aplic, "compatible"), "riscv,aplic");
+        assert_eq!(u64s(prop(&t, &aplic, "reg")), [APLIC_BASE, APLIC_SIZE]);
+        assert_eq!(u32s(prop(&t, &aplic, "msi-parent")), [IMSIC_PHANDLE]);
+        assert_eq!(u32s(prop(&t, &aplic, "#interrupt-cells")), [2]);
+        assert_eq!(u32s(prop(&t, &aplic, "riscv,num-sources")), [AIA_NR_SOURCES]);
+        assert_eq!(u32s(prop(&t, &aplic, "phandle")), [PLIC_PHANDLE]);
+        let uart = uart_path();
+        assert_eq!(u32s(prop(&t, &uart, "interrupts")), [UART0_IRQ, 4]);
+        assert_eq!(u32s(prop(&t, &uart, "interrupt-parent")), [PLIC_PHANDLE]);
+        for slot in &slots {
+            let node = format!("/soc/virtio_mmio@{:x}", slot.base);
+            assert_eq!(u32s(prop(&t, &node, "interrupts")), [slot.irq, 4]);
+        }
+        // Every phandle is distinct.
+        let mut handles: Vec<u32> = t
+            .iter()
+            .filter_map(|(_, props)| props.get("phandle").map(|p| u32s(p)[0]))
+            .collect();
+        let n = handles.len();
+        handles.sort();
+        handles.dedup();
+        assert_eq!(handles.len(), n);
+    }
+
+    #[test]
     fn cpus_are_described_as_the_accelerator_reports_them() {
         // What a KVM vCPU on a Sv57 host with Sstc reports, at 25 MHz.
         let bits = b"imafdch".iter().fold(0u64, |b, c| b | 1 << (c - b'a'));
@@ -614,6 +730,7 @@ mod tests {
                 virtio: &slots,
                 rng_seed: Some(&[0; 64]),
                 cpu: None,
+                irqchip: None,
             },
         )
         .unwrap();

@@ -17,6 +17,7 @@ use super::cpu_description::CpuDescription;
 use super::error::{ImageError, MachineError};
 use super::fdt::{build_fdt, memory_ranges, FdtConfig};
 use super::image::{load_image, write_fdt, ImageHeader, RiscvBoot};
+use super::irqchip::{Irqchip, SourceLevel};
 use super::layout::{
     plic_size, CMDLINE_MAX_SIZE, MAX_HARTS, MAX_RAM_SIZE, MIN_RAM_SIZE, PLIC_BASE, RAM_ALIGN,
     RAM_BASE, UART0_BASE, UART0_IRQ, UART0_SIZE,
@@ -58,6 +59,15 @@ pub struct RiscvMachineConfig {
 /// in hart order: the PLIC drives context N's output into line N.
 pub type HartLines = Vec<PlicOutput>;
 
+/// How wired interrupts reach the harts, as the accelerator provides.
+pub enum InterruptWiring {
+    /// Ember's PLIC, whose context N drives hart line N.
+    Plic(HartLines),
+    /// A controller outside the VMM (KVM's in-kernel AIA): each wired
+    /// source's level goes here.
+    External(SourceLevel),
+}
+
 /// A built machine, ready for harts to run.
 ///
 /// The tree is owned here; the VMM puts it behind a mutex if anything
@@ -71,7 +81,10 @@ pub struct RiscvMachine {
     pub system: RegionId,
     /// The RAM region at [`RAM_BASE`].
     pub ram: RegionId,
-    pub plic: Arc<Plic>,
+    /// The PLIC, unless the interrupt controller is outside the VMM.
+    pub plic: Option<Arc<Plic>>,
+    /// Drives a wired source's level (through the PLIC, or outside).
+    pub wired: SourceLevel,
     /// UART0 (ns16550a); feed host input with [`Serial::enqueue_input`].
     pub serial: Arc<Serial>,
     /// Where the kernel went, when one was given: hart 0 starts at `entry`
@@ -148,15 +161,27 @@ fn rng_seed() -> Option<[u8; 32]> {
 pub fn build_machine(
     config: &RiscvMachineConfig,
     serial_output: Box<dyn Write + Send>,
-    hart_lines: HartLines,
+    wiring: InterruptWiring,
 ) -> Result<RiscvMachine, MachineError> {
     check_config(config)?;
-    if hart_lines.len() != config.cpus as usize {
-        return Err(MachineError::HartLines {
-            lines: hart_lines.len(),
-            harts: config.cpus,
-        });
-    }
+    let (plic, wired, irqchip): (Option<Arc<Plic>>, SourceLevel, Irqchip) = match wiring {
+        InterruptWiring::Plic(hart_lines) => {
+            if hart_lines.len() != config.cpus as usize {
+                return Err(MachineError::HartLines {
+                    lines: hart_lines.len(),
+                    harts: config.cpus,
+                });
+            }
+            let plic = Arc::new(Plic::new(hart_lines));
+            let p = plic.clone();
+            (
+                Some(plic),
+                Arc::new(move |s, l| p.set_irq(s, l)),
+                Irqchip::Plic,
+            )
+        }
+        InterruptWiring::External(wired) => (None, wired, Irqchip::Aia),
+    };
     // Read and check the files first: their errors are the likeliest.
     let kernel = match &config.kernel {
         Some(path) => {
@@ -171,12 +196,11 @@ pub fn build_machine(
         None => None,
     };
 
-    let plic = Arc::new(Plic::new(hart_lines));
     let trigger = EventFdTrigger::new().map_err(MachineError::Eventfd)?;
     let serial = Arc::new(Serial::new(trigger, serial_output));
     {
-        let plic = plic.clone();
-        serial.set_level_listener(Box::new(move |level| plic.set_irq(UART0_IRQ, level)));
+        let wired = wired.clone();
+        serial.set_level_listener(Box::new(move |level| wired(UART0_IRQ, level)));
     }
 
     let mut tree = MemoryTree::new();
@@ -184,12 +208,15 @@ pub fn build_machine(
         let system = tree.new_container("system", SIZE_2_64)?;
         let ram = tree.new_ram(RAM_REGION, config.memory)?;
         tree.add_subregion(system, RAM_BASE, ram)?;
-        let plic_region = tree.new_io(
-            PLIC_REGION,
-            plic_size(config.cpus as u32) as u128,
-            Some(plic.clone()),
-        )?;
-        tree.add_subregion(system, PLIC_BASE, plic_region)?;
+        // The AIA's registers are KVM's: nothing in the tree.
+        if let Some(plic) = &plic {
+            let plic_region = tree.new_io(
+                PLIC_REGION,
+                plic_size(config.cpus as u32) as u128,
+                Some(plic.clone()),
+            )?;
+            tree.add_subregion(system, PLIC_BASE, plic_region)?;
+        }
         let uart = tree.new_io(UART_REGION, UART0_SIZE as u128, Some(serial.clone()))?;
         tree.add_subregion(system, UART0_BASE, uart)?;
         Ok::<_, MachineError>((system, ram))
@@ -225,6 +252,7 @@ pub fn build_machine(
             virtio: &config.virtio,
             rng_seed: seed.as_ref().map(|s| &s[..]),
             cpu: Some(&config.cpu),
+            irqchip: Some(irqchip),
         },
     )?;
     if let Some(boot) = &boot {
@@ -237,6 +265,7 @@ pub fn build_machine(
         system,
         ram,
         plic,
+        wired,
         serial,
         boot,
         fdt,
@@ -338,7 +367,7 @@ mod tests {
         build_machine(
             config,
             Box::new(Output::default()),
-            hart_lines(config.cpus).1,
+            InterruptWiring::Plic(hart_lines(config.cpus).1),
         )
     }
 
@@ -360,7 +389,7 @@ mod tests {
         let uart = view.lookup(UART0_BASE + 0xff).unwrap();
         assert_eq!(m.tree.name(uart.region).unwrap(), UART_REGION);
         assert!(view.lookup(UART0_BASE + 0x100).is_none());
-        assert_eq!(m.plic.contexts(), 2);
+        assert_eq!(m.plic.as_ref().map(|p| p.contexts()), Some(2));
         assert!(m.boot.is_none());
         // The device tree shows the RAM the tree maps.
         let t = parse(&m.fdt);
@@ -406,7 +435,12 @@ mod tests {
     fn uart_interrupts_reach_the_hart_through_the_plic() {
         let out = Output::default();
         let (harts, lines) = hart_lines(2);
-        let m = build_machine(&config(32 * MIB, 2), Box::new(out.clone()), lines).unwrap();
+        let m = build_machine(
+            &config(32 * MIB, 2),
+            Box::new(out.clone()),
+            InterruptWiring::Plic(lines),
+        )
+        .unwrap();
         let mem = &m.memory;
         let w32 = |addr: u64, v: u32| assert_eq!(mem.write(addr, 4, v as u64), MemTxResult::Ok);
         let r32 = |addr: u64| mem.read(addr, 4).0 as u32;

@@ -14,6 +14,7 @@ pub mod cpu_description;
 mod error;
 pub mod fdt;
 pub mod image;
+pub mod irqchip;
 pub mod layout;
 pub mod machine;
 

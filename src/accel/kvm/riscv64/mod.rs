@@ -6,6 +6,8 @@
 //! Everything that needs no /dev/kvm (register encoding, the interrupt
 //! level logic, SBI answers) compiles and is tested on every host.
 
+#[cfg(target_arch = "riscv64")]
+pub mod aia;
 pub mod interrupt;
 pub mod regs;
 pub mod sbi;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::VcpuFd;
 
+use super::aia;
 use super::interrupt::{duplicate, kvm_interrupt, plic_output};
 use super::vcpu;
 use super::SavedVcpu;
@@ -18,7 +19,8 @@ use crate::accel::kvm::memory::KvmMemory;
 use crate::accel::kvm::vcpu_threads::{KvmVcpuParts, KvmVcpuThreads};
 use crate::accel::kvm::{KvmAccel, KvmError};
 use crate::arch::riscv64::cpu_description::CpuDescription;
-use crate::arch::riscv64::machine::HartLines;
+use crate::arch::riscv64::irqchip::{IrqchipChoice, SourceLevel};
+use crate::arch::riscv64::machine::{HartLines, InterruptWiring};
 use crate::arch::riscv64::RiscvBoot;
 use crate::memory::{AddressSpace, MemoryTree};
 use crate::vmm::error::VmError;
@@ -31,53 +33,92 @@ pub struct RiscvKvm {
     pub vcpus: Vec<VcpuFd>,
     pub control: Arc<VcpuControl>,
     pub slots: Option<KvmMemory>,
+    /// The in-kernel AIA, when the VM has it (kept open with the VM).
+    pub aia: Option<kvm_ioctls::DeviceFd>,
+}
+
+/// One `KVM_INTERRUPT` line per vCPU, for the PLIC's contexts.
+fn interrupt_lines(vcpus: &[VcpuFd], exit: &Arc<ExitSignal>) -> Result<HartLines, VmError> {
+    let mut lines: HartLines = Vec::with_capacity(vcpus.len());
+    for (index, v) in vcpus.iter().enumerate() {
+        let fd = duplicate(v).map_err(|e| {
+            VmError::Kvm(KvmError::Unusable(format!(
+                "cannot duplicate vCPU {index}'s descriptor: {e}"
+            )))
+        })?;
+        let exit = exit.clone();
+        lines.push(plic_output(
+            move |irq| kvm_interrupt(&fd, irq),
+            move |e| {
+                exit.request(ExitReason::Error(format!(
+                    "vCPU {index}: KVM_INTERRUPT failed: {e}"
+                )))
+            },
+        ));
+    }
+    Ok(lines)
 }
 
 impl RiscvKvm {
-    /// Opens KVM at `path` and creates `cpus` vCPUs. Returns what the
-    /// machine needs of them: their description and interrupt lines (a
-    /// failed `KVM_INTERRUPT` ends the VM through `exit`).
+    /// Opens KVM at `path` and creates `cpus` vCPUs and the interrupt
+    /// controller `irqchip` asks for. Returns what the machine needs of
+    /// them: their description and how wired interrupts reach them (a
+    /// failed `KVM_INTERRUPT` or `KVM_IRQ_LINE` ends the VM through
+    /// `exit`).
     pub fn open(
         path: &std::path::Path,
         cpus: u8,
+        irqchip: IrqchipChoice,
         exit: &Arc<ExitSignal>,
-    ) -> Result<(RiscvKvm, CpuDescription, HartLines), VmError> {
+    ) -> Result<(RiscvKvm, CpuDescription, InterruptWiring), VmError> {
         let accel = KvmAccel::open(path)?;
         install_kick_handler().map_err(|source| VmError::Ioctl {
             what: "installing the vCPU kick signal handler",
             source,
         })?;
+        let use_aia = match irqchip {
+            IrqchipChoice::Plic => false,
+            IrqchipChoice::Auto => aia::available(&accel.vm),
+            IrqchipChoice::Aia if aia::available(&accel.vm) => true,
+            IrqchipChoice::Aia => {
+                return Err(VmError::Kvm(KvmError::Unusable(
+                    "--irqchip aia: this host's KVM has no in-kernel AIA (it needs Linux 6.5+ \
+                     and a CPU with the Ssaia extension and an IMSIC); use --irqchip plic"
+                        .into(),
+                )))
+            }
+        };
         let vcpus = vcpu::create_vcpus(&accel, cpus)?;
         let first = vcpus
             .first()
             .ok_or_else(|| VmError::Arch("a VM needs at least one vCPU".into()))?;
         let description = vcpu::describe(first)?;
-        let mut lines: HartLines = Vec::with_capacity(vcpus.len());
-        for (index, v) in vcpus.iter().enumerate() {
-            let fd = duplicate(v).map_err(|e| {
-                VmError::Kvm(KvmError::Unusable(format!(
-                    "cannot duplicate vCPU {index}'s descriptor: {e}"
-                )))
-            })?;
+        let (wiring, aia) = if use_aia {
+            // After the vCPUs: initializing the AIA gives each its IMSIC.
+            let device = aia::create(&accel.vm, cpus as u32)?;
+            let vm = accel.vm.clone();
             let exit = exit.clone();
-            lines.push(plic_output(
-                move |irq| kvm_interrupt(&fd, irq),
-                move |e| {
+            let wired: SourceLevel = Arc::new(move |source, level| {
+                if let Err(e) = vm.set_irq_line(source, level) {
                     exit.request(ExitReason::Error(format!(
-                        "vCPU {index}: KVM_INTERRUPT failed: {e}"
-                    )))
-                },
-            ));
-        }
+                        "KVM_IRQ_LINE for AIA source {source} failed: {e}"
+                    )));
+                }
+            });
+            (InterruptWiring::External(wired), Some(device))
+        } else {
+            (InterruptWiring::Plic(interrupt_lines(&vcpus, exit)?), None)
+        };
         Ok((
             RiscvKvm {
                 accel,
                 vcpus,
                 control: Arc::new(VcpuControl::new()),
                 slots: None,
+                aia,
             },
             description,
-            lines,
+            wiring,
         ))
     }
 
