@@ -521,7 +521,10 @@ mod tests {
         assert!(!t.keys().any(|k| k.contains("/plic@")), "no PLIC node");
         let imsic = format!("/soc/imsics@{IMSIC_BASE:x}");
         assert_eq!(string(&t, &imsic, "compatible"), "riscv,imsics");
-        assert_eq!(u64s(prop(&t, &imsic, "reg")), [IMSIC_BASE, 2 * IMSIC_STRIDE]);
+        assert_eq!(
+            u64s(prop(&t, &imsic, "reg")),
+            [IMSIC_BASE, 2 * IMSIC_STRIDE]
+        );
         assert_eq!(
             u32s(prop(&t, &imsic, "interrupts-extended")),
             [cpu_intc_phandle(0), 9, cpu_intc_phandle(1), 9]
@@ -534,7 +537,10 @@ mod tests {
         assert_eq!(u64s(prop(&t, &aplic, "reg")), [APLIC_BASE, APLIC_SIZE]);
         assert_eq!(u32s(prop(&t, &aplic, "msi-parent")), [IMSIC_PHANDLE]);
         assert_eq!(u32s(prop(&t, &aplic, "#interrupt-cells")), [2]);
-        assert_eq!(u32s(prop(&t, &aplic, "riscv,num-sources")), [AIA_NR_SOURCES]);
+        assert_eq!(
+            u32s(prop(&t, &aplic, "riscv,num-sources")),
+            [AIA_NR_SOURCES]
+        );
         assert_eq!(u32s(prop(&t, &aplic, "phandle")), [PLIC_PHANDLE]);
         let uart = uart_path();
         assert_eq!(u32s(prop(&t, &uart, "interrupts")), [UART0_IRQ, 4]);
@@ -545,8 +551,8 @@ mod tests {
         }
         // Every phandle is distinct.
         let mut handles: Vec<u32> = t
-            .iter()
-            .filter_map(|(_, props)| props.get("phandle").map(|p| u32s(p)[0]))
+            .values()
+            .filter_map(|props| props.get("phandle").map(|p| u32s(p)[0]))
             .collect();
         let n = handles.len();
         handles.sort();
