@@ -1019,3 +1019,72 @@ fn an_unsupported_sbi_call_gets_not_supported_and_the_vm_goes_on() {
     assert_eq!(stdout, "0\n", "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Whether this rig's host offers KVM's in-kernel AIA (`tools/riscv-kvm-rig.sh
+/// --aia`: a 6.12 host under QEMU's aia=aplic-imsic, with a 6.12 guest).
+fn rig_has_aia() -> bool {
+    std::env::var_os("EMBER_RIG_AIA").is_some_and(|v| v == "1")
+}
+
+/// `--irqchip aia`: on a host with KVM's in-kernel AIA, a two-vCPU guest
+/// boots with the APLIC and IMSICs in its device tree, and its virtio-blk
+/// disk (interrupts through the APLIC) works; on a host without it
+/// (Linux 6.1), the choice is refused with a message that says why, and
+/// `auto` falls back to the PLIC.
+#[test]
+fn irqchip_aia_is_used_where_kvm_has_it_and_refused_where_not() {
+    let _t = begin("irqchip_aia_is_used_where_kvm_has_it_and_refused_where_not");
+    let dir = scratch("aia");
+    let dtb = dir.join("guest.dtb");
+    let run = |irqchip: &str, extra: &[&str]| {
+        Command::new(ember_bin())
+            .args(["run", "--accel", "kvm", "--memory", "256M", "--cpus", "2"])
+            .args(["--serial-input", "none", "--irqchip", irqchip])
+            .arg("--dump-dtb")
+            .arg(&dtb)
+            .args(["--kernel", &kernel()])
+            .arg("--initrd")
+            .arg(rig_file("EMBER_RIG_INITRD"))
+            .args(["--cmdline", "console=ttyS0 panic=-1"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ember")
+    };
+    let dtb_has = |what: &str| {
+        let blob = std::fs::read(&dtb).expect("the dumped device tree");
+        blob.windows(what.len()).any(|w| w == what.as_bytes())
+    };
+    if rig_has_aia() {
+        let out = run("aia", &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("EMBER-GUEST-USERSPACE-OK"),
+            "{:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dtb_has("riscv,aplic") && dtb_has("riscv,imsics"));
+        assert!(!dtb_has("riscv,plic0"));
+        // auto picks the AIA here too.
+        let out = run("auto", &[]);
+        assert!(out.status.success());
+        assert!(dtb_has("riscv,aplic"));
+    } else {
+        let out = run("aia", &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "--irqchip aia ran on a host without AIA"
+        );
+        assert!(
+            stderr.contains("no in-kernel AIA") && stderr.contains("--irqchip plic"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let out = run("auto", &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("EMBER-GUEST-USERSPACE-OK"));
+        assert!(dtb_has("riscv,plic0") && !dtb_has("riscv,aplic"));
+    }
+}
