@@ -10,6 +10,11 @@
  * host kernel's command line reaches this program as arguments and is
  * passed on to the test binary (a test-name filter, harness options).
  *
+ * `ember_rig_aia=1` on the host's command line (tools/riscv-kvm-rig.sh
+ * --aia: a 6.12 host whose KVM has the AIA device) exports EMBER_RIG_AIA=1
+ * to the tests, and prints the host kernel's lines about KVM and its AIA
+ * irqchips and /proc/interrupts before and after the tests.
+ *
  * Every step says what it does on the console: a rig that fails must be
  * diagnosable from the log alone.
  */
@@ -20,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -96,6 +102,42 @@ static int copy_file(const char *from, const char *to) {
     return rc;
 }
 
+/* Prints the lines of the kernel log that mention one of `words` (the
+ * console has them too, among hundreds of others). */
+static void print_kernel_log(const char *const *words) {
+    /* 10 = SYSLOG_ACTION_SIZE_BUFFER, 3 = SYSLOG_ACTION_READ_ALL */
+    int size = klogctl(10, NULL, 0);
+    char *buf = size > 0 ? malloc((size_t)size + 1) : NULL;
+    int n = buf ? klogctl(3, buf, size) : -1;
+    if (n < 0) {
+        say("error: reading the kernel log: %s", strerror(errno));
+        free(buf);
+        return;
+    }
+    buf[n] = 0;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+        for (const char *const *w = words; *w; w++)
+            if (strstr(line, *w)) {
+                say("kernel: %s", line);
+                break;
+            }
+    free(buf);
+}
+
+static void print_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        say("error: open %s: %s", path, strerror(errno));
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        say("%s: %s", path, line);
+    }
+    fclose(f);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -129,6 +171,23 @@ int main(int argc, char **argv) {
         say("/dev/kvm is there (char %u:%u)", major(st.st_rdev), minor(st.st_rdev));
     else
         say("/dev/kvm is missing: %s (the KVM tests will fail)", strerror(errno));
+
+    /* The kernel hands `ember_rig_aia=1` from its command line to init as
+     * an environment variable; the tests read EMBER_RIG_AIA. */
+    const char *aia_param = getenv("ember_rig_aia");
+    int aia = aia_param && strcmp(aia_param, "1") == 0;
+    if (aia) {
+        /* Evidence that this host's KVM has the AIA device, and how: "kvm
+         * [1]: AIA available with N guest external interrupts" (N = 0:
+         * every guest IMSIC emulated in software), plus the host's own
+         * IMSIC and APLIC. /proc/interrupts: the "riscv-kvm" line counts
+         * guest external interrupts that arrived for a vCPU not running. */
+        static const char *const words[] = {"kvm", "AIA", "imsic", "aplic", "riscv-intc", NULL};
+        print_kernel_log(words);
+        print_file("/proc/interrupts");
+        setenv("EMBER_RIG_AIA", "1", 1);
+        say("EMBER_RIG_AIA=1 (the guest kernel is the 6.12 one)");
+    }
 
     say("copying %s to %s (writable for the guests)", DISK_SRC, DISK_DST);
     if (copy_file(DISK_SRC, DISK_DST) != 0) finish(125);
@@ -201,5 +260,6 @@ int main(int argc, char **argv) {
         code = 128 + WTERMSIG(status);
         say("%s was killed by signal %d after %.1f s", bin, WTERMSIG(status), now() - t0);
     }
+    if (aia) print_file("/proc/interrupts");
     finish(code);
 }
