@@ -311,8 +311,8 @@ main() {
     test_initrd=$("$here/tools/riscv-test-guest.sh")
     say "guest: ${guest[*]} $test_initrd ($(took "$t"))"
 
-    # The rig's files live in target/riscv-kvm-rig/ of this checkout; runs
-    # in one checkout take turns.
+    # The rig's files live in target/riscv-kvm-rig/ (-aia/ for --aia) of
+    # this checkout; runs in one checkout take turns.
     local dir="$here/target/riscv-kvm-rig"
     ((aia == 0)) || dir+=-aia
     mkdir -p "$dir"
@@ -373,8 +373,6 @@ main() {
         die "TIMEOUT: the rig did not finish within ${timeout_s} s (EMBER_RIG_TIMEOUT); console: $log"
     fi
     ((status == 0)) || die "qemu-system-riscv64 failed with status $status; console: $log"
-    # Matched anywhere in a line, not anchored: a kernel message printed at
-    # the same moment can share a console line with them.
     if ((aia)); then
         local aia_line
         aia_line=$(tr -d '\r' <"$log" | grep -aoE 'kvm \[[0-9]+\]: AIA available with [0-9]+ guest external interrupts' |
@@ -383,6 +381,8 @@ main() {
             die "the host's KVM did not report \"AIA available\" (no AIA device; check the qemu options and kvm-host-aia.config); console: $log"
         say "host: $aia_line (qemu -M $machine -cpu $cpu)"
     fi
+    # Matched anywhere in a line, not anchored: a kernel message printed at
+    # the same moment can share a console line with them.
     local result exit_line
     result=$(tr -d '\r' <"$log" | grep -aoE 'test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' |
         tail -n 1 || true)
