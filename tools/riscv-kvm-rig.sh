@@ -48,8 +48,10 @@
 # command line), and EMBER_RIG_KERNEL is the 6.12 guest Image of
 # tools/riscv-linux-guest-6.12.sh, which has the AIA guest drivers as well
 # as the PLIC; the initramfs images are the usual ones. Its files are in
-# target/riscv-kvm-rig-aia/. The run fails unless the host's KVM reported
-# "AIA available".
+# target/riscv-kvm-rig-aia/. Before the tests, the host's init prints its
+# kernel's lines about KVM and the AIA irqchips, KVM's irqchip
+# capabilities and the default config of a freshly created AIA device;
+# the run fails unless the host's KVM reported "AIA available".
 #
 # Everything runs from main, called on the last line together with exit,
 # so bash has read the whole script before any of it runs: editing it while

@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
 #include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -138,6 +140,56 @@ static void print_file(const char *path) {
     fclose(f);
 }
 
+/* Asks the host's KVM for what an in-kernel AIA VMM uses: the
+ * capabilities (on a VM fd, where riscv answers them) and the AIA device
+ * itself, whose default config it prints (mode 2 = auto: guest
+ * interrupt files in hardware where free, else emulated). Only prints:
+ * the tests decide. The cross libc's <linux/kvm.h> is 6.1's, without
+ * the AIA device; the numbers are 6.12's uapi. */
+#define RIG_KVM_DEV_TYPE_RISCV_AIA 11
+#define RIG_KVM_CAP_IRQ_ROUTING 25
+#define RIG_KVM_CAP_IRQFD 32
+#define RIG_KVM_CAP_SIGNAL_MSI 77
+#define RIG_KVM_CAP_DEVICE_CTRL 89
+static void probe_kvm_aia(void) {
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    int vm = kvm >= 0 ? ioctl(kvm, KVM_CREATE_VM, 0) : -1;
+    if (vm < 0) {
+        say("error: /dev/kvm, KVM_CREATE_VM: %s", strerror(errno));
+        if (kvm >= 0) close(kvm);
+        return;
+    }
+    say("KVM caps on a VM: IRQCHIP %d, IRQ_ROUTING %d, IRQFD %d, SIGNAL_MSI %d, DEVICE_CTRL %d",
+        ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_IRQ_ROUTING),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_IRQFD),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_SIGNAL_MSI),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_DEVICE_CTRL));
+    struct kvm_create_device dev = {.type = RIG_KVM_DEV_TYPE_RISCV_AIA};
+    if (ioctl(vm, KVM_CREATE_DEVICE, &dev) != 0) {
+        say("error: KVM_CREATE_DEVICE(KVM_DEV_TYPE_RISCV_AIA): %s", strerror(errno));
+    } else {
+        /* KVM_DEV_RISCV_AIA_GRP_CONFIG (0): MODE, IDS, SRCS, GROUP_BITS,
+         * GROUP_SHIFT, HART_BITS, GUEST_BITS (0..6), u32 each. */
+        static const char *const names[] = {"mode", "ids", "srcs", "group_bits", "group_shift",
+                                            "hart_bits", "guest_bits"};
+        char line[256];
+        int len = snprintf(line, sizeof line, "KVM AIA device created; config:");
+        for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
+            __u32 value = 0;
+            struct kvm_device_attr attr = {.group = 0, .attr = i, .addr = (__u64)(unsigned long)&value};
+            if (ioctl((int)dev.fd, KVM_GET_DEVICE_ATTR, &attr) == 0)
+                len += snprintf(line + len, sizeof line - (size_t)len, " %s %u", names[i], value);
+            else
+                len += snprintf(line + len, sizeof line - (size_t)len, " %s ?(%s)", names[i], strerror(errno));
+        }
+        say("%s", line);
+        close((int)dev.fd);
+    }
+    close(vm);
+    close(kvm);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -185,6 +237,7 @@ int main(int argc, char **argv) {
         static const char *const words[] = {"kvm", "AIA", "imsic", "aplic", "riscv-intc", NULL};
         print_kernel_log(words);
         print_file("/proc/interrupts");
+        probe_kvm_aia();
         setenv("EMBER_RIG_AIA", "1", 1);
         say("EMBER_RIG_AIA=1 (the guest kernel is the 6.12 one)");
     }
