@@ -24,6 +24,7 @@
 #        against the software CPU, start-up and VMM memory; benches/
 #        kvm_exits_riscv.rs; not part of tools/test.sh)
 #        tools/riscv-kvm-rig.sh boots --skip two_vcpus
+#        tools/riscv-kvm-rig.sh --aia [filter...]   (in-kernel AIA, below)
 # The arguments go to the test binary as given (one word each: they travel
 # on the host kernel's command line). The console log is kept in
 # target/riscv-kvm-rig/console.log.
@@ -31,6 +32,26 @@
 # least one test passed and the host's init printed "EMBER-RIG-EXIT 0".
 # Environment: EMBER_RIG_TIMEOUT (seconds for the whole qemu run, default
 # 1200), EMBER_CACHE (cache root, default ~/.cache/ember).
+#
+# --aia: the same tests on a host whose KVM has the AIA device
+# (KVM_DEV_TYPE_RISCV_AIA), for `ember run --irqchip aia`. Linux 6.1 has
+# none, so this host is Linux 6.12 (linux-source-6.12; tinyconfig +
+# kvm-host.config + kvm-host-aia.config, cached in
+# ~/.cache/ember/riscv64-kvm-host-6.12/<key>, about 5 minutes cold), under
+#   qemu-system-riscv64 -M virt,aia=aplic-imsic,aia-guests=N
+#                       -cpu rv64,h=true,x-ssaia=true,x-smaia=true
+# (harts with Smaia/Ssaia, an APLIC in MSI mode, per-hart IMSICs with N
+# guest interrupt files each; N = EMBER_RIG_AIA_GUESTS, 0..7, default 1).
+# The host's console is the SBI console (hvc0): see kvm-host-aia.config
+# for qemu 7.2's APLIC bug that rules out ttyS0. The tests get
+# EMBER_RIG_AIA=1 (rig-init.c, from `ember_rig_aia=1` on the host's
+# command line), and EMBER_RIG_KERNEL is the 6.12 guest Image of
+# tools/riscv-linux-guest-6.12.sh, which has the AIA guest drivers as well
+# as the PLIC; the initramfs images are the usual ones. Its files are in
+# target/riscv-kvm-rig-aia/. Before the tests, the host's init prints its
+# kernel's lines about KVM and the AIA irqchips, KVM's irqchip
+# capabilities and the default config of a freshly created AIA device;
+# the run fails unless the host's KVM reported "AIA available".
 #
 # Everything runs from main, called on the last line together with exit,
 # so bash has read the whole script before any of it runs: editing it while
@@ -42,6 +63,7 @@ shopt -s inherit_errexit
 here=$(cd "$(dirname "$0")/.." && pwd)
 target=riscv64gc-unknown-linux-gnu
 fragment="$here/resources/riscv64/kvm-host.config"
+aia_fragment="$here/resources/riscv64/kvm-host-aia.config"
 cache="${EMBER_CACHE:-$HOME/.cache/ember}"
 timeout_s="${EMBER_RIG_TIMEOUT:-1200}"
 SUDO=""
@@ -58,9 +80,11 @@ die() {
 # Seconds since `since` (an earlier $SECONDS), for the phase timings.
 took() { echo "$((SECONDS - $1)) s"; }
 
+# Installs what is missing: the packages every rig needs, and those named
+# as arguments.
 install_missing() {
     local pkgs=(qemu-system-misc linux-source-6.1 gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-        binutils-riscv64-linux-gnu make bc flex bison cpio xz-utils gzip e2fsprogs)
+        binutils-riscv64-linux-gnu make bc flex bison cpio xz-utils gzip e2fsprogs "$@")
     local missing=() p
     for p in "${pkgs[@]}"; do
         dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -126,24 +150,81 @@ build_host_kernel() {
     rm -rf "$work"
 }
 
-# Prints the host kernel Image's path, building it once per key.
+# Writes to $3 the settings of fragment $1 overridden by fragment $2: the
+# lines of $1 whose option $2 also sets are dropped (merge_config.sh would
+# let the later one win anyway; dropping them lets check_fragment check
+# the result as one list).
+merge_fragments() {
+    local keys
+    keys=$(grep -oE '^CONFIG_[A-Za-z0-9_]+=' "$2" | paste -sd'|')
+    [ -n "$keys" ] || die "$2 sets nothing"
+    {
+        echo "# $1, without the options that $2 sets"
+        grep -vE "^($keys)" "$1"
+        echo "# $2"
+        cat "$2"
+    } >"$3"
+}
+
+# Builds the --aia host kernel (6.12, kvm-host.config overridden by
+# kvm-host-aia.config) into $1, like build_host_kernel. A function of its
+# own so that build_host_kernel's text, which the 6.1 host's cache key
+# hashes, stays as it was.
+build_host_kernel_aia() {
+    local out=$1 work=$1.build
+    rm -rf "$work" "$out" "$out.new"
+    mkdir -p "$work"
+    tar -xf /usr/src/linux-source-6.12.tar.xz -C "$work"
+    merge_fragments "$fragment" "$aia_fragment" "$work/fragment.config"
+    (
+        cd "$work/linux-source-6.12"
+        export ARCH=riscv CROSS_COMPILE=riscv64-linux-gnu-
+        make -s tinyconfig >&2
+        scripts/kconfig/merge_config.sh -m .config "$work/fragment.config" >&2
+        make -s olddefconfig >&2
+        check_fragment .config "$work/fragment.config"
+        make -s -j"$(nproc)" Image >&2
+        mkdir -p "$out.new"
+        cp arch/riscv/boot/Image "$out.new/Image"
+        cp .config "$out.new/config"
+        cp "$work/fragment.config" "$out.new/fragment.config"
+    )
+    # Only a complete build becomes the cached result.
+    mv "$out.new" "$out"
+    rm -rf "$work"
+}
+
+# Prints the host kernel Image's path, building it once per key: the 6.1
+# host, or with $1 = 1 the 6.12 one for --aia. Keys hash the fragments,
+# the text of the functions that build (not the whole script, so that
+# editing the rest of the rig does not rebuild the kernel) and the
+# linux-source package version.
 host_kernel() {
+    local aia=$1 src=linux-source-6.1 dir=riscv64-kvm-host
+    local build=build_host_kernel fragments=("$fragment") functions=(build_host_kernel check_fragment)
+    if ((aia)); then
+        src=linux-source-6.12
+        dir=riscv64-kvm-host-6.12
+        build=build_host_kernel_aia
+        fragments+=("$aia_fragment")
+        functions=(build_host_kernel_aia merge_fragments check_fragment)
+    fi
     local version key out
-    version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+    version=$(dpkg-query -W -f='${Version}' "$src")
     key=$( (
-        cat "$fragment"
-        declare -f build_host_kernel check_fragment
+        cat "${fragments[@]}"
+        declare -f "${functions[@]}"
         echo "$version"
     ) | sha256sum | cut -c1-16)
-    out="$cache/riscv64-kvm-host/$key"
+    out="$cache/$dir/$key"
     mkdir -p "$(dirname "$out")"
     # Builds of one key (parallel runs, several checkouts) take turns.
     exec 8>"$out.lock"
     flock 8
     if [ ! -s "$out/Image" ]; then
         local t=$SECONDS
-        say "building the host kernel (linux-source $version) in $out.build"
-        build_host_kernel "$out"
+        say "building the host kernel ($src $version) in $out.build"
+        "$build" "$out"
         say "host kernel built in $(took "$t")"
     fi
     exec 8>&-
@@ -189,16 +270,27 @@ path = \"integration_tests/riscv_kvm.rs\""
 }
 
 main() {
-    local started=$SECONDS t bench=0
-    if [ "${1:-}" = --bench ]; then
-        bench=1
+    local started=$SECONDS t bench=0 aia=0
+    while (($#)); do
+        case "$1" in
+        --bench) bench=1 ;;
+        --aia) aia=1 ;;
+        *) break ;;
+        esac
         shift
+    done
+    local aia_guests="${EMBER_RIG_AIA_GUESTS:-1}"
+    if ((aia)); then
+        [[ "$aia_guests" =~ ^[0-7]$ ]] ||
+            die "EMBER_RIG_AIA_GUESTS must be 0..7 (qemu's aia-guests), not '$aia_guests'"
+        install_missing linux-source-6.12
+    else
+        install_missing
     fi
-    install_missing
 
     t=$SECONDS
     local kernel
-    kernel=$(host_kernel)
+    kernel=$(host_kernel "$aia")
     say "host kernel: $kernel ($(took "$t"))"
 
     t=$SECONDS
@@ -212,12 +304,19 @@ main() {
     local guest test_initrd
     mapfile -t guest < <("$here/tools/riscv-linux-guest.sh")
     ((${#guest[@]} == 2)) || die "tools/riscv-linux-guest.sh failed"
+    if ((aia)); then
+        # The 6.12 Image (AIA guest drivers) replaces the 6.1 one; the
+        # initramfs stays.
+        guest[0]=$("$here/tools/riscv-linux-guest-6.12.sh")
+        [ -s "${guest[0]}" ] || die "tools/riscv-linux-guest-6.12.sh failed"
+    fi
     test_initrd=$("$here/tools/riscv-test-guest.sh")
     say "guest: ${guest[*]} $test_initrd ($(took "$t"))"
 
-    # The rig's files live in target/riscv-kvm-rig/ of this checkout; runs
-    # in one checkout take turns.
+    # The rig's files live in target/riscv-kvm-rig/ (-aia/ for --aia) of
+    # this checkout; runs in one checkout take turns.
     local dir="$here/target/riscv-kvm-rig"
+    ((aia == 0)) || dir+=-aia
     mkdir -p "$dir"
     exec 9>"$dir/lock"
     flock 9
@@ -246,7 +345,16 @@ main() {
     (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$dir/rig.cpio.gz"
     say "rig initramfs: $dir/rig.cpio.gz, $(du -h "$dir/rig.cpio.gz" | cut -f1) ($(took "$t"))"
 
-    local append="console=ttyS0"
+    local machine=virt cpu=rv64,h=true append="console=ttyS0"
+    if ((aia)); then
+        # aia=aplic-imsic gives the harts Smaia/Ssaia in qemu 7.2 by
+        # itself; the CPU properties say so explicitly. console=hvc0: see
+        # kvm-host-aia.config. panic=-1: a host panic ends the run at once
+        # (-no-reboot) instead of at the timeout.
+        machine+=",aia=aplic-imsic,aia-guests=$aia_guests"
+        cpu+=",x-ssaia=true,x-smaia=true"
+        append="console=hvc0 panic=-1 ember_rig_aia=1"
+    fi
     ((bench == 0)) || append+=" ember_rig_bench=1"
     append+=" --"
     (($# == 0)) || append+=" $*"
@@ -257,7 +365,7 @@ main() {
     # test runner's stdin); -no-reboot turns a host kernel panic into an
     # exit instead of a boot loop.
     set +e
-    timeout -k 10 "$timeout_s" qemu-system-riscv64 -M virt -cpu rv64,h=true -smp 2 -m 2G \
+    timeout -k 10 "$timeout_s" qemu-system-riscv64 -M "$machine" -cpu "$cpu" -smp 2 -m 2G \
         -nographic -no-reboot -kernel "$kernel" -initrd "$dir/rig.cpio.gz" \
         -append "$append" </dev/null 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
@@ -267,6 +375,14 @@ main() {
         die "TIMEOUT: the rig did not finish within ${timeout_s} s (EMBER_RIG_TIMEOUT); console: $log"
     fi
     ((status == 0)) || die "qemu-system-riscv64 failed with status $status; console: $log"
+    if ((aia)); then
+        local aia_line
+        aia_line=$(tr -d '\r' <"$log" | grep -aoE 'kvm \[[0-9]+\]: AIA available with [0-9]+ guest external interrupts' |
+            tail -n 1 || true)
+        [ -n "$aia_line" ] ||
+            die "the host's KVM did not report \"AIA available\" (no AIA device; check the qemu options and kvm-host-aia.config); console: $log"
+        say "host: $aia_line (qemu -M $machine -cpu $cpu)"
+    fi
     # Matched anywhere in a line, not anchored: a kernel message printed at
     # the same moment can share a console line with them.
     local result exit_line

@@ -10,6 +10,11 @@
  * host kernel's command line reaches this program as arguments and is
  * passed on to the test binary (a test-name filter, harness options).
  *
+ * `ember_rig_aia=1` on the host's command line (tools/riscv-kvm-rig.sh
+ * --aia: a 6.12 host whose KVM has the AIA device) exports EMBER_RIG_AIA=1
+ * to the tests, and prints the host kernel's lines about KVM and its AIA
+ * irqchips and /proc/interrupts before and after the tests.
+ *
  * Every step says what it does on the console: a rig that fails must be
  * diagnosable from the log alone.
  */
@@ -20,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -96,6 +104,92 @@ static int copy_file(const char *from, const char *to) {
     return rc;
 }
 
+/* Prints the lines of the kernel log that mention one of `words` (the
+ * console has them too, among hundreds of others). */
+static void print_kernel_log(const char *const *words) {
+    /* 10 = SYSLOG_ACTION_SIZE_BUFFER, 3 = SYSLOG_ACTION_READ_ALL */
+    int size = klogctl(10, NULL, 0);
+    char *buf = size > 0 ? malloc((size_t)size + 1) : NULL;
+    int n = buf ? klogctl(3, buf, size) : -1;
+    if (n < 0) {
+        say("error: reading the kernel log: %s", strerror(errno));
+        free(buf);
+        return;
+    }
+    buf[n] = 0;
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+        for (const char *const *w = words; *w; w++)
+            if (strstr(line, *w)) {
+                say("kernel: %s", line);
+                break;
+            }
+    free(buf);
+}
+
+static void print_file(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        say("error: open %s: %s", path, strerror(errno));
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        say("%s: %s", path, line);
+    }
+    fclose(f);
+}
+
+/* Asks the host's KVM for what an in-kernel AIA VMM uses: the
+ * capabilities (on a VM fd, where riscv answers them) and the AIA device
+ * itself, whose default config it prints (mode 2 = auto: guest
+ * interrupt files in hardware where free, else emulated). Only prints:
+ * the tests decide. The cross libc's <linux/kvm.h> is 6.1's, without
+ * the AIA device; the numbers are 6.12's uapi. */
+#define RIG_KVM_DEV_TYPE_RISCV_AIA 11
+#define RIG_KVM_CAP_IRQ_ROUTING 25
+#define RIG_KVM_CAP_IRQFD 32
+#define RIG_KVM_CAP_SIGNAL_MSI 77
+#define RIG_KVM_CAP_DEVICE_CTRL 89
+static void probe_kvm_aia(void) {
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    int vm = kvm >= 0 ? ioctl(kvm, KVM_CREATE_VM, 0) : -1;
+    if (vm < 0) {
+        say("error: /dev/kvm, KVM_CREATE_VM: %s", strerror(errno));
+        if (kvm >= 0) close(kvm);
+        return;
+    }
+    say("KVM caps on a VM: IRQCHIP %d, IRQ_ROUTING %d, IRQFD %d, SIGNAL_MSI %d, DEVICE_CTRL %d",
+        ioctl(vm, KVM_CHECK_EXTENSION, KVM_CAP_IRQCHIP),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_IRQ_ROUTING),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_IRQFD),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_SIGNAL_MSI),
+        ioctl(vm, KVM_CHECK_EXTENSION, RIG_KVM_CAP_DEVICE_CTRL));
+    struct kvm_create_device dev = {.type = RIG_KVM_DEV_TYPE_RISCV_AIA};
+    if (ioctl(vm, KVM_CREATE_DEVICE, &dev) != 0) {
+        say("error: KVM_CREATE_DEVICE(KVM_DEV_TYPE_RISCV_AIA): %s", strerror(errno));
+    } else {
+        /* KVM_DEV_RISCV_AIA_GRP_CONFIG (0): MODE, IDS, SRCS, GROUP_BITS,
+         * GROUP_SHIFT, HART_BITS, GUEST_BITS (0..6), u32 each. */
+        static const char *const names[] = {"mode", "ids", "srcs", "group_bits", "group_shift",
+                                            "hart_bits", "guest_bits"};
+        char line[256];
+        int len = snprintf(line, sizeof line, "KVM AIA device created; config:");
+        for (unsigned i = 0; i < sizeof names / sizeof *names; i++) {
+            __u32 value = 0;
+            struct kvm_device_attr attr = {.group = 0, .attr = i, .addr = (__u64)(unsigned long)&value};
+            if (ioctl((int)dev.fd, KVM_GET_DEVICE_ATTR, &attr) == 0)
+                len += snprintf(line + len, sizeof line - (size_t)len, " %s %u", names[i], value);
+            else
+                len += snprintf(line + len, sizeof line - (size_t)len, " %s ?(%s)", names[i], strerror(errno));
+        }
+        say("%s", line);
+        close((int)dev.fd);
+    }
+    close(vm);
+    close(kvm);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -129,6 +223,24 @@ int main(int argc, char **argv) {
         say("/dev/kvm is there (char %u:%u)", major(st.st_rdev), minor(st.st_rdev));
     else
         say("/dev/kvm is missing: %s (the KVM tests will fail)", strerror(errno));
+
+    /* The kernel hands `ember_rig_aia=1` from its command line to init as
+     * an environment variable; the tests read EMBER_RIG_AIA. */
+    const char *aia_param = getenv("ember_rig_aia");
+    int aia = aia_param && strcmp(aia_param, "1") == 0;
+    if (aia) {
+        /* Evidence that this host's KVM has the AIA device, and how: "kvm
+         * [1]: AIA available with N guest external interrupts" (N = 0:
+         * every guest IMSIC emulated in software), plus the host's own
+         * IMSIC and APLIC. /proc/interrupts: the "riscv-kvm" line counts
+         * guest external interrupts that arrived for a vCPU not running. */
+        static const char *const words[] = {"kvm", "AIA", "imsic", "aplic", "riscv-intc", NULL};
+        print_kernel_log(words);
+        print_file("/proc/interrupts");
+        probe_kvm_aia();
+        setenv("EMBER_RIG_AIA", "1", 1);
+        say("EMBER_RIG_AIA=1 (the guest kernel is the 6.12 one)");
+    }
 
     say("copying %s to %s (writable for the guests)", DISK_SRC, DISK_DST);
     if (copy_file(DISK_SRC, DISK_DST) != 0) finish(125);
@@ -201,5 +313,6 @@ int main(int argc, char **argv) {
         code = 128 + WTERMSIG(status);
         say("%s was killed by signal %d after %.1f s", bin, WTERMSIG(status), now() - t0);
     }
+    if (aia) print_file("/proc/interrupts");
     finish(code);
 }
