@@ -387,6 +387,7 @@ fn run_built_vm(vm: Vm, timings: bool, started: Instant) -> anyhow::Result<ExitC
             eprintln!("ember: VMM resident memory excluding guest RAM: {kib} KiB");
         }
         report_cpus(&outcome);
+        eprintln!("ember: the VM ended: {}", outcome.reason);
     }
     match &outcome.reason {
         ExitReason::PowerOff | ExitReason::Reset | ExitReason::UserQuit => {}

@@ -72,6 +72,13 @@ impl CpuDescription {
                 multi.push(e);
             }
         }
+        // Multi-letter extensions go Z* first, then S* (the ISA string's
+        // order), each group as KVM listed them.
+        multi.sort_by_key(|e| match e.as_bytes().first() {
+            Some(b'z') => 0,
+            Some(b's') => 1,
+            _ => 2,
+        });
         let mut isa = String::from("rv64");
         isa.extend(letters.iter());
         for e in &multi {

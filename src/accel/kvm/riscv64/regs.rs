@@ -88,16 +88,74 @@ pub const fn isa_ext(id: u64) -> u64 {
     reg64(TYPE_ISA_EXT, id)
 }
 
-/// The multi-letter extensions Linux 6.1's KVM can report, by
-/// `KVM_RISCV_ISA_EXT_*` number, as the device tree names them. The
-/// single-letter ones (0..=6) come from [`CONFIG_ISA`] instead.
-pub const ISA_EXT_NAMES: [(u64, &str); 6] = [
+/// The multi-letter extensions KVM can report through its ISA_EXT
+/// registers, by `KVM_RISCV_ISA_EXT_*` number (kvm-bindings' list), as the
+/// device tree names them. A kernel that does not know an id refuses the
+/// read, so older hosts report fewer. Left out: the single letters (0..=6
+/// and V, 15: they come from [`CONFIG_ISA`]) and the M-mode extensions
+/// Smstateen (23) and Smnpm (62), which an S-mode guest does not have.
+pub const ISA_EXT_NAMES: [(u64, &str); 61] = [
     (7, "svpbmt"),
     (8, "sstc"),
     (9, "svinval"),
     (10, "zihintpause"),
     (11, "zicbom"),
     (12, "zicboz"),
+    (13, "zbb"),
+    (14, "ssaia"),
+    (16, "svnapot"),
+    (17, "zba"),
+    (18, "zbs"),
+    (19, "zicntr"),
+    (20, "zicsr"),
+    (21, "zifencei"),
+    (22, "zihpm"),
+    (24, "zicond"),
+    (25, "zbc"),
+    (26, "zbkb"),
+    (27, "zbkc"),
+    (28, "zbkx"),
+    (29, "zknd"),
+    (30, "zkne"),
+    (31, "zknh"),
+    (32, "zkr"),
+    (33, "zksed"),
+    (34, "zksh"),
+    (35, "zkt"),
+    (36, "zvbb"),
+    (37, "zvbc"),
+    (38, "zvkb"),
+    (39, "zvkg"),
+    (40, "zvkned"),
+    (41, "zvknha"),
+    (42, "zvknhb"),
+    (43, "zvksed"),
+    (44, "zvksh"),
+    (45, "zvkt"),
+    (46, "zfh"),
+    (47, "zfhmin"),
+    (48, "zihintntl"),
+    (49, "zvfh"),
+    (50, "zvfhmin"),
+    (51, "zfa"),
+    (52, "ztso"),
+    (53, "zacas"),
+    (54, "sscofpmf"),
+    (55, "zimop"),
+    (56, "zca"),
+    (57, "zcb"),
+    (58, "zcd"),
+    (59, "zcf"),
+    (60, "zcmop"),
+    (61, "zawrs"),
+    (63, "ssnpm"),
+    (64, "svade"),
+    (65, "svadu"),
+    (66, "svvptc"),
+    (67, "zabha"),
+    (68, "ziccrse"),
+    (69, "zaamo"),
+    (70, "zalrsc"),
 ];
 
 /// The size in bytes of the register `id` names (from its size field).
@@ -184,6 +242,38 @@ mod tests {
         assert_eq!(TYPE_TIMER, 67_108_864);
         assert_eq!(TYPE_FP_D, 100_663_296);
         assert_eq!(TYPE_ISA_EXT, 117_440_512);
+    }
+
+    #[test]
+    fn isa_extension_ids_match_kvm_bindings() {
+        for &(name, id) in kvm_bindings_ids::ALL {
+            assert!(ISA_EXT_NAMES.contains(&(id, name)), "{name} = {id}");
+        }
+        let ids: std::collections::BTreeSet<u64> = ISA_EXT_NAMES.iter().map(|e| e.0).collect();
+        assert_eq!(ids.len(), ISA_EXT_NAMES.len(), "an id listed twice");
+        assert!(!ids.contains(&15) && !ids.contains(&23) && !ids.contains(&62));
+    }
+
+    /// kvm-bindings' riscv64 constants are only compiled for riscv64
+    /// hosts; the numbers here are copied from its list
+    /// (`KVM_RISCV_ISA_EXT_ID_KVM_RISCV_ISA_EXT_*`) so that the check also
+    /// runs on x86_64 CI.
+    mod kvm_bindings_ids {
+        pub const ALL: &[(&str, u64)] = &[
+            ("svpbmt", 7),
+            ("sstc", 8),
+            ("ssaia", 14),
+            ("zba", 17),
+            ("zicsr", 20),
+            ("zihpm", 22),
+            ("zicond", 24),
+            ("zkt", 35),
+            ("zfa", 51),
+            ("sscofpmf", 54),
+            ("zawrs", 61),
+            ("ssnpm", 63),
+            ("zalrsc", 70),
+        ];
     }
 
     #[test]
