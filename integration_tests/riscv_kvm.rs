@@ -441,7 +441,9 @@ fn console_bytes(vm: &Ember, socket: &Path) -> u64 {
 }
 
 /// Starts the counting guest under KVM with an API socket.
-fn counting_vm(socket: &Path, cpus: &str) -> Ember {
+/// `irqchip`: `--irqchip` (snapshots need the PLIC; `auto` picks the AIA
+/// in the --aia rig).
+fn counting_vm(socket: &Path, cpus: &str, irqchip: &str) -> Ember {
     let kernel = kernel();
     let initrd = rig_file("EMBER_RIG_TEST_INITRD").display().to_string();
     Ember::start(
@@ -453,6 +455,8 @@ fn counting_vm(socket: &Path, cpus: &str) -> Ember {
             "256M",
             "--cpus",
             cpus,
+            "--irqchip",
+            irqchip,
             "--serial-input",
             "none",
             "--kernel",
@@ -813,7 +817,7 @@ fn pause_resume_and_stop_through_ctl() {
     let _t = begin("pause_resume_and_stop_through_ctl");
     let dir = scratch("ctl");
     let socket = dir.join("api.sock");
-    let mut vm = counting_vm(&socket, "2");
+    let mut vm = counting_vm(&socket, "2", "auto");
     vm.wait_for("the guest to count", |t| last_count(t) >= Some(3));
     wait_for_socket(&vm, &socket);
     assert_kvm(&vm, &socket);
@@ -858,7 +862,7 @@ fn snapshot_and_restore() {
     let socket = dir.join("api.sock");
     let snap = dir.join("snap");
     let snap_s = snap.to_str().expect("UTF-8 scratch path").to_owned();
-    let mut vm = counting_vm(&socket, "2");
+    let mut vm = counting_vm(&socket, "2", "plic");
     vm.wait_for("the guest to count", |t| last_count(t) >= Some(5));
     wait_for_socket(&vm, &socket);
     assert_kvm(&vm, &socket);
