@@ -21,13 +21,26 @@ use crate::arch::riscv64::irqchip::{
 
 /// Whether this host's KVM can create the AIA device (without creating
 /// one).
+///
+/// With `KVM_CREATE_DEVICE_TEST` the kernel creates no descriptor and
+/// leaves `fd` as it was, but kvm-ioctls still wraps `fd` in a `DeviceFd`
+/// that closes it when dropped: with `fd: 0` that closed stdin (and the
+/// console input's epoll registration then failed on whatever reused
+/// descriptor 0). So `fd` is -1 here, and the wrapper is forgotten rather
+/// than dropped.
 pub fn available(vm: &VmFd) -> bool {
     let mut device = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_RISCV_AIA,
-        fd: 0,
+        fd: u32::MAX,
         flags: KVM_CREATE_DEVICE_TEST,
     };
-    vm.create_device(&mut device).is_ok()
+    match vm.create_device(&mut device) {
+        Ok(not_a_descriptor) => {
+            std::mem::forget(not_a_descriptor);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Sets one attribute to `value`: a `u32` for the configuration group, a
