@@ -26,12 +26,12 @@ use crate::arch::riscv64::irqchip::{
 /// leaves `fd` as it was, but kvm-ioctls still wraps `fd` in a `DeviceFd`
 /// that closes it when dropped: with `fd: 0` that closed stdin (and the
 /// console input's epoll registration then failed on whatever reused
-/// descriptor 0). So `fd` is -1 here, and the wrapper is forgotten rather
-/// than dropped.
+/// descriptor 0). The wrapper is forgotten rather than dropped (`fd` stays
+/// 0: kvm-ioctls' `from_raw_fd` refuses -1).
 pub fn available(vm: &VmFd) -> bool {
     let mut device = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_RISCV_AIA,
-        fd: u32::MAX,
+        fd: 0,
         flags: KVM_CREATE_DEVICE_TEST,
     };
     match vm.create_device(&mut device) {
