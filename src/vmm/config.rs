@@ -108,6 +108,19 @@ pub struct NetSpec {
     pub mac: Option<[u8; 6]>,
 }
 
+impl VmConfig {
+    /// Picks the random MAC of every interface that has none, once, when
+    /// the VM is built: `info` then shows the address the guest sees, and
+    /// a snapshot saves it, so a restored guest keeps its address.
+    pub fn with_macs_picked(mut self) -> VmConfig {
+        for net in &mut self.nets {
+            net.mac
+                .get_or_insert_with(crate::devices::virtio::net::random_mac);
+        }
+        self
+    }
+}
+
 /// `--console serial|virtio`: the 16550 UART (ttyS0) or virtio-console
 /// (hvc0). With `virtio` the UART stays present (earlycon and early boot
 /// messages use it) but console input goes to hvc0.
@@ -317,6 +330,32 @@ pub fn parse_cpus(text: &str) -> Result<u8, String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn missing_macs_are_picked_once_and_given_ones_kept() {
+        let given = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let config = VmConfig {
+            nets: vec![
+                NetSpec {
+                    tap: "a".into(),
+                    mac: None,
+                },
+                NetSpec {
+                    tap: "b".into(),
+                    mac: Some(given),
+                },
+            ],
+            ..VmConfig::default()
+        }
+        .with_macs_picked();
+        let picked = config.nets[0].mac.expect("a MAC was picked");
+        // Locally administered, unicast.
+        assert_eq!(picked[0] & 0b11, 0b10, "{picked:02x?}");
+        assert_eq!(config.nets[1].mac, Some(given));
+        // Picking again changes nothing.
+        let again = config.clone().with_macs_picked();
+        assert_eq!(again.nets, config.nets);
+    }
     use super::*;
 
     #[test]

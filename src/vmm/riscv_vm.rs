@@ -243,7 +243,8 @@ impl RiscvVm {
         Ok(())
     }
 
-    fn build(mut config: VmConfig, start: Start) -> Result<RiscvVm, VmError> {
+    fn build(config: VmConfig, start: Start) -> Result<RiscvVm, VmError> {
+        let mut config = config.with_macs_picked();
         let restoring = !matches!(start, Start::Boot);
         config.accel = accel_for(config.accel, &config.kvm_path)?;
         if config.firmware.is_some() {

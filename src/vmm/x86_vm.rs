@@ -124,6 +124,7 @@ impl X86Vm {
     /// yet, so `ember run --print-mtree` works anywhere.
     pub fn new(config: VmConfig) -> Result<X86Vm, VmError> {
         let created = Instant::now();
+        let config = config.with_macs_picked();
         if config.cpus == 0 || config.cpus > crate::vmm::config::MAX_CPUS {
             return Err(VmError::Cpus(config.cpus));
         }
