@@ -17,10 +17,11 @@
 //!
 //! If an interface of that name exists (a persistent tap made with
 //! `ip tuntap add NAME mode tap user UID`), `open` attaches to it; that
-//! needs `CAP_NET_ADMIN` or being the tap's owner. Otherwise `open` creates
-//! a new, non-persistent interface, which needs `CAP_NET_ADMIN`; that
-//! interface disappears when the [`Tap`] is dropped. Either way the link is
-//! not brought up here (`ip link set NAME up` is the host's job).
+//! needs `CAP_NET_ADMIN` or being the tap's owner, and its link state is
+//! the host's business (`ip link set NAME up`). Otherwise `open` creates a
+//! new, non-persistent interface, which needs `CAP_NET_ADMIN`, and brings
+//! its link up (nobody else could have, since it did not exist before);
+//! that interface disappears when the [`Tap`] is dropped.
 //!
 //! The descriptor is non-blocking and close-on-exec: the VMM polls it
 //! (edge-triggered), and a child process must not keep the interface alive.
@@ -36,6 +37,54 @@ use std::os::unix::fs::OpenOptionsExt;
 pub const VNET_HDR_LEN: usize = 12;
 
 const TUN_PATH: &str = "/dev/net/tun";
+
+/// Whether an interface called `name` exists in this network namespace.
+fn interface_exists(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: if_nametoindex reads a NUL-terminated string, which `c_name`
+    // is for the duration of the call.
+    unsafe { libc::if_nametoindex(c_name.as_ptr()) != 0 }
+}
+
+/// The flags of interface `ifr_name` (`SIOCGIFFLAGS`), and the socket the
+/// interface ioctls go through.
+fn interface_flags(
+    ifr_name: [libc::c_char; libc::IFNAMSIZ],
+) -> io::Result<(std::os::fd::OwnedFd, libc::ifreq)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket has no memory arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero bytes are a valid `ifreq` (see `Tap::open`).
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_name = ifr_name;
+    // SAFETY: SIOCGIFFLAGS reads and writes one `struct ifreq`, which
+    // `ifr` is, exclusively borrowed for the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((sock, ifr))
+}
+
+/// Brings interface `ifr_name`'s link up (`IFF_UP`), keeping its other
+/// flags.
+fn set_link_up(ifr_name: [libc::c_char; libc::IFNAMSIZ]) -> io::Result<()> {
+    let (sock, mut ifr) = interface_flags(ifr_name)?;
+    // SAFETY: SIOCGIFFLAGS filled the union's flags member, which is the
+    // one read and written here.
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as i16 };
+    // SAFETY: SIOCSIFFLAGS reads one `struct ifreq`, which `ifr` is.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Why a TAP interface could not be opened or configured.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +121,7 @@ impl Tap {
     /// `name`; see the module documentation.
     pub fn open(name: &str) -> Result<Self, TapError> {
         let ifr_name = encode_ifname(name)?;
+        let existed = interface_exists(name);
 
         let file = OpenOptions::new()
             .read(true)
@@ -114,6 +164,15 @@ impl Tap {
         // long of TUN_F_* flags); no memory is passed.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) };
         check(rc, name, "TUNSETOFFLOAD")?;
+
+        if !existed {
+            set_link_up(ifr_name).map_err(|source| TapError::Ioctl {
+                name: name.to_owned(),
+                op: "bringing the new interface's link up (SIOCSIFFLAGS)",
+                hint: "",
+                source,
+            })?;
+        }
 
         Ok(Tap {
             file,
@@ -277,6 +336,12 @@ mod tests {
             Err(e) => return Err(e.to_string()),
         };
         assert_eq!(tap.name(), "embertest0");
+        // Created here, so its link is up already.
+        let (_, ifr) = interface_flags(encode_ifname("embertest0").expect("valid"))
+            .map_err(|e| format!("SIOCGIFFLAGS: {e}"))?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member.
+        let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+        assert_ne!(flags & libc::IFF_UP as i16, 0, "flags {flags:#x}");
 
         // A second attach to a single-queue TAP is refused with EBUSY, and
         // the error names the device.
