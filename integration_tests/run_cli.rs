@@ -178,15 +178,67 @@ fn virtio_option_errors_are_clear() {
     assert_error(&["run", "--console", "tty"], &["serial or virtio"]);
     // riscv64's virt machine has 8 virtio-mmio slots.
     let dir = scratch_dir("many-disks");
-    let disk = dir.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
-    // Read-only: one image opened read-write twice is refused (locked).
-    let spec = format!("path={},readonly=on", disk.display());
+    let specs: Vec<String> = (0..9)
+        .map(|i| {
+            let disk = dir.join(format!("disk{i}.img"));
+            std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+            format!("path={},readonly=on", disk.display())
+        })
+        .collect();
     let mut args = vec!["run", "--arch", "riscv64", "--print-mtree"];
-    for _ in 0..9 {
+    for spec in &specs {
         args.extend(["--disk", spec.as_str()]);
     }
     assert_error(&args, &["9 virtio devices", "8 virtio-mmio slots"]);
+}
+
+/// One file behind two drives is refused, naming both, also when the
+/// second path is a symlink to it and both are read-only.
+#[test]
+fn the_same_disk_file_twice_is_refused() {
+    let dir = scratch_dir("same-disk");
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let link = dir.join("link.img");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&disk, &link).unwrap();
+    let first = format!("path={},readonly=on", disk.display());
+    let second = format!("path={},readonly=on", link.display());
+    assert_error(
+        &[
+            "run",
+            "--arch",
+            "riscv64",
+            "--print-mtree",
+            "--disk",
+            &first,
+            "--disk",
+            &second,
+        ],
+        &[
+            &link.display().to_string(),
+            "already disk vda",
+            &disk.display().to_string(),
+        ],
+    );
+    // Two different files are fine.
+    let other = dir.join("other.img");
+    std::fs::write(&other, vec![0u8; 4096]).unwrap();
+    let out = ember(&[
+        "run",
+        "--arch",
+        "riscv64",
+        "--print-mtree",
+        "--disk",
+        &first,
+        "--disk",
+        &format!("path={},readonly=on", other.display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -109,6 +109,33 @@ fn disk_name(index: usize) -> String {
 /// before anything is placed), then places them in `slots` under `system`.
 /// `irq_for` gives a slot's interrupt line; `console_output` is where
 /// virtio-console output goes.
+/// Refuses one file behind two drives (also through another path to it):
+/// a guest writing through one would corrupt what it reads through the
+/// other, and even two read-only views of one file are a mistake to say
+/// rather than boot.
+fn check_distinct_disks(disks: &[crate::vmm::config::DiskSpec]) -> Result<(), VmError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        // A file that cannot be read is reported when it is opened.
+        let Ok(meta) = std::fs::metadata(&disk.path) else {
+            continue;
+        };
+        let id = (meta.dev(), meta.ino());
+        if let Some((_, first)) = seen.iter().find(|(seen_id, _)| *seen_id == id) {
+            return Err(VmError::Device(format!(
+                "--disk {}: the same file is already disk {} ({}); give each drive its own \
+                 file (a copy, or an overlay)",
+                disk.path.display(),
+                disk_name(*first),
+                disks[*first].path.display()
+            )));
+        }
+        seen.push((id, i));
+    }
+    Ok(())
+}
+
 pub fn build_virtio_devices(
     config: &VmConfig,
     tree: &mut MemoryTree,
@@ -123,6 +150,7 @@ pub fn build_virtio_devices(
         power_key,
     } = extras;
     let mut wanted: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    check_distinct_disks(&config.disks)?;
     for (i, disk) in config.disks.iter().enumerate() {
         let block = Block::new(&BlockConfig {
             path: disk.path.clone(),
