@@ -57,12 +57,16 @@ make -s -j"$(nproc)" Image >&2
 mkdir -p "$work/root/dev" "$work/root/proc"
 cat > "$work/init.c" <<INIT
 #include <stdio.h>
+#include <termios.h>
 #include <unistd.h>
 #include <sys/reboot.h>
 int main(void) {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     printf("$marker: %ld cpus\n", cpus);
     fflush(stdout);
+    /* The marker must leave the UART before the power goes: the console
+     * driver sends it from interrupts, after write() has returned. */
+    tcdrain(1);
     sync();
     reboot(RB_POWER_OFF);
     return 0;
